@@ -1,0 +1,3 @@
+from fedctl.cli.app import main
+
+main()

@@ -1,0 +1,85 @@
+"""The `fedctl` command: wires the groups and turns FedctlError into `Error:` / `Hint:` + exit 1."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from fedctl import __version__
+from fedctl.errors import FedctlError
+
+
+class _FedctlGroup(TyperGroup):
+    """Root group: any FedctlError below becomes `Error:` / `Hint:` on stderr and exit 1, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FedctlError as exc:
+            if os.environ.get("FEDCTL_DEBUG"):
+                raise
+            report_error(exc)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_FedctlGroup,
+    name="fedctl",
+    help="Federated-learning research toolkit for speech and language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"fedctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Federated-learning research toolkit for speech and language models."""
+
+
+def _register_groups() -> None:
+    # A group appears only when it works: each module is added once it exists.
+    import importlib
+
+    for name in ("data", "train", "merge", "attack", "inspect"):
+        try:
+            module = importlib.import_module(f"fedctl.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"fedctl.cli.{name}":
+                continue
+            raise
+        app.add_typer(module.app, name=name)
+
+
+_register_groups()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    app(args=argv)
+
+
+def report_error(exc: FedctlError) -> None:
+    from fedctl.cli.console import err
+
+    err.print(f"[bold red]Error:[/] {exc.message}", highlight=False, markup=True)
+    if exc.hint:
+        err.print(f"[bold]Hint:[/] {exc.hint}", highlight=False)
+
+
+if __name__ == "__main__":
+    main()
