@@ -5,8 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 from torch import nn
+
+
+@dataclass
+class TaskContext:
+    """What a task is built with besides its own config section."""
+
+    num_clients: int
+    seed: int
+    device: torch.device
+    run_dir: Path | None = None  # where the task may save artefacts it needs again (e.g. a tokenizer)
+    log: Callable[[str], None] = print  # informational messages (the CLI sends them to stderr)
 
 
 @dataclass
@@ -23,7 +37,8 @@ class ClientConfig:
     seed: int
     strategy: dict[str, Any] = field(default_factory=dict)
     anchor: dict[str, torch.Tensor] | None = None
-    optimizer_state: dict[str, Any] | None = None  # set when the run keeps client optimizer state
+    keep_optimizer_state: bool = False  # when true: load `optimizer_state` (if any), return the new one
+    optimizer_state: dict[str, Any] | None = None
 
     @property
     def proximal_mu(self) -> float:
