@@ -1,0 +1,1 @@
+"""Data preparation: demo corpora, client partitions, cluster targets."""
