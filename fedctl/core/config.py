@@ -1,0 +1,189 @@
+"""One config surface: dataclass sections with defaults, filled from a YAML file, flags and
+`--set section.key=value` overrides. Unknown keys and wrong types are errors that name the valid keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fedctl.errors import FedctlError
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"  # run name; the run directory defaults to runs/<name>
+    out: str | None = None  # run directory (overrides runs/<name>)
+    seed: int = 0  # seeds model init, client sampling and every client's data order
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
+    task: str = "mamba"  # workload: set by the command (`train mamba`, `train central --task …`)
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 10  # federated rounds
+    clients: int = 4  # clients the training data is split across
+    fraction: float = 1.0  # fraction of clients sampled each round, in (0, 1]
+    min_fit_clients: int = 1  # fewest clients sampled, and fewest successful updates for a round to count
+    strategy: str = "fedavg"  # fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedmedian, fedtrimmedavg, krum
+    strategy_args: dict = field(default_factory=dict)  # options of the strategy, Flower's names (e.g. server_momentum)
+    eval_every: int = 1  # evaluate the global model every N rounds (and after the last)
+    eval_clients: bool = False  # also evaluate on each client's data (slower)
+    checkpoint_every: int = 5  # checkpoint every N rounds (and after the last)
+    keep_checkpoints: int = 0  # how many newest checkpoints to keep; 0 keeps all
+    keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (memory: K optimizer states)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if typing.get_origin(tp) is list:
+        return f"list of {_type_name(args[0])}" if args else "list"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp` (int accepted for float); return the typed value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return coerce(value, arg, key)
+            except FedctlError:
+                continue
+        raise _type_error(key, value, tp)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise _type_error(key, value, tp)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _type_error(key, value, tp)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _type_error(key, value, tp)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _type_error(key, value, tp)
+    if origin is list or tp is list:
+        if isinstance(value, str):  # --set modules=query,value
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise _type_error(key, value, tp)
+        (arg,) = typing.get_args(tp) or (Any,)
+        return [coerce(v, arg, key) for v in value]
+    if origin is dict or tp is dict:
+        if isinstance(value, dict):
+            return dict(value)
+        raise _type_error(key, value, tp)
+    raise _type_error(key, value, tp)
+
+
+def _type_error(key: str, value: Any, tp: Any) -> FedctlError:
+    return FedctlError(
+        f"config key '{key}' = {value!r} is not a valid {_type_name(tp)}",
+        f"set it to a {_type_name(tp)}, e.g. --set {key}=...",
+    )
+
+
+def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
+    """Set fields of dataclass `obj` from `mapping`, strictly (unknown key or wrong type → FedctlError)."""
+    types_ = _field_types(type(obj))
+    for key, value in mapping.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in types_:
+            raise unknown_key_error(full, list(types_), prefix)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise FedctlError(f"config key '{full}' must be a mapping", f"valid keys: {', '.join(_field_types(type(current)))}")
+            apply_mapping(current, value, full)
+        elif types_[key] is dict and isinstance(value, dict) and isinstance(current, dict):
+            setattr(obj, key, {**current, **value} if prefix else dict(value))
+        else:
+            setattr(obj, key, coerce(value, types_[key], full))
+
+
+def unknown_key_error(full: str, valid: list[str], prefix: str) -> FedctlError:
+    last = full.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(last, valid, n=1)
+    where = f" in '{prefix}'" if prefix else ""
+    return FedctlError(
+        f"unknown config key '{full}'" + (f" (did you mean '{close[0]}'?)" if close else ""),
+        f"valid keys{where}: {', '.join(valid)}",
+    )
+
+
+def parse_set(items: list[str] | None) -> dict[str, Any]:
+    """Turn ['a.b=1', 'c=x'] into a nested mapping; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise FedctlError(f"--set '{item}' is not KEY=VALUE", "write e.g. --set federation.fraction=0.5")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise FedctlError(f"--set '{item}' conflicts with another --set of '{part}'", "set each key once")
+        node[parts[-1]] = value
+    return nested
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FedctlError(f"config file not found: {path}", "check the path; shipped templates: `fedctl train templates`")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise FedctlError(f"config file {path} is not valid YAML{where}", "fix the syntax (indentation, colons)") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise FedctlError(f"config file {path} must be a mapping of sections", "see templates/ for the layout")
+    return data
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts, lists and scalars (safe for YAML, JSON and weights_only checkpoints)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def dump_yaml(obj: Any) -> str:
+    return yaml.safe_dump(to_dict(obj), sort_keys=False)

@@ -1,0 +1,288 @@
+"""The round loop: sample clients, broadcast, train locally, aggregate as updates arrive,
+evaluate, checkpoint. In-process simulation; fedctl.flower runs the same task and strategy
+across machines.
+
+Memory: the server keeps the global state, one working model that every client trains in turn,
+and the strategy's accumulator — O(model) whatever the number of clients (robust strategies
+that need all updates at once are the documented exception).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedctl.core import checkpoint as ckpt_io
+from fedctl.core.aggregate import State, all_finite, state_nbytes
+from fedctl.core.config import FederationConfig, dump_yaml
+from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
+from fedctl.core.strategies import ClientUpdate, Strategy
+from fedctl.core.task import ClientConfig, Task, client_seed
+from fedctl.errors import FedctlError
+from fedctl.utils.io import write_text
+
+EventSink = Callable[[object], None]
+
+
+@dataclass
+class RunResult:
+    model: nn.Module  # holds the final global state
+    history: list[dict[str, Any]] = field(default_factory=list)  # the records of metrics.jsonl
+    rounds_done: int = 0
+    run_dir: Path | None = None
+
+    def last(self, key: str) -> Any:
+        """The newest value of a metric in the history (e.g. 'val_ppl'), or None."""
+        for rec in reversed(self.history):
+            if key in rec:
+                return rec[key]
+        return None
+
+
+def sample_clients(num_clients: int, fraction: float, min_fit_clients: int, seed: int, server_round: int) -> list[int]:
+    """Indices of the clients that train in `server_round`, sorted; Flower's count rule:
+    max(int(fraction · K), min_fit_clients). Seeded per round, so a resumed run samples the same."""
+    n = min(num_clients, max(int(fraction * num_clients), min_fit_clients))
+    if n >= num_clients:
+        return list(range(num_clients))
+    gen = torch.Generator().manual_seed(client_seed(seed, server_round, 999_983))
+    return sorted(torch.randperm(num_clients, generator=gen)[:n].tolist())
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+class _Run:
+    def __init__(self, task, strategy, federation, seed, config, run_dir, on_event):
+        self.task: Task = task
+        self.strategy: Strategy = strategy
+        self.fed: FederationConfig = federation
+        self.seed: int = seed
+        self.config: dict[str, Any] = config
+        self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
+        self.emit: EventSink = on_event or (lambda event: None)
+        self.history: list[dict[str, Any]] = []
+        self.optimizer_states: dict[str, Any] = {}
+
+        self.client_ids = list(task.client_ids())
+        self.model = task.build_model()
+        self.keys = list(task.shared_keys(self.model))
+        self.params = self.model.state_dict()  # tensors share storage with the model
+        missing = [k for k in self.keys if k not in self.params]
+        if missing:
+            raise FedctlError(f"task {task.name} shares keys its model lacks: {missing[:3]}", "fix shared_keys()")
+        self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
+        self.shared_bytes = state_nbytes(self.global_state)
+
+    # -- state movement -------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_global(self) -> None:
+        for k in self.keys:
+            self.params[k].copy_(self.global_state[k])
+
+    def checkpoint(self, server_round: int) -> Path | None:
+        if self.run_dir is None:
+            return None
+        path = ckpt_io.checkpoint_path(self.run_dir, server_round)
+        ckpt_io.save_checkpoint(
+            path,
+            {
+                "round": server_round,
+                "task": self.task.name,
+                "strategy": self.strategy.name,
+                "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
+                "strategy_state": self.strategy.state_dict(),
+                "client_optimizer_states": self.optimizer_states,
+                "rng": ckpt_io.rng_state(),
+                "config": self.config,
+                "metrics": self.history,
+            },
+        )
+        if self.fed.keep_checkpoints > 0:
+            for old in ckpt_io.list_checkpoints(self.run_dir)[: -self.fed.keep_checkpoints]:
+                old.unlink(missing_ok=True)
+        self.emit(CheckpointSaved(server_round, path))
+        return path
+
+    def resume(self) -> int:
+        """Load the newest checkpoint of the run directory; return the round to start from."""
+        assert self.run_dir is not None
+        path = ckpt_io.latest_checkpoint(self.run_dir)
+        ckpt = ckpt_io.load_checkpoint(path)
+        if ckpt["task"] != self.task.name:
+            raise FedctlError(
+                f"checkpoint {path} is from task '{ckpt['task']}', not '{self.task.name}'",
+                f"resume it with `fedctl train {ckpt['task']} --out {self.run_dir} --resume`",
+            )
+        saved = ckpt["model"]
+        for k in self.keys:
+            if k not in saved or saved[k].shape != self.global_state[k].shape:
+                raise FedctlError(
+                    f"checkpoint {path} does not match the model: tensor '{k}' is missing or has another shape",
+                    "resume with the same config the run was started with (see its config.yaml)",
+                )
+            self.global_state[k].copy_(saved[k])
+        self.strategy.load_state_dict(ckpt.get("strategy_state") or {})
+        self.optimizer_states = ckpt.get("client_optimizer_states") or {}
+        self.history = list(ckpt.get("metrics") or [])
+        ckpt_io.restore_rng(ckpt.get("rng") or {})
+        self.write_metrics()
+        self.emit(Message(f"resumed from {path} (round {ckpt['round']})"))
+        return int(ckpt["round"]) + 1
+
+    def write_metrics(self) -> None:
+        if self.run_dir is not None:
+            import json
+
+            text = "".join(json.dumps(rec) + "\n" for rec in self.history)
+            write_text(self.run_dir / "metrics.jsonl", text)
+
+    # -- one round --------------------------------------------------------------------------------
+    def fit_round(self, server_round: int) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        sampled = sample_clients(len(self.client_ids), self.fed.fraction, self.fed.min_fit_clients, self.seed, server_round)
+        instructions = self.strategy.configure_fit(server_round)
+        needs_anchor = float(instructions.get("proximal_mu", 0.0)) > 0.0
+        aggregator = self.strategy.begin(server_round, self.global_state)
+        failed: list[str] = []
+        loss_sum, examples = 0.0, 0
+        for index in sampled:
+            cid = self.client_ids[index]
+            self.load_global()
+            cseed = client_seed(self.seed, server_round, index)
+            _seed_everything(cseed)
+            cfg = ClientConfig(
+                server_round=server_round,
+                client_index=index,
+                seed=cseed,
+                strategy=dict(instructions),
+                anchor=self.global_state if needs_anchor else None,
+                keep_optimizer_state=self.fed.keep_optimizer_state,
+                optimizer_state=self.optimizer_states.get(cid),
+            )
+            try:
+                result = self.task.fit(self.model, cid, cfg)
+            except Exception as exc:  # a failing client is left out, not fatal
+                failed.append(cid)
+                self.emit(ClientFailed(server_round, cid, f"raised {type(exc).__name__}: {exc}"))
+                continue
+            state = {k: self.params[k] for k in self.keys}
+            if not all_finite(state):
+                failed.append(cid)
+                self.emit(ClientFailed(server_round, cid, "returned a non-finite update (NaN or Inf)"))
+                continue
+            if result.num_examples <= 0:
+                failed.append(cid)
+                self.emit(ClientFailed(server_round, cid, "reported num_examples <= 0"))
+                continue
+            aggregator.add(ClientUpdate(cid, state, result.num_examples, result.metrics, result.stats))
+            if self.fed.keep_optimizer_state and result.optimizer_state is not None:
+                self.optimizer_states[cid] = result.optimizer_state
+            loss = result.metrics.get("train_loss")
+            if loss is not None and math.isfinite(loss):
+                loss_sum += loss * result.num_examples
+                examples += result.num_examples
+
+        if aggregator.count < self.fed.min_fit_clients:
+            self.checkpoint(server_round - 1) if server_round > 1 else None
+            raise FedctlError(
+                f"round {server_round}: only {aggregator.count} of {len(sampled)} clients returned usable updates "
+                f"(min_fit_clients = {self.fed.min_fit_clients}); failed: {', '.join(failed)}",
+                "fix the failing clients (see the messages above) or lower federation.min_fit_clients, "
+                "then continue with --resume",
+            )
+        self.global_state = self.strategy.step(server_round, self.global_state, aggregator.result(self.global_state))
+        mb = self.shared_bytes / 1e6
+        return {
+            "type": "fit",
+            "round": server_round,
+            "clients": aggregator.count,
+            "sampled": len(sampled),
+            "failed": failed,
+            "train_loss": loss_sum / examples if examples else None,
+            "num_examples": examples,
+            "mb_down": mb * len(sampled),
+            "mb_up": mb * aggregator.count,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def evaluate(self, server_round: int) -> list[dict[str, Any]]:
+        self.load_global()
+        records = [{"type": "eval", "round": server_round, "scope": "global", **self.task.evaluate(self.model)}]
+        if self.fed.eval_clients:
+            for cid in self.client_ids:
+                records.append(
+                    {"type": "eval", "round": server_round, "scope": "client", "client_id": cid,
+                     **self.task.evaluate(self.model, cid)}
+                )
+        return records
+
+    def run(self, resume: bool) -> RunResult:
+        start = 1
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            start = self.resume()
+        elif self.run_dir is not None:
+            write_text(self.run_dir / "config.yaml", dump_yaml(self.config))
+        total = self.fed.rounds
+        self.emit(
+            RunStarted(
+                task=self.task.name, strategy=self.strategy.name, rounds=total, start_round=start,
+                num_clients=len(self.client_ids), num_parameters=sum(p.numel() for p in self.model.parameters()),
+                shared_bytes=self.shared_bytes, run_dir=self.run_dir,
+            )
+        )
+        for server_round in range(start, total + 1):
+            fit = self.fit_round(server_round)
+            self.history.append(fit)
+            row = {k: v for k, v in fit.items() if k != "type"}
+            if server_round % self.fed.eval_every == 0 or server_round == total:
+                t0 = time.perf_counter()
+                evals = self.evaluate(server_round)
+                self.history.extend(evals)
+                row.update({k: v for k, v in evals[0].items() if k not in ("type", "scope", "round")})
+                row["seconds"] += time.perf_counter() - t0
+            self.write_metrics()
+            if server_round % self.fed.checkpoint_every == 0 or server_round == total:
+                self.checkpoint(server_round)
+            self.emit(RoundFinished(server_round, row))
+        self.load_global()
+        self.emit(RunFinished(total, {}))
+        return RunResult(self.model, self.history, total, self.run_dir)
+
+
+def run_federated(
+    task: Task,
+    strategy: Strategy,
+    federation: FederationConfig,
+    *,
+    seed: int,
+    config: dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    on_event: EventSink | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Train `task` federatedly with `strategy` for `federation.rounds` rounds.
+
+    Writes config.yaml, metrics.jsonl and checkpoints/round_NNN.pt under `run_dir` when given.
+    With `resume`, continues from the newest checkpoint there and reaches the same final
+    weights as an uninterrupted run.
+    """
+    if resume and run_dir is None:
+        raise FedctlError("--resume needs a run directory", "pass --out RUN_DIR of the run to continue")
+    _seed_everything(seed)
+    run = _Run(task, strategy, federation, seed, config or {}, run_dir, on_event)
+    return run.run(resume)

@@ -1,0 +1,113 @@
+"""What every strategy shares: collect client updates, then take one server step.
+
+A round is two stages so that a failed round leaves the server untouched:
+`begin()` returns an aggregator the engine feeds client updates one by one;
+only when enough clients arrived does the engine call `step()`, which may update
+server optimizer state (momentum, Adam moments) and returns the new global state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from fedctl.core.aggregate import State, WeightedMean
+
+
+@dataclass
+class ClientUpdate:
+    """One client's result: its trained shared tensors and how much data it trained on."""
+
+    client_id: str
+    state: State
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class Aggregator:
+    """Receives client updates of one round; `result()` is the aggregated client state."""
+
+    count: int
+
+    def add(self, update: ClientUpdate) -> None: ...
+
+    def result(self, global_state: State) -> State: ...
+
+
+class ExampleWeightedMean(Aggregator):
+    """FedAvg's aggregate: mean of client states weighted by num_examples, streamed."""
+
+    def __init__(self) -> None:
+        self._mean = WeightedMean()
+
+    @property
+    def count(self) -> int:
+        return self._mean.count
+
+    def weight(self, update: ClientUpdate) -> float:
+        return float(update.num_examples)
+
+    def add(self, update: ClientUpdate) -> None:
+        self._mean.add(update.state, self.weight(update))
+
+    def result(self, global_state: State) -> State:
+        return self._mean.result(like=global_state)
+
+
+class Collect(Aggregator):
+    """Keeps a copy of every update: for statistics that need all clients at once."""
+
+    def __init__(self, reduce) -> None:
+        self.updates: list[ClientUpdate] = []
+        self._reduce = reduce
+
+    @property
+    def count(self) -> int:
+        return len(self.updates)
+
+    def add(self, update: ClientUpdate) -> None:
+        state = {k: v.detach().clone() for k, v in update.state.items()}
+        self.updates.append(ClientUpdate(update.client_id, state, update.num_examples, update.metrics, update.stats))
+
+    def result(self, global_state: State) -> State:
+        out = self._reduce(self.updates)
+        return {k: v.to(global_state[k].dtype) for k, v in out.items()}
+
+
+class Strategy:
+    """Base strategy: FedAvg's aggregate and no server optimizer. Subclasses override the hooks."""
+
+    name = "strategy"
+
+    def configure_fit(self, server_round: int) -> dict[str, Any]:
+        """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""
+        return {}
+
+    def begin(self, server_round: int, global_state: State) -> Aggregator:
+        return ExampleWeightedMean()
+
+    def step(self, server_round: int, global_state: State, aggregated: State) -> State:
+        """Server update from the aggregated client state; default: take it as the new global."""
+        return aggregated
+
+    def aggregate_fit(self, server_round: int, global_state: State, updates: Iterable[ClientUpdate]) -> State:
+        """One round in one call: fold every update in, then take the server step."""
+        agg = self.begin(server_round, global_state)
+        for update in updates:
+            agg.add(update)
+        return self.step(server_round, global_state, agg.result(global_state))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Server optimizer state, saved in checkpoints (tensors and plain Python values only)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def zeros_like_state(state: State) -> State:
+    return {k: torch.zeros_like(v, dtype=torch.float32) for k, v in state.items() if v.is_floating_point()}

@@ -1,0 +1,20 @@
+"""FedTrimmedAvg — Yin et al. 2018, "Byzantine-Robust Distributed Learning": per coordinate, drop
+the int(beta·K) largest and smallest client values and average the rest (unweighted, as in Flower).
+Holds every update of the round: memory O(clients × model)."""
+
+from __future__ import annotations
+
+from fedctl.core.aggregate import State, trimmed_mean
+from fedctl.core.strategies.base import Aggregator, Collect, Strategy
+
+
+class FedTrimmedAvg(Strategy):
+    name = "fedtrimmedavg"
+
+    def __init__(self, *, beta: float = 0.2) -> None:
+        if not 0.0 <= beta < 0.5:
+            raise ValueError("beta must be in the range [0, 0.5)")
+        self.beta = beta
+
+    def begin(self, server_round: int, global_state: State) -> Aggregator:
+        return Collect(lambda updates: trimmed_mean([u.state for u in updates], self.beta))
