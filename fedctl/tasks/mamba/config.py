@@ -1,0 +1,41 @@
+"""The `mamba` section of a run's config: model preset and overrides, text data, local training, evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class MambaConfig:
+    # ---- model (a preset, then optional per-field overrides; None keeps the preset's value)
+    preset: str = "tiny"  # tiny (CPU demo), pure_ssm_1_layer, pure_ssm_2_layer, pure_ssm_4_layer (width 768)
+    hidden_size: int | None = None  # model width d_model
+    num_layers: int | None = None  # Mamba2 blocks
+    state_size: int | None = None  # SSM state dimension N per head
+    head_dim: int | None = None  # must divide expand*hidden_size; heads = expand*hidden_size/head_dim
+    expand: int | None = None  # inner width = expand * hidden_size
+    n_groups: int | None = None  # B/C groups; must divide the number of heads
+    chunk_size: int | None = None  # scan chunk length; seq_len below it is padded up (costs time, not accuracy)
+
+    # ---- data
+    data: str | None = None  # None: built-in demo corpus; a text file, a directory, or "wikitext-2" (local HF cache only)
+    val_fraction: float = 0.1  # share of lines held out for validation when the data has no validation split
+    demo_sentences: int = 6000  # size of the built-in demo corpus (fixed seed, so runs stay comparable)
+    tokenizer: str | None = None  # tokenizer.json or a HF tokenizer directory; None: train byte-level BPE on train text
+    vocab_size: int = 2048  # vocabulary of the trained tokenizer (ignored with tokenizer=...)
+    seq_len: int = 128  # tokens per training sequence (each block holds seq_len+1 tokens: inputs and next-token labels)
+    shard: str = "contiguous"  # how training blocks go to clients: contiguous (client k: k-th slice) or interleaved (i mod K)
+
+    # ---- local training (per client, per round)
+    batch_size: int = 8  # sequences per optimizer step
+    lr: float = 3e-3  # AdamW peak learning rate
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    warmup_steps: int = 0  # linear warmup over the global step count (round-1)*steps_per_round + step
+    local_updates: int = 8  # optimizer steps per client per round; 0: use local_epochs instead
+    local_epochs: float = 1.0  # passes over the client's shard per round when local_updates = 0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+    # ---- evaluation and samples
+    eval_batches: int = 16  # cap on validation batches per evaluation (0 = the whole validation set)
+    sample_tokens: int = 40  # length of the generated sample printed at the end
+    sample_prompt: str = "the"  # prompt of that sample
