@@ -6,9 +6,15 @@ import os
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup  # noqa: E402
 
-from fedctl import __version__
+# Offline by default: nothing may download at run time (set HF_HUB_OFFLINE=0 to allow the hub).
+# Library chatter (kernel fallbacks, shard progress bars) would drown the round table.
+for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TRANSFORMERS_VERBOSITY", "error"),
+                     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+    os.environ.setdefault(_key, _value)
+
+from fedctl import __version__  # noqa: E402
 from fedctl.errors import FedctlError
 
 

@@ -81,7 +81,8 @@ def torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated/corrupt zips
+        detail = str(exc).splitlines()[0].split(". ")[0][:100] if str(exc) else type(exc).__name__
         raise FedctlError(
-            f"{what} {path} is unreadable or truncated ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+            f"{what} {path} is unreadable or truncated ({detail})",
             "use an earlier checkpoint or re-run; fedctl writes checkpoints atomically, so this file was damaged afterwards",
         ) from exc

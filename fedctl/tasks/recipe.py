@@ -1,0 +1,166 @@
+"""A training run from a config, top to bottom: resolve config → build task and strategy →
+run the engine → export. `fedctl train <task>` and `fedctl train central` call `train()`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedctl.core.config import FederationConfig, RunConfig, apply_mapping, load_yaml, parse_set, to_dict
+from fedctl.core.engine import EventSink, RunResult, run_federated
+from fedctl.core.events import Message
+from fedctl.core.strategies import build_strategy
+from fedctl.core.task import TaskContext
+from fedctl.errors import FedctlError
+from fedctl.tasks.registry import get_workload
+from fedctl.utils.templates import resolve_template
+
+
+@dataclass
+class Experiment:
+    """The resolved config of one run: sections `run`, `federation` and `task` (the workload's own)."""
+
+    run: RunConfig
+    federation: FederationConfig
+    task: Any
+
+
+@dataclass
+class TrainOutcome:
+    result: RunResult
+    experiment: Experiment
+    run_dir: Path
+    summary: dict[str, Any] = field(default_factory=dict)
+    sample: str | None = None
+
+
+def new_experiment(task_name: str) -> Experiment:
+    return Experiment(RunConfig(name=task_name, task=task_name), FederationConfig(), get_workload(task_name).config())
+
+
+def resolve(
+    task_name: str,
+    config: str | Path | None = None,
+    flags: dict[str, dict[str, Any]] | None = None,
+    sets: list[str] | None = None,
+    central: bool = False,
+) -> Experiment:
+    """Defaults ← YAML file ← flags ← --set, all checked strictly; then validated."""
+    exp = new_experiment(task_name)
+    if config is not None:
+        data = load_yaml(resolve_template(config))
+        apply_mapping(exp, data, "")
+        if exp.run.task != task_name:
+            raise FedctlError(
+                f"config {config} is for task '{exp.run.task}', not '{task_name}'",
+                f"run it with `fedctl train {exp.run.task} --config {config}`",
+            )
+    for section, values in (flags or {}).items():
+        apply_mapping(getattr(exp, section), {k: v for k, v in values.items() if v is not None}, section)
+    apply_mapping(exp, parse_set(sets), "")
+    if central:
+        # the centralized baseline is the engine with one client holding all data
+        exp.federation.clients, exp.federation.fraction, exp.federation.min_fit_clients = 1, 1.0, 1
+        exp.federation.strategy, exp.federation.strategy_args = "fedavg", {}
+        if exp.run.name == task_name:
+            exp.run.name = f"{task_name}-central"
+    validate(exp)
+    return exp
+
+
+def validate(exp: Experiment) -> None:
+    f = exp.federation
+    if not (0.0 < f.fraction <= 1.0):
+        raise FedctlError(f"federation.fraction = {f.fraction} is outside (0, 1]", "use e.g. --fraction 0.5 (half the clients per round)")
+    if f.rounds < 1:
+        raise FedctlError(f"federation.rounds = {f.rounds} must be at least 1", "use e.g. --rounds 10")
+    if f.clients < 1:
+        raise FedctlError(f"federation.clients = {f.clients} must be at least 1", "use e.g. --clients 4")
+    if not (1 <= f.min_fit_clients <= f.clients):
+        raise FedctlError(
+            f"federation.min_fit_clients = {f.min_fit_clients} must be between 1 and clients ({f.clients})",
+            "lower --set federation.min_fit_clients or raise --clients",
+        )
+    for key in ("eval_every", "checkpoint_every"):
+        if getattr(f, key) < 1:
+            raise FedctlError(f"federation.{key} must be at least 1", f"--set federation.{key}=1")
+    build_strategy(f.strategy, f.strategy_args)  # checks name and options
+    resolve_device(exp.run.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise FedctlError(f"unknown device '{name}'", "use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FedctlError(f"device '{name}' requested but CUDA is not available", "use --device cpu (or auto)")
+    return dev
+
+
+def run_dir_of(exp: Experiment) -> Path:
+    return Path(exp.run.out) if exp.run.out else Path("runs") / exp.run.name
+
+
+def load_run_config(run_dir: Path, rounds: int | None = None) -> Experiment:
+    """The experiment a run directory was started with (for --resume); only rounds may grow."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FedctlError(f"{run_dir} has no config.yaml", "pass --out RUN_DIR of a run started by `fedctl train`")
+    data = load_yaml(path)
+    task_name = (data.get("run") or {}).get("task", "mamba")
+    exp = new_experiment(task_name)
+    apply_mapping(exp, data, "")
+    if rounds is not None:
+        exp.federation.rounds = rounds
+    exp.run.out = str(run_dir)
+    validate(exp)
+    return exp
+
+
+def train(exp: Experiment, on_event: EventSink | None = None, resume: bool = False) -> TrainOutcome:
+    """Build the task and strategy from `exp`, run the engine, export the final model."""
+    emit = on_event or (lambda e: None)
+    run_dir = run_dir_of(exp)
+    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        raise FedctlError(
+            f"run directory {run_dir} already holds checkpoints",
+            "continue it with --resume, or choose another --out / --set run.name=…",
+        )
+    ctx = TaskContext(
+        num_clients=exp.federation.clients,
+        seed=exp.run.seed,
+        device=resolve_device(exp.run.device),
+        run_dir=run_dir,
+        log=lambda text: emit(Message(text)),
+    )
+    task = get_workload(exp.run.task).build(exp.task, ctx)
+    strategy = build_strategy(exp.federation.strategy, exp.federation.strategy_args)
+    summary = task.describe() if hasattr(task, "describe") else {}
+    result = run_federated(
+        task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
+        run_dir=run_dir, on_event=emit, resume=resume,
+    )
+    if hasattr(task, "export"):
+        task.export(result.model, run_dir / "final" / "hf")
+    sample = task.generate_sample(result.model) if hasattr(task, "generate_sample") else None
+    return TrainOutcome(result, exp, run_dir, summary, sample)
+
+
+def final_metrics(result: RunResult) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rec in result.history:
+        if rec.get("type") == "eval" and rec.get("scope") == "global":
+            out = {k: v for k, v in rec.items() if k not in ("type", "scope")}
+    return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def experiment_fields(exp: Experiment) -> dict[str, list[str]]:
+    return {s: [f.name for f in dataclasses.fields(getattr(exp, s))] for s in ("run", "federation", "task")}
