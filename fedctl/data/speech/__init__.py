@@ -1,0 +1,1 @@
+"""Speech data: eSpeak demo corpus, LibriSpeech indexing and client partitions, MFCC k-means targets."""

@@ -1,0 +1,186 @@
+"""Index LibriSpeech-layout trees: one record per utterance, durations from audio headers only.
+
+A root may be a subset (`train-clean-100/`), the `LibriSpeech/` folder holding several subsets, or any
+folder below which `<speaker>/<chapter>/<speaker>-<chapter>.trans.txt` files sit next to their audio
+(`.flac` or `.wav`). Problems are collected per file instead of aborting the scan, so that one bad file
+in 28,000 does not cost a re-run: the caller lists them and decides (see `--strict`).
+
+Hand-written rather than `lhotse.recipes.prepare_librispeech`: that recipe accepts only the official
+subset folder names and FLAC, and its `lhotse.audio.info` falls back to torchaudio (unusable here) on
+files libsndfile rejects. `soundfile.info` reads the FLAC STREAMINFO / WAV header only, never the audio.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+from fedctl.errors import FedctlError
+
+SAMPLE_RATE = 16000  # HuBERT's rate; other rates are refused (see `index_librispeech`)
+MIN_SAMPLES = 400  # one 25 ms window: the shortest input HuBERT's conv stack turns into a frame
+AUDIO_EXTENSIONS = (".flac", ".wav")
+
+
+@dataclass
+class Utterance:
+    """One manifest row. `duration` in seconds, `num_samples` at `sample_rate` Hz."""
+
+    id: str
+    path: str
+    duration: float
+    num_samples: int
+    sample_rate: int
+    speaker: str
+    chapter: str
+    transcript: str
+    split: str = "train"
+    phones: str | None = None  # TIMIT-style .phn alignment (sample offsets), when the tree has one
+
+    def to_json(self) -> dict:
+        row = asdict(self)
+        if row["phones"] is None:
+            del row["phones"]
+        return row
+
+
+@dataclass
+class BadFile:
+    path: str
+    reason: str
+
+
+@dataclass
+class Index:
+    utterances: list[Utterance] = field(default_factory=list)
+    bad_files: list[BadFile] = field(default_factory=list)
+    roots: list[str] = field(default_factory=list)
+
+
+def _read_transcripts(trans: Path, bad: list[BadFile]) -> dict[str, str]:
+    lines: dict[str, str] = {}
+    try:
+        text = trans.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        bad.append(BadFile(str(trans), f"unreadable transcript file ({type(exc).__name__})"))
+        return lines
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        utt_id, _, words = line.strip().partition(" ")
+        if not words.strip():
+            bad.append(BadFile(f"{trans}:{number}", f"transcript line for {utt_id} has no words"))
+            continue
+        lines[utt_id] = words.strip()
+    return lines
+
+
+def _probe(path: Path) -> tuple[int, int, int] | str:
+    """(num_samples, sample_rate, channels) from the header, or the reason the file is unusable."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        return f"unreadable audio ({str(exc).splitlines()[0][:100]})"
+    if info.frames <= 0:
+        return "zero-length audio (0 samples)"
+    return int(info.frames), int(info.samplerate), int(info.channels)
+
+
+def _chapter_dirs(root: Path) -> list[Path]:
+    """Every folder under `root` holding a `*.trans.txt`, in sorted (deterministic) order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if any(f.endswith(".trans.txt") for f in filenames):
+            found.append(Path(dirpath))
+    return found
+
+
+def index_librispeech(roots: list[str | Path]) -> Index:
+    """Scan LibriSpeech trees; return utterances (sorted by id) and every problem found.
+
+    A file is bad when it is unreadable, empty, shorter than 400 samples, not mono, not 16 kHz (refused
+    rather than resampled: HuBERT labels must align with the 16 kHz audio the model will read, so convert
+    the tree once with e.g. `sox in.flac -r 16000 out.flac`), has no transcript line, or is a transcript
+    line whose audio is missing. Utterance ids that occur twice across roots are bad after the first.
+    """
+    if not roots:
+        raise FedctlError("no --root given", "pass --root path/to/LibriSpeech/train-clean-100 (repeatable)")
+    index = Index(roots=[str(Path(r)) for r in roots])
+    seen: set[str] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            raise FedctlError(f"--root {root} is not a directory", "point --root at a LibriSpeech subset folder")
+        chapter_dirs = _chapter_dirs(root)
+        if not chapter_dirs:
+            raise FedctlError(
+                f"no LibriSpeech transcripts (*.trans.txt) under {root}",
+                "expected <root>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt; "
+                "make a demo tree with `fedctl data synth --out DIR`",
+            )
+        for chapter_dir in chapter_dirs:
+            _index_chapter(chapter_dir, index, seen)
+    index.utterances.sort(key=lambda u: u.id)
+    return index
+
+
+def _index_chapter(chapter_dir: Path, index: Index, seen: set[str]) -> None:
+    bad = index.bad_files
+    names = sorted(os.listdir(chapter_dir))
+    name_set = set(names)
+    base = os.path.abspath(chapter_dir)
+    transcripts: dict[str, str] = {}
+    for name in names:
+        if name.endswith(".trans.txt"):
+            transcripts.update(_read_transcripts(chapter_dir / name, bad))
+    audio = {}
+    for name in names:
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in AUDIO_EXTENSIONS and stem not in audio:
+            audio[stem] = chapter_dir / name
+    for utt_id in sorted(set(transcripts) - set(audio)):
+        bad.append(BadFile(str(chapter_dir / f"{utt_id}.flac"), "transcript line but no audio file"))
+    for utt_id, path in sorted(audio.items()):
+        if utt_id not in transcripts:
+            bad.append(BadFile(str(path), f"no transcript line for {utt_id} in the chapter's .trans.txt"))
+            continue
+        probe = _probe(path)
+        if isinstance(probe, str):
+            bad.append(BadFile(str(path), probe))
+            continue
+        num_samples, sample_rate, channels = probe
+        if sample_rate != SAMPLE_RATE:
+            bad.append(BadFile(str(path), f"sample rate {sample_rate} Hz, expected {SAMPLE_RATE} Hz"))
+            continue
+        if channels != 1:
+            bad.append(BadFile(str(path), f"{channels} channels, expected mono"))
+            continue
+        if num_samples < MIN_SAMPLES:
+            bad.append(BadFile(str(path), f"only {num_samples} samples (< {MIN_SAMPLES}, one 25 ms frame)"))
+            continue
+        if utt_id in seen:
+            bad.append(BadFile(str(path), f"duplicate utterance id {utt_id} (already indexed from another root)"))
+            continue
+        seen.add(utt_id)
+        parts = utt_id.split("-")
+        speaker, chapter = (parts[0], parts[1]) if len(parts) >= 3 else (chapter_dir.parent.name, chapter_dir.name)
+        phones = f"{utt_id}.phn"
+        index.utterances.append(
+            Utterance(
+                id=utt_id,
+                path=os.path.join(base, path.name),
+                duration=num_samples / sample_rate,
+                num_samples=num_samples,
+                sample_rate=sample_rate,
+                speaker=speaker,
+                chapter=chapter,
+                transcript=transcripts[utt_id],
+                phones=os.path.join(base, phones) if phones in name_set else None,
+            )
+        )
