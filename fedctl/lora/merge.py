@@ -20,6 +20,7 @@ ranks are merged in one batched QR/SVD call.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -111,31 +112,67 @@ def weights_from_shard_manifests(paths: Sequence[str | Path]) -> list[float]:
 
 
 def _svd_merge_batched(
-    Bs: Sequence[torch.Tensor],
-    As: Sequence[torch.Tensor],
-    coef: Sequence[float],
+    Bs: Sequence[Sequence[torch.Tensor]],
+    As: Sequence[Sequence[torch.Tensor]],
+    coef: torch.Tensor,
     svd_rank: int,
     out_scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Batched core. Bs[i]: (n, d, r_i), As[i]: (n, r_i, k), coef[i] = w_i·s_i.
+    """Merge n modules of equal shapes at once. Bs[i][j]: client i's B (d×r_i) for module j, As[i][j]: its A
+    (r_i×k), coef[j, i] = w_i·s_i.
 
     Returns B' (n, d, svd_rank), A' (n, svd_rank, k) in float64 with out_scale·B'A' = truncated ΔW, and the
     singular values of ΔW (n, min(d, k, R)).
     """
-    B = torch.cat([c * b.to(torch.float64) for c, b in zip(coef, Bs, strict=True)], dim=-1)  # (n, d, R)
-    A = torch.cat([a.to(torch.float64) for a in As], dim=-2)  # (n, R, k)
-    Q_B, R_B = torch.linalg.qr(B)  # (n, d, m), (n, m, R) with m = min(d, R)
-    Q_A, R_A = torch.linalg.qr(A.mT)  # (n, k, p), (n, p, R)
-    U, S, Vh = torch.linalg.svd(R_B @ R_A.mT, full_matrices=False)  # core (n, m, p)
+    with _lapack_threads(Bs[0][0].device):
+        return _svd_merge_core(Bs, As, coef, svd_rank, out_scale)
+
+
+@contextlib.contextmanager
+def _lapack_threads(device: torch.device):
+    """Run the CPU factorizations on one thread: they are small (d×Kr, Kr×Kr) and MKL's threaded LAPACK spends
+    far more on synchronisation than on work when cores are busy (measured on 2 loaded cores: 80×80 SVD
+    0.5 s with 2 threads, 0.7 ms with 1). Restores the caller's thread count."""
+    if device.type != "cpu" or torch.get_num_threads() == 1:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _svd_merge_core(Bs, As, coef, svd_rank: int, out_scale: float):
+    n, d, k = len(Bs[0]), Bs[0][0].shape[0], As[0][0].shape[1]
+    ranks = [b[0].shape[1] for b in Bs]
+    f64 = {"dtype": torch.float64, "device": Bs[0][0].device}
+    # Fill the stacks in place (one float64 copy): B_cat = [c_1 B_1 | … | c_K B_K], A_catᵀ = [A_1ᵀ | … | A_Kᵀ].
+    B_cat = torch.empty(n, d, sum(ranks), **f64)
+    At_cat = torch.empty(n, k, sum(ranks), **f64)
+    offset = 0
+    for i, r in enumerate(ranks):
+        for j in range(n):
+            B_cat[j, :, offset : offset + r].copy_(Bs[i][j])
+            At_cat[j, :, offset : offset + r].copy_(As[i][j].mT)
+        B_cat[..., offset : offset + r] *= coef[:, i, None, None]
+        offset += r
+    # Householder QR without forming Q (geqrf); Q is applied to the small result with ormqr.
+    h_B, tau_B = torch.geqrf(B_cat)  # B_cat = Q_B R_B
+    h_A, tau_A = torch.geqrf(At_cat)  # A_catᵀ = Q_A R_A
+    m, p = min(d, sum(ranks)), min(k, sum(ranks))
+    core = h_B[..., :m, :].triu() @ h_A[..., :p, :].triu().mT  # R_B R_Aᵀ: (n, m, p)
+    U, S, Vh = torch.linalg.svd(core, full_matrices=False)
     r = min(svd_rank, S.shape[-1])
     # Split √σ between the factors so B' and A' have equal norms (well-conditioned for further training).
     root = (S[..., :r] / out_scale).sqrt()
-    B_new = Q_B @ (U[..., :r] * root[..., None, :])
-    A_new = (root[..., :, None] * Vh[..., :r, :]) @ Q_A.mT
-    if r < svd_rank:  # target rank below svd_rank: pad with zero directions, ΔW unchanged
-        pad = svd_rank - r
-        B_new = torch.nn.functional.pad(B_new, (0, pad))
-        A_new = torch.nn.functional.pad(A_new, (0, 0, 0, pad))
+    left = torch.zeros(n, d, svd_rank, **f64)  # rows beyond m and columns beyond r stay zero (padding)
+    left[:, :m, :r] = U[..., :r] * root[..., None, :]
+    right = torch.zeros(n, k, svd_rank, **f64)
+    right[:, :p, :r] = Vh[..., :r, :].mT * root[..., None, :]
+    B_new = torch.ormqr(h_B, tau_B, left)  # Q_B · [U_r √S_r; 0]
+    A_new = torch.ormqr(h_A, tau_A, right).mT  # (Q_A · [V_r √S_r; 0])ᵀ
     return B_new, A_new, S
 
 
@@ -166,9 +203,15 @@ def svd_merge(
     """
     _check_svd_rank(svd_rank)
     w = normalize_weights(weights, len(factors))
-    coef = [wi * float(s) for wi, (_, _, s) in zip(w, factors, strict=True)]
+    coef = torch.tensor(
+        [[wi * float(s) for wi, (_, _, s) in zip(w, factors, strict=True)]], dtype=torch.float64
+    )
     B, A, S = _svd_merge_batched(
-        [b[None] for b, _, _ in factors], [a[None] for _, a, _ in factors], coef, svd_rank, out_scale
+        [[b] for b, _, _ in factors],
+        [[a] for _, a, _ in factors],
+        coef.to(factors[0][0].device),
+        svd_rank,
+        out_scale,
     )
     retained, rel_error = _truncation_stats(S, svd_rank)
     stats = {"singular_values": S[0], "retained_energy": retained[0], "rel_error": rel_error[0]}
@@ -333,12 +376,9 @@ def merge_state_dicts(
                 part = group[start : start + chunk]
                 f64 = {"dtype": torch.float64, "device": first.lora[part[0]][0].device}
                 coef = torch.tensor([[wi * in_scale[m][i] for i, wi in enumerate(w)] for m in part], **f64)
-                Bs = [torch.stack([c.lora[m][0].to(**f64) for m in part]) for c in clients]
-                As = [torch.stack([c.lora[m][1].to(**f64) for m in part]) for c in clients]
-                # per-module coefficients: broadcast (n, 1, 1) over each client's B stack
-                B, A, S = _svd_merge_batched(
-                    Bs, As, [coef[:, i, None, None] for i in range(len(clients))], svd_rank, s_out
-                )
+                Bs = [[c.lora[m][0] for m in part] for c in clients]
+                As = [[c.lora[m][1] for m in part] for c in clients]
+                B, A, S = _svd_merge_batched(Bs, As, coef, svd_rank, s_out)
                 retained, rel_error = _truncation_stats(S, svd_rank)
                 for j, m in enumerate(part):
                     _put(merged, first, m, B[j], A[j])

@@ -179,3 +179,10 @@ def test_bad_state_dicts_name_the_client_and_module():
         merge_state_dicts([good, other_base], svd_rank=4, names=["a/", "b/"])
     with pytest.raises(FedctlError, match="equal LoRA ranks.*adapter b/ has rank 3"):
         merge_state_dicts([good, _state_dict(1, ranks=(3, 2))], method="naive", names=["a/", "b/"])
+
+
+def test_wide_stack_when_sum_of_ranks_exceeds_the_layer_size():
+    factors = _clients([4, 4, 3], [1.0, 2.0, 1.0], d=6, k=5)  # Σr = 11 > d, k: rank(ΔW) ≤ 5
+    B, A, stats = svd_merge(factors, [1, 1, 1], svd_rank=12)
+    assert B.shape == (6, 12) and A.shape == (12, 5) and stats["singular_values"].shape == (5,)
+    assert _rel(B @ A, _target(factors, [1, 1, 1])) < 1e-12
