@@ -1,0 +1,145 @@
+"""`fedctl data`: demo corpora, client partitions, k-means targets. Thin: parse, call one function, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedctl.cli.console import err, out, print_json, saved, warn
+from fedctl.cli.options import JsonOpt
+
+app = typer.Typer(help="Prepare data: demo corpora, client partitions, k-means targets.", no_args_is_help=True)
+partition_app = typer.Typer(help="Split a dataset across simulated clients.", no_args_is_help=True)
+app.add_typer(partition_app, name="partition")
+
+# ---------------------------------------------------------------- speech options
+SpeechSeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (voices, sentences, splits, k-means).")]
+SpeechOutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written atomically).")]
+RootOpt = Annotated[
+    list[Path], typer.Option("--root", help="A LibriSpeech tree or subset folder (repeatable).")
+]
+SpeechClientsOpt = Annotated[int, typer.Option("--clients", help="Number of clients.")]
+ByOpt = Annotated[str, typer.Option("--by", help="speaker (no speaker on two clients), iid or dirichlet.")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Dirichlet concentration for --by dirichlet (smaller: more skew).")]
+ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of each client's utterances held out as val.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping and listing it.")]
+
+
+def _bad_files_warning(bad: list, where: str) -> None:
+    if not bad:
+        return
+    shown = "; ".join(f"{b.path}: {b.reason}" for b in bad[:3])
+    more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+    warn(f"skipped {len(bad)} bad file(s), listed in {where}: {shown}{more}")
+
+
+@app.command(
+    epilog="Examples:\n\n  fedctl data synth --out data/synth\n\n"
+    "  fedctl data synth --speakers 6 --utterances 5 --seed 1 --out /tmp/tiny"
+)
+def synth(
+    out_dir: SpeechOutOpt,
+    speakers: Annotated[int, typer.Option("--speakers", help="Distinct eSpeak voices.")] = 24,
+    utterances: Annotated[int, typer.Option("--utterances", help="Utterances per speaker (0.5-4 s each).")] = 40,
+    seed: SpeechSeedOpt = 0,
+) -> None:
+    """Synthesize a LibriSpeech-layout corpus (16 kHz FLAC + transcripts + phone alignments) with eSpeak NG."""
+    from fedctl.data.speech.synth import synth_corpus
+
+    err.print(f"Synthesizing {speakers} speakers x {utterances} utterances with eSpeak NG ...")
+    result = synth_corpus(out_dir, speakers=speakers, utterances=utterances, seed=seed)
+    out.print(
+        f"{result.utterances} utterances, {result.speakers} speakers, {result.seconds / 60:.1f} min of audio "
+        f"({result.min_duration:.2f}-{result.max_duration:.2f} s each) in {result.elapsed:.1f} s"
+    )
+    saved(result.out, "corpus")
+
+
+@partition_app.command(
+    "librispeech",
+    epilog="Examples:\n\n  fedctl data partition librispeech --root data/synth --clients 10 --out parts/\n\n"
+    "  fedctl data partition librispeech --root LibriSpeech/train-clean-100 --root LibriSpeech/train-clean-360 "
+    "--clients 100 --by dirichlet --alpha 0.5 --out parts/",
+)
+def partition_librispeech(
+    roots: RootOpt,
+    out_dir: SpeechOutOpt,
+    clients: SpeechClientsOpt = 10,
+    by: ByOpt = "speaker",
+    alpha: AlphaOpt = 0.5,
+    val_fraction: ValFractionOpt = 0.2,
+    seed: SpeechSeedOpt = 0,
+    strict: StrictOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Split LibriSpeech-layout trees across clients: per-client manifests + summary.json."""
+    from fedctl.data.speech.partition import partition_librispeech as run
+
+    result = run(roots, out_dir, clients=clients, by=by, alpha=alpha, val_fraction=val_fraction, seed=seed,
+                 strict=strict)
+    _bad_files_warning(result.bad_files, str(Path(out_dir) / "summary.json"))
+    summary = result.summary
+    if json_out:
+        print_json(summary)
+        return
+    table = Table(title=f"{summary['clients']} clients, by {summary['by']}")
+    for col in ("client", "utterances", "train", "val", "hours", "speakers"):
+        table.add_column(col, justify="left" if col == "client" else "right")
+    for c in summary["per_client"]:
+        table.add_row(c["client_id"], str(c["utterances"]), str(c["train"]), str(c["val"]),
+                      f"{c['hours']:.3f}", str(c["speakers"]))
+    t = summary["totals"]
+    table.add_row("total", str(t["utterances"]), "", "", f"{t['hours']:.3f}", str(t["speakers"]), style="bold")
+    out.print(table)
+    out.print(f"hour spread (max-min) {summary['hours_spread']:.4f} h; bad files {summary['num_bad_files']}")
+    saved(result.out, "partition")
+
+
+@app.command(
+    epilog="Examples:\n\n  fedctl data kmeans --parts parts/ --clusters 100 --scope client --out labels/\n\n"
+    "  fedctl data kmeans --parts parts/ --scope global --label-rate 100 --fit-fraction 0.1 --out labels/ --json",
+)
+def kmeans(
+    parts: Annotated[Path, typer.Option("--parts", help="Folder from `fedctl data partition librispeech`.")],
+    out_dir: SpeechOutOpt,
+    clusters: Annotated[int, typer.Option("--clusters", help="k-means clusters (HuBERT: 100 on MFCCs).")] = 100,
+    scope: Annotated[str, typer.Option("--scope", help="client (one model per client, data stays local) or global.")] = "client",
+    label_rate: Annotated[int, typer.Option("--label-rate", help="Labels per second: 50 (HuBERT frames) or 100.")] = 50,
+    fit_fraction: Annotated[float, typer.Option("--fit-fraction", help="Share of train frames k-means is fitted on.")] = 1.0,
+    threads: Annotated[int, typer.Option("--threads", help="Threads for k-means; raise on big data with free cores.")] = 1,
+    seed: SpeechSeedOpt = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fit MFCC k-means (HuBERT iteration 1) per client or globally and write frame labels per utterance."""
+    from fedctl.data.speech.kmeans import KmeansConfig, learn_kmeans_labels
+
+    cfg = KmeansConfig(clusters=clusters, scope=scope, label_rate=label_rate, fit_fraction=fit_fraction,
+                       seed=seed, threads=threads)
+    result = learn_kmeans_labels(parts, out_dir, cfg, progress=lambda msg: err.print(msg, highlight=False))
+    for message in result.warnings:
+        warn(message)
+    summary = result.summary
+    if json_out:
+        print_json(summary)
+        return
+    table = Table(title=f"MFCC k-means, scope {scope}, {label_rate} Hz labels")
+    for col in ("model", "clusters", "fit frames", "inertia", "used", "perplexity"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, m in summary["models"].items():
+        table.add_row(name, str(m["clusters"]), str(m["fit_frames"]), f"{m['inertia']:.1f}",
+                      f"{m['clusters_used']}/{m['clusters']}", f"{m['usage_perplexity']:.1f}")
+    out.print(table)
+    pm = summary["phone_metrics"]
+    if pm.get("available"):
+        km, rnd = pm["mean"]["kmeans"], pm["mean"]["random"]
+        out.print(
+            f"phone purity {km['phone_purity']:.3f} (random {rnd['phone_purity']:.3f}), "
+            f"cluster purity {km['cluster_purity']:.3f} (random {rnd['cluster_purity']:.3f}), "
+            f"PNMI {km['pnmi']:.3f} (random {rnd['pnmi']:.3f}) over {pm['frames']} frames"
+        )
+    else:
+        out.print("phone metrics: n/a (no .phn alignments in this corpus)")
+    saved(result.out, "labels")
