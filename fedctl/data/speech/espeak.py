@@ -112,6 +112,13 @@ class Espeak:
             i += 1
         return 0
 
+    def seed(self, value: int) -> None:
+        """Seed both random streams eSpeak NG draws from (its own, and libc's rand() used by the
+        waveform generator; the latter is process-global and otherwise depends on whoever called it first)."""
+        ctypes.CDLL(None).srand(ctypes.c_uint(value & 0xFFFFFFFF))
+        if hasattr(self._lib, "espeak_ng_SetRandSeed"):
+            self._lib.espeak_ng_SetRandSeed(ctypes.c_long(value & 0x7FFFFFFF))
+
     def set_voice(self, name: str, *, pitch: int, rate: int, pitch_range: int = 50) -> None:
         """Select a voice such as "en-us+m3"; pitch and range 0-100, rate in words per minute (80-450)."""
         if self._lib.espeak_SetVoiceByName(name.encode()) != 0:

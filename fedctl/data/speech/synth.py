@@ -149,6 +149,7 @@ def _utterance(engine: Espeak, rng: random.Random, voice: Voice) -> tuple[str, n
     words = max(2, round(target / seconds_per_word))
     for _attempt in range(40):
         (text,) = generate_sentences(1, seed=rng.getrandbits(32), min_words=max(1, words - 1), max_words=words + 1)
+        engine.seed(rng.getrandbits(31))
         synthesis = engine.synthesize(text)
         duration = len(synthesis.samples) / synthesis.sample_rate
         if duration > MAX_SECONDS:
