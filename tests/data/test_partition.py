@@ -1,0 +1,159 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from fedctl.data.speech.librispeech import Utterance, index_librispeech
+from fedctl.data.speech.partition import (
+    partition_librispeech,
+    read_partition,
+    split_by_speaker,
+    split_dirichlet,
+)
+from fedctl.errors import FedctlError
+
+from .conftest import SPEAKERS, UTTERANCES
+
+
+def _fake(n_speakers: int, seed: int) -> list[Utterance]:
+    rng = np.random.default_rng(seed)
+    utts = []
+    for s in range(n_speakers):
+        for i in range(int(rng.integers(1, 30))):
+            d = float(rng.uniform(0.5, 20.0))
+            utts.append(Utterance(f"{s}-1-{i}", "x.flac", d, int(d * 16000), 16000, str(s), "1", "A"))
+    return utts
+
+
+def test_manifests_and_summary_match_the_corpus(tiny_parts):
+    summary, manifests = read_partition(tiny_parts.out)
+    rows = [r for rs in manifests.values() for r in rs]
+    assert len(rows) == SPEAKERS * UTTERANCES == summary["totals"]["utterances"]
+    assert summary["num_bad_files"] == 0 and summary["totals"]["speakers"] == SPEAKERS
+    assert set(rows[0]) >= {"id", "path", "duration", "num_samples", "sample_rate", "speaker", "chapter",
+                            "transcript", "split", "phones"}
+    for c in summary["per_client"]:
+        client_rows = manifests[c["client_id"]]
+        assert c["utterances"] == len(client_rows)
+        assert c["hours"] == pytest.approx(sum(r["duration"] for r in client_rows) / 3600)
+        assert c["val"] == sum(r["split"] == "val" for r in client_rows) == round(0.2 * len(client_rows))
+    assert sum(c["hours"] for c in summary["per_client"]) == pytest.approx(summary["totals"]["hours"])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_speaker_split_never_splits_a_speaker_and_bounds_the_hour_spread(seed):
+    utts = _fake(n_speakers=37, seed=seed)
+    clients = 1 + seed % 9
+    parts = split_by_speaker(utts, clients)
+    owner = {}
+    for k, part in enumerate(parts):
+        for u in part:
+            assert owner.setdefault(u.speaker, k) == k
+    assert sum(len(p) for p in parts) == len(utts)
+    hours = [sum(u.duration for u in p) for p in parts]
+    largest_speaker = max(sum(u.duration for u in utts if u.speaker == s) for s in owner)
+    # greedy least-loaded assignment: max - min <= the largest single speaker
+    assert max(hours) - min(hours) <= largest_speaker + 1e-9
+
+
+def test_speaker_split_on_the_synth_corpus(tiny_parts):
+    summary, manifests = read_partition(tiny_parts.out)
+    speakers = [{r["speaker"] for r in rows} for rows in manifests.values()]
+    assert sum(len(s) for s in speakers) == len(set().union(*speakers)) == SPEAKERS
+    assert summary["hours_spread"] <= summary["largest_speaker_hours"]
+
+
+def test_dirichlet_is_reproducible_for_a_seed_and_skewed():
+    utts = _fake(n_speakers=20, seed=1)
+    a = split_dirichlet(utts, 5, 0.3, np.random.default_rng(7))
+    b = split_dirichlet(utts, 5, 0.3, np.random.default_rng(7))
+    c = split_dirichlet(utts, 5, 0.3, np.random.default_rng(8))
+    assert [[u.id for u in p] for p in a] == [[u.id for u in p] for p in b]
+    assert [[u.id for u in p] for p in a] != [[u.id for u in p] for p in c]
+    assert sorted(u.id for p in a for u in p) == sorted(u.id for u in utts)
+    assert min(len(p) for p in a) >= 1
+
+
+def test_dirichlet_cli_path_is_reproducible(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    runs = [partition_librispeech([root], tmp_path / f"p{i}", clients=4, by="dirichlet", alpha=0.5, seed=3)
+            for i in range(2)]
+    for name in ("client_000.jsonl", "client_003.jsonl", "summary.json"):
+        assert (tmp_path / "p0" / name).read_text() == (tmp_path / "p1" / name).read_text()
+    assert runs[0].summary["alpha"] == 0.5
+
+
+def test_iid_is_even(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    result = partition_librispeech([root], tmp_path / "iid", clients=4, by="iid", seed=0)
+    sizes = [c["utterances"] for c in result.summary["per_client"]]
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == SPEAKERS * UTTERANCES
+
+
+@pytest.fixture()
+def broken_tree(tiny_corpus, tmp_path):
+    """A copy of two speakers with one of every kind of bad file."""
+    root, _ = tiny_corpus
+    tree = tmp_path / "broken"
+    for spk in sorted(p.name for p in root.iterdir() if p.is_dir())[:2]:
+        shutil.copytree(root / spk, tree / spk)
+    chapter = sorted(tree.glob("*/*"))[0]
+    flacs = sorted(chapter.glob("*.flac"))
+    flacs[0].write_bytes(b"")  # zero-length file
+    flacs[1].write_bytes(b"not a flac at all" * 10)  # unreadable
+    trans = next(chapter.glob("*.trans.txt"))
+    lines = trans.read_text().splitlines()
+    trans.write_text("\n".join(line for line in lines if not line.startswith(flacs[2].stem)) + "\n")  # no line
+    sf.write(chapter / "1001-100100-9998.wav", np.zeros(8000, np.float32), 8000)  # 8 kHz
+    sf.write(chapter / "1001-100100-9997.wav", np.zeros(16000, np.float32), 16000)  # good WAV
+    with trans.open("a") as f:
+        f.write("1001-100100-9998 EIGHT KILOHERTZ\n1001-100100-9997 A WAV FILE\n1001-100100-9999 NO AUDIO\n")
+    return tree
+
+
+def test_bad_files_are_listed_counted_and_skipped(broken_tree, tmp_path):
+    result = partition_librispeech([broken_tree], tmp_path / "parts", clients=2, seed=0)
+    reasons = {b.path.rsplit("/", 1)[-1]: b.reason for b in result.bad_files}
+    assert len(result.bad_files) == 5 == result.summary["num_bad_files"]
+    assert "empty file" in next(r for p, r in reasons.items() if p.endswith("0000.flac"))
+    assert "unreadable audio" in next(r for p, r in reasons.items() if p.endswith("0001.flac"))
+    assert "no transcript line" in next(r for p, r in reasons.items() if p.endswith(".flac") and "0002" in p)
+    assert "8000 Hz" in reasons["1001-100100-9998.wav"]
+    assert "no audio" in reasons["1001-100100-9999.flac"]
+    good = 2 * UTTERANCES - 3 + 1  # three broken FLACs out, the 16 kHz WAV in
+    assert result.summary["totals"]["utterances"] == good
+    summary = json.loads((tmp_path / "parts" / "summary.json").read_text())
+    assert len(summary["bad_files"]) == 5
+
+
+def test_strict_turns_bad_files_into_an_error_and_writes_nothing(broken_tree, tmp_path):
+    with pytest.raises(FedctlError, match=r"5 bad file\(s\) with --strict"):
+        partition_librispeech([broken_tree], tmp_path / "parts", clients=2, strict=True)
+    assert not (tmp_path / "parts").exists()
+    assert list(tmp_path.glob(".parts*")) == []
+
+
+def test_more_clients_than_speakers_is_a_clear_error(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    with pytest.raises(FedctlError, match=f"only {SPEAKERS} speakers") as exc:
+        partition_librispeech([root], tmp_path / "parts", clients=SPEAKERS + 1)
+    assert "--by iid" in exc.value.hint
+    assert not (tmp_path / "parts").exists()
+
+
+def test_several_roots_and_duplicate_ids(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    index = index_librispeech([root, root])
+    assert len(index.utterances) == SPEAKERS * UTTERANCES
+    assert len(index.bad_files) == SPEAKERS * UTTERANCES
+    assert all("duplicate utterance id" in b.reason for b in index.bad_files)
+
+
+def test_missing_root_and_empty_tree(tmp_path):
+    with pytest.raises(FedctlError, match="is not a directory"):
+        index_librispeech([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FedctlError, match="no LibriSpeech transcripts"):
+        index_librispeech([tmp_path / "empty"])
