@@ -14,8 +14,8 @@ from fedctl.errors import FedctlError
 from fedctl.tasks.mamba import MambaConfig, MambaTask, plain_train_loop
 from fedctl.tasks.mamba import data as mdata
 
-# The tiny preset with chunk_size = seq_len, so the pure-torch scan pads nothing; 4 local steps keep fits cheap.
-SMALL = dict(demo_sentences=800, seq_len=32, chunk_size=32, batch_size=8, eval_batches=4, local_updates=4)
+# The tiny preset (chunk 32 = seq_len: the pure-torch scan pads nothing); 4 local steps keep fits cheap.
+SMALL = dict(demo_sentences=800, seq_len=32, batch_size=8, eval_batches=4, local_updates=4)
 
 
 def make_task(num_clients: int = 2, seed: int = 0, run_dir=None, **overrides) -> MambaTask:
@@ -24,8 +24,18 @@ def make_task(num_clients: int = 2, seed: int = 0, run_dir=None, **overrides) ->
     return MambaTask(cfg, ctx)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # The test machines are shared: with more runnable threads than cores, torch's 2-thread kernels
+    # stall at every barrier (measured 3x slower here). One thread is faster and fair; restored after.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def task() -> MambaTask:
+def task(one_thread) -> MambaTask:
     return make_task(num_clients=3)
 
 
