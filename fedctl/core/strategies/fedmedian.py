@@ -14,5 +14,5 @@ class FedMedian(Strategy):
     def __init__(self) -> None:
         pass
 
-    def begin(self, server_round: int, global_state: State) -> Aggregator:
+    def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         return Collect(lambda updates: coordinate_median([u.state for u in updates]))

@@ -16,5 +16,5 @@ class FedTrimmedAvg(Strategy):
             raise ValueError("beta must be in the range [0, 0.5)")
         self.beta = beta
 
-    def begin(self, server_round: int, global_state: State) -> Aggregator:
+    def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         return Collect(lambda updates: trimmed_mean([u.state for u in updates], self.beta))

@@ -35,5 +35,5 @@ class Krum(Strategy):
             return updates[keep[0]].state
         return weighted_mean((updates[i].state, float(updates[i].num_examples)) for i in keep)
 
-    def begin(self, server_round: int, global_state: State) -> Aggregator:
+    def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         return Collect(self._reduce)

@@ -1,0 +1,43 @@
+"""Runs every benchmark in one process and prints their side-by-side ratios.
+
+    python bench/run.py [--quick] [--only engine,merge,speech] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+SUITES = {"engine": "bench.bench_engine", "merge": "bench.bench_merge", "speech": "bench.bench_speech"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    parser.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(SUITES))
+    parser.add_argument("--json", dest="json_path", default=None, help="also write all numbers to this file")
+    args = parser.parse_args()
+    chosen = [s for s in args.only.split(",") if s] or list(SUITES)
+    results = {}
+    for name in chosen:
+        try:
+            module = importlib.import_module(SUITES[name])
+        except ModuleNotFoundError as exc:
+            print(f"== {name}: skipped ({exc.name} not available)")
+            continue
+        print(f"== {name}")
+        results[name] = module.main(quick=args.quick)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv with CPU torch 2.13.0 first (so nothing pulls a CUDA build), then fedctl and its extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[dev,flower]"
