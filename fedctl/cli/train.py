@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from fedctl.cli.console import err, out, print_json, saved
+from fedctl.cli.console import out, print_json, saved
 from fedctl.cli.options import (
     ClientsOpt,
     ConfigOpt,
@@ -68,8 +68,6 @@ def _run(
             flags={"run": run_flags, "federation": fed_flags, "task": task_flags},
             sets=sets, central=central,
         )
-    if not resume and getattr(exp.task, "data", "") is None:
-        err.print("[dim]No --data given: using the built-in demo text corpus.[/]")
     with RunRenderer(quiet=as_json) as render:
         outcome = recipe.train(exp, on_event=render, resume=resume)
     final = recipe.final_metrics(outcome.result)
@@ -116,7 +114,7 @@ def mamba(
 
 @app.command("central", epilog="Examples:\n\n  fedctl train central --task mamba\n\n  fedctl train central --task mamba --config pure_ssm_1_layer --data wikitext-2 --rounds 50")
 def central(
-    task: Annotated[str, typer.Option("--task", help="Workload: mamba.")] = "mamba",
+    task: Annotated[str, typer.Option("--task", help="Workload: mamba, glue, hubert, distill.")] = "mamba",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     rounds: RoundsOpt = None,
@@ -124,15 +122,19 @@ def central(
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
     data: DataOpt = None,
+    full: Annotated[bool | None, typer.Option("--full/--lora", help="glue: full fine-tuning or LoRA.", show_default=False)] = None,
     resume: ResumeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Centralized baseline: the same engine with one client holding all the data."""
+    task_flags: dict[str, Any] = {"data": data}
+    if full is not None:
+        task_flags["finetune"] = "full" if full else "lora"
     _run(
         task, config=config, sets=sets,
         run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
         fed_flags={"rounds": rounds},
-        task_flags={"data": data},
+        task_flags=task_flags,
         resume=resume, as_json=as_json, central=True,
     )
 
@@ -157,3 +159,19 @@ def templates(as_json: JsonOpt = False) -> None:
     for row in rows:
         table.add_row(row["name"], row["command"])
     out.print(table)
+
+
+def _register_workload_commands() -> None:
+    # Each workload's `train` command lives in its own module (fedctl/cli/train_<workload>.py) and
+    # registers itself on `app`; a module appears only once its workload works.
+    import importlib
+
+    for name in ("lora", "hubert"):
+        try:
+            importlib.import_module(f"fedctl.cli.train_{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"fedctl.cli.train_{name}":
+                raise
+
+
+_register_workload_commands()

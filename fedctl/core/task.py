@@ -77,6 +77,18 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]: ...
 
 
+# Optional hooks, for strategies that weight clients by statistics of their trained model
+# (FedEntropy, FedFisher; see fedctl.core.client_stats). Every workload should provide them:
+#
+#   def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]
+#       Up to max_examples of the client's examples (held-out local data where the task has it),
+#       each tensor with a leading example dimension; deterministic.
+#   def forward_logits(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
+#       (logits [B, ..., C], labels [B, ...]) for a batch of those examples; label -100 = ignore.
+#       Must be functional-friendly (no in-place updates of module state, no .item()): it runs
+#       under torch.func.vmap(grad(...)) for per-example gradients.
+
+
 def proximal_term(model: nn.Module, anchor: dict[str, torch.Tensor] | None, mu: float) -> torch.Tensor | float:
     """FedProx's (mu/2)·||w − w_global||² over the trainable parameters that travel (Li et al. 2020).
 

@@ -61,7 +61,17 @@ def resolve(
                 f"run it with `fedctl train {exp.run.task} --config {config}`",
             )
     for section, values in (flags or {}).items():
-        apply_mapping(getattr(exp, section), {k: v for k, v in values.items() if v is not None}, section)
+        target = getattr(exp, section)
+        given = {k: v for k, v in values.items() if v is not None}
+        if section == "task":
+            known = {f.name for f in dataclasses.fields(target)}
+            for key in given:
+                if key not in known:  # a shared flag (e.g. --data) this workload has no key for
+                    raise FedctlError(
+                        f"--{key.replace('_', '-')} does not apply to task '{task_name}'",
+                        f"its keys: {', '.join(sorted(known))} (set them with --set task.KEY=VALUE)",
+                    )
+        apply_mapping(target, given, section)
     apply_mapping(exp, parse_set(sets), "")
     if central:
         # the centralized baseline is the engine with one client holding all data

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from fedctl.errors import FedctlError
@@ -24,12 +25,14 @@ class Workload:
         return getattr(importlib.import_module(self.module), self.task_class)(cfg, ctx)
 
 
-WORKLOADS: dict[str, Workload] = {
-    w.name: w
-    for w in (
-        Workload("mamba", "fedctl.tasks.mamba", "MambaConfig", "MambaTask", "Mamba2 causal language model (transformers)"),
-    )
-}
+_ALL = (
+    Workload("mamba", "fedctl.tasks.mamba", "MambaConfig", "MambaTask", "Mamba2 causal language model (transformers)"),
+    Workload("glue", "fedctl.tasks.glue", "GlueConfig", "GlueTask", "LoRA or full fine-tuning on a GLUE task (peft)"),
+    Workload("hubert", "fedctl.tasks.hubert", "HubertPretrainConfig", "HubertTask", "HuBERT masked-prediction pretraining"),
+    Workload("distill", "fedctl.tasks.distill", "DistillConfig", "DistillTask", "HuBERT teacher → student distillation"),
+)
+# A workload is listed only once its package exists: no placeholders.
+WORKLOADS: dict[str, Workload] = {w.name: w for w in _ALL if importlib.util.find_spec(w.module) is not None}
 
 
 def get_workload(name: str) -> Workload:
