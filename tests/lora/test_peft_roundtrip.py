@@ -62,7 +62,9 @@ def clients(tmp_path_factory):
         model.save_pretrained(root / f"client_{i}")
         (root / f"client_{i}.json").write_text(json.dumps(SHARDS[i]))
         dirs.append(root / f"client_{i}")
-        deltas.append({n: m.get_delta_weight("default").detach().double() for n, m in _lora_layers(model).items()})
+        deltas.append(
+            {n: m.get_delta_weight("default").detach().double() for n, m in _lora_layers(model).items()}
+        )
         heads.append(model.base_model.model.classifier.modules_to_save["default"].weight.detach().double())
     return root, dirs, deltas, heads
 
