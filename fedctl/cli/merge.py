@@ -7,10 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from typer.core import TyperCommand
 
 from fedctl.cli.console import out, print_json, saved
-from fedctl.cli.options import JsonOpt
+from fedctl.cli.options import JsonOpt, multi_value_command
 
 app = typer.Typer(
     help="Combine LoRA adapters into one: exact weighted mean of the ΔW refactored by SVD, or naive A/B averaging.",
@@ -18,39 +17,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-_MULTI_VALUE = ("--adapters", "--weights", "--shard-manifests")
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-class _MultiValueCommand(TyperCommand):
-    """Lets `--adapters a/ b/ c/` take several values: click options take one value per flag, so the bare
-    tokens after a multi-value flag are rewritten to `--adapters a/ --adapters b/ --adapters c/`."""
-
-    def parse_args(self, ctx, args):
-        expanded: list[str] = []
-        current, awaiting = None, False
-        for i, token in enumerate(args):
-            if token == "--":
-                expanded += args[i:]
-                break
-            if token.startswith("-") and not _is_number(token):
-                name = token.split("=", 1)[0]
-                current = name if name in _MULTI_VALUE else None
-                awaiting = current is not None and "=" not in token
-                expanded.append(token)
-            elif current and not awaiting:
-                expanded += [current, token]
-            else:
-                expanded.append(token)
-                awaiting = False
-        return super().parse_args(ctx, expanded)
+_MultiValueCommand = multi_value_command("--adapters", "--weights", "--shard-manifests")
 
 
 AdaptersOpt = Annotated[

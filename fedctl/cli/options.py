@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config (see `templates/`); flags override it.")
@@ -27,3 +28,71 @@ OutDirOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (de
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
+SaveDeltasOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--save-deltas",
+        help="Save parameter deltas: every=N and entity=server|clients|all (e.g. --save-deltas every=5 "
+        "--save-deltas entity=clients, or 'every=5,entity=clients').",
+    ),
+]
+
+
+def parse_save_deltas(items: list[str] | None) -> dict[str, object]:
+    """--save-deltas every=5 entity=clients → federation keys."""
+    from fedctl.errors import FedctlError
+
+    out: dict[str, object] = {}
+    for item in items or []:
+        for part in item.replace(",", " ").split():
+            key, _, value = part.partition("=")
+            if key == "every" and value.isdigit():
+                out["save_deltas_every"] = int(value)
+            elif key == "entity" and value:
+                out["save_deltas_entity"] = value
+            else:
+                raise FedctlError(f"--save-deltas '{part}' is not every=N or entity=server|clients|all",
+                                  "e.g. --save-deltas every=5 --save-deltas entity=clients")
+    if out and "save_deltas_every" not in out:
+        out["save_deltas_every"] = 1
+    return out
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+class MultiValueCommand(TyperCommand):
+    """Lets options in `multi_value` take several values after one flag (`--adapters a/ b/ c/`):
+    click options take one value per flag, so bare tokens after such a flag are rewritten to
+    `--adapters a/ --adapters b/ --adapters c/`. Misspelt options still fail as usual."""
+
+    multi_value: tuple[str, ...] = ()
+
+    def parse_args(self, ctx, args):
+        expanded: list[str] = []
+        current, awaiting = None, False
+        for i, token in enumerate(args):
+            if token == "--":
+                expanded += args[i:]
+                break
+            if token.startswith("-") and not _is_number(token):
+                name = token.split("=", 1)[0]
+                current = name if name in self.multi_value else None
+                awaiting = current is not None and "=" not in token
+                expanded.append(token)
+            elif current and not awaiting:
+                expanded += [current, token]
+            else:
+                expanded.append(token)
+                awaiting = False
+        return super().parse_args(ctx, expanded)
+
+
+def multi_value_command(*flags: str) -> type[MultiValueCommand]:
+    """A Typer command class whose `flags` accept several values each."""
+    return type("MultiValue", (MultiValueCommand,), {"multi_value": tuple(flags)})

@@ -17,9 +17,12 @@ from fedctl.cli.options import (
     OutDirOpt,
     ResumeOpt,
     RoundsOpt,
+    SaveDeltasOpt,
     SeedOpt,
     SetOpt,
     StrategyOpt,
+    multi_value_command,
+    parse_save_deltas,
 )
 from fedctl.cli.render import RunRenderer
 from fedctl.errors import FedctlError
@@ -49,11 +52,15 @@ def _run(
     resume: bool,
     as_json: bool,
     central: bool = False,
+    save_deltas: list[str] | None = None,
 ) -> None:
     from fedctl.tasks import recipe
 
+    fed_flags = {**fed_flags, **parse_save_deltas(save_deltas)}
+
     if resume:
-        given = [k for k, v in {**run_flags, **fed_flags, **task_flags}.items() if v is not None and k not in ("out", "rounds")]
+        given = [k for k, v in {**run_flags, **fed_flags, **task_flags}.items()
+                 if v is not None and k not in ("out", "rounds")]
         if given or config or sets:
             raise FedctlError(
                 "--resume takes the config from the run's config.yaml; only --rounds may change",
@@ -80,7 +87,10 @@ def _run(
     saved(outcome.run_dir, "run")
 
 
-@app.command("mamba", epilog="Examples:\n\n  fedctl train mamba\n\n  fedctl train mamba --config pure_ssm_2_layer --data wikitext-2 --rounds 50\n\n  fedctl train mamba --strategy fedavgm --set federation.strategy_args.server_momentum=0.9\n\n  fedctl train mamba --out runs/mamba --resume --rounds 20")
+TrainCommand = multi_value_command("--save-deltas", "--target-modules")
+
+
+@app.command("mamba", cls=TrainCommand, epilog="Examples:\n\n  fedctl train mamba\n\n  fedctl train mamba --config pure_ssm_2_layer --data wikitext-2 --rounds 50\n\n  fedctl train mamba --strategy fedavgm --set federation.strategy_args.server_momentum=0.9\n\n  fedctl train mamba --out runs/mamba --resume --rounds 20")
 def mamba(
     config: ConfigOpt = None,
     sets: SetOpt = None,
@@ -98,6 +108,7 @@ def mamba(
     batch_size: BatchOpt = None,
     seq_len: SeqLenOpt = None,
     tokenizer: TokenizerOpt = None,
+    save_deltas: SaveDeltasOpt = None,
     resume: ResumeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -108,11 +119,11 @@ def mamba(
         fed_flags={"rounds": rounds, "clients": clients, "fraction": fraction, "strategy": strategy},
         task_flags={"data": data, "preset": preset, "local_updates": local_updates, "lr": lr,
                     "batch_size": batch_size, "seq_len": seq_len, "tokenizer": tokenizer},
-        resume=resume, as_json=as_json,
+        resume=resume, as_json=as_json, save_deltas=save_deltas,
     )
 
 
-@app.command("central", epilog="Examples:\n\n  fedctl train central --task mamba\n\n  fedctl train central --task mamba --config pure_ssm_1_layer --data wikitext-2 --rounds 50")
+@app.command("central", cls=TrainCommand, epilog="Examples:\n\n  fedctl train central --task mamba\n\n  fedctl train central --task mamba --config pure_ssm_1_layer --data wikitext-2 --rounds 50")
 def central(
     task: Annotated[str, typer.Option("--task", help="Workload: mamba, glue, hubert, distill.")] = "mamba",
     config: ConfigOpt = None,
@@ -123,6 +134,7 @@ def central(
     device: DeviceOpt = None,
     data: DataOpt = None,
     full: Annotated[bool | None, typer.Option("--full/--lora", help="glue: full fine-tuning or LoRA.", show_default=False)] = None,
+    save_deltas: SaveDeltasOpt = None,
     resume: ResumeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -135,7 +147,7 @@ def central(
         run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
         fed_flags={"rounds": rounds},
         task_flags=task_flags,
-        resume=resume, as_json=as_json, central=True,
+        resume=resume, as_json=as_json, central=True, save_deltas=save_deltas,
     )
 
 

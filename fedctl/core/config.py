@@ -38,6 +38,8 @@ class FederationConfig:
     checkpoint_every: int = 5  # checkpoint every N rounds (and after the last)
     keep_checkpoints: int = 0  # how many newest checkpoints to keep; 0 keeps all
     keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (memory: K optimizer states)
+    save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
+    save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
 
 
 def _field_types(cls: type) -> dict[str, Any]:

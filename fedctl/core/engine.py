@@ -22,13 +22,14 @@ import torch
 from torch import nn
 
 from fedctl.core import checkpoint as ckpt_io
+from fedctl.core import client_stats
 from fedctl.core.aggregate import State, all_finite, state_nbytes
 from fedctl.core.config import FederationConfig, dump_yaml
 from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
 from fedctl.core.strategies import ClientUpdate, Strategy
 from fedctl.core.task import ClientConfig, Task, client_seed
 from fedctl.errors import FedctlError
-from fedctl.utils.io import write_text
+from fedctl.utils.io import atomic_path, write_text
 
 EventSink = Callable[[object], None]
 
@@ -150,6 +151,37 @@ class _Run:
             text = "".join(json.dumps(rec) + "\n" for rec in self.history)
             write_text(self.run_dir / "metrics.jsonl", text)
 
+    # -- client statistics and deltas ---------------------------------------------------------------
+    def client_statistics(self, cid: str, instructions: dict[str, Any], seed: int) -> dict[str, Any]:
+        """Statistics the strategy asked for (entropy, diagonal Fisher), measured on the trained model."""
+        wanted = instructions.get("stats") or {}
+        out: dict[str, Any] = {}
+        if "entropy" in wanted:
+            out["entropy"] = client_stats.predictive_entropy(self.task, self.model, cid, **wanted["entropy"])
+        if "fisher" in wanted:
+            opts = wanted["fisher"]
+            out["fisher"] = client_stats.diagonal_fisher(
+                self.task, self.model, cid, mode=opts["mode"], max_examples=opts["max_examples"],
+                chunk=opts["chunk"], seed=seed, keys=self.keys,
+            )
+        return out
+
+    def deltas_for(self, entity: str, server_round: int) -> bool:
+        every = self.fed.save_deltas_every
+        return (
+            self.run_dir is not None and every > 0 and server_round % every == 0
+            and self.fed.save_deltas_entity in (entity, "all")
+        )
+
+    def save_delta(self, name: str, new: State, old: State, meta: dict[str, Any]) -> None:
+        """new − old for every floating tensor, as safetensors under deltas/ (atomic)."""
+        from safetensors.torch import save_file
+
+        delta = {k: (new[k].float() - old[k].float()).contiguous().cpu() for k in new if new[k].is_floating_point()}
+        path = self.run_dir / "deltas" / f"{name}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file(delta, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+
     # -- one round --------------------------------------------------------------------------------
     def fit_round(self, server_round: int) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -158,7 +190,7 @@ class _Run:
         needs_anchor = float(instructions.get("proximal_mu", 0.0)) > 0.0
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
-        loss_sum, examples = 0.0, 0
+        loss_sum, examples, local_steps = 0.0, 0, 0
         for index in sampled:
             cid = self.client_ids[index]
             self.load_global()
@@ -180,7 +212,16 @@ class _Run:
                 self.emit(ClientFailed(server_round, cid, f"raised {type(exc).__name__}: {exc}"))
                 continue
             state = {k: self.params[k] for k in self.keys}
-            if not all_finite(state):
+            try:
+                stats = {**result.stats, **self.client_statistics(cid, instructions, cseed)}
+            except FedctlError:
+                raise
+            except Exception as exc:
+                failed.append(cid)
+                self.emit(ClientFailed(server_round, cid, f"statistics failed: {type(exc).__name__}: {exc}"))
+                continue
+            if not all_finite(state) or not all(all_finite(v) if isinstance(v, dict) else math.isfinite(v)
+                                                for v in stats.values() if isinstance(v, (dict, float))):
                 failed.append(cid)
                 self.emit(ClientFailed(server_round, cid, "returned a non-finite update (NaN or Inf)"))
                 continue
@@ -188,7 +229,11 @@ class _Run:
                 failed.append(cid)
                 self.emit(ClientFailed(server_round, cid, "reported num_examples <= 0"))
                 continue
-            aggregator.add(ClientUpdate(cid, state, result.num_examples, result.metrics, result.stats))
+            if self.deltas_for("clients", server_round):
+                self.save_delta(f"clients/round_{server_round:03d}/{cid}", state, self.global_state,
+                                {"round": server_round, "entity": "client", "client_id": cid})
+            aggregator.add(ClientUpdate(cid, state, result.num_examples, result.metrics, stats))
+            local_steps += int(result.metrics.get("steps", 0))
             if self.fed.keep_optimizer_state and result.optimizer_state is not None:
                 self.optimizer_states[cid] = result.optimizer_state
             loss = result.metrics.get("train_loss")
@@ -206,11 +251,16 @@ class _Run:
             )
         old = self.global_state
         self.global_state = self.strategy.step(server_round, old, aggregator.result(old))
+        if self.deltas_for("server", server_round):
+            self.save_delta(f"server/round_{server_round:03d}", self.global_state, old,
+                            {"round": server_round, "entity": "server"})
         # Double buffering: the old global becomes next round's accumulator unless the new state aliases it.
         in_use = {t.data_ptr() for t in self.global_state.values()}
         self.spare = old if not any(t.data_ptr() in in_use for t in old.values()) else None
         mb = self.shared_bytes / 1e6
+        summary = aggregator.summary() if hasattr(aggregator, "summary") else {}
         return {
+            **summary,
             "type": "fit",
             "round": server_round,
             "clients": aggregator.count,
@@ -218,6 +268,7 @@ class _Run:
             "failed": failed,
             "train_loss": loss_sum / examples if examples else None,
             "num_examples": examples,
+            "local_steps": local_steps,
             "mb_down": mb * len(sampled),
             "mb_up": mb * aggregator.count,
             "seconds": time.perf_counter() - t0,
@@ -243,6 +294,8 @@ class _Run:
         elif self.run_dir is not None:
             write_text(self.run_dir / "config.yaml", dump_yaml(self.config))
         total = self.fed.rounds
+        if self.strategy.configure_fit(start).get("stats"):
+            client_stats.require_hooks(self.task, self.strategy.name)
         self.emit(
             RunStarted(
                 task=self.task.name, strategy=self.strategy.name, rounds=total, start_round=start,

@@ -99,6 +99,11 @@ def validate(exp: Experiment) -> None:
     for key in ("eval_every", "checkpoint_every"):
         if getattr(f, key) < 1:
             raise FedctlError(f"federation.{key} must be at least 1", f"--set federation.{key}=1")
+    if f.save_deltas_every < 0 or f.save_deltas_entity not in ("server", "clients", "all"):
+        raise FedctlError(
+            f"federation.save_deltas_every = {f.save_deltas_every}, save_deltas_entity = '{f.save_deltas_entity}' is invalid",
+            "use --save-deltas every=N entity=server|clients|all (N ≥ 1), or leave it off",
+        )
     build_strategy(f.strategy, f.strategy_args)  # checks name and options
     resolve_device(exp.run.device)
 

@@ -15,7 +15,6 @@ from fedctl.core.events import ClientFailed, RoundFinished
 from fedctl.core.strategies import build_strategy
 from fedctl.core.task import client_seed
 from fedctl.errors import FedctlError
-
 from tests.core.linear_task import LinearTask
 
 

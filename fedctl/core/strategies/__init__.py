@@ -12,6 +12,8 @@ from fedctl.core.strategies.fedadagrad import FedAdagrad
 from fedctl.core.strategies.fedadam import FedAdam
 from fedctl.core.strategies.fedavg import FedAvg
 from fedctl.core.strategies.fedavgm import FedAvgM
+from fedctl.core.strategies.fedentropy import FedEntropy
+from fedctl.core.strategies.fedfisher import FedFisher
 from fedctl.core.strategies.fedmedian import FedMedian
 from fedctl.core.strategies.fedprox import FedProx
 from fedctl.core.strategies.fedtrimmedavg import FedTrimmedAvg
@@ -21,7 +23,8 @@ from fedctl.errors import FedctlError
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg, Krum)
+    for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg, Krum,
+                FedEntropy, FedFisher)
 }
 
 __all__ = ["STRATEGIES", "Aggregator", "ClientUpdate", "Strategy", "build_strategy", "strategy_options"]
@@ -61,6 +64,8 @@ def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy
                 f"valid options: {', '.join(valid) or '(none)'}; set them with --set federation.strategy_args.KEY=VALUE",
             )
         expected = hints.get(key)
+        if isinstance(value, str) and expected is not None and _type_ok(True, expected) and value.lower() in ("true", "false"):
+            value = options[key] = value.lower() == "true"
         if expected is not None and not _type_ok(value, expected):
             raise FedctlError(
                 f"strategy option {cls.name}.{key} = {value!r} is not a valid {_type_name(expected)}",

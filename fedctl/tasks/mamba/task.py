@@ -32,7 +32,7 @@ ARCH_KEYS = ("hidden_size", "num_layers", "state_size", "head_dim", "expand", "n
 def resolve_architecture(cfg: MambaConfig) -> dict[str, int]:
     """The preset's Mamba2 sizes with cfg's overrides applied, checked against what Mamba2 accepts."""
     if cfg.preset not in PRESETS:
-        raise FedctlError(f"unknown mamba.preset {cfg.preset!r}", f"valid presets: {', '.join(PRESETS)}")
+        raise FedctlError(f"unknown task.preset {cfg.preset!r}", f"valid presets: {', '.join(PRESETS)}")
     arch = dict(PRESETS[cfg.preset])
     for key in ARCH_KEYS:
         value = getattr(cfg, key)
@@ -44,14 +44,14 @@ def resolve_architecture(cfg: MambaConfig) -> dict[str, int]:
     inner = arch["expand"] * arch["hidden_size"]
     if inner % arch["head_dim"]:
         raise FedctlError(
-            f"mamba.head_dim = {arch['head_dim']} does not divide expand*hidden_size = "
+            f"task.head_dim = {arch['head_dim']} does not divide expand*hidden_size = "
             f"{arch['expand']}*{arch['hidden_size']} = {inner}",
             "Mamba2 needs num_heads = expand*hidden_size/head_dim to be whole; pick a head_dim that divides it",
         )
     num_heads = inner // arch["head_dim"]
     if num_heads % arch["n_groups"]:
         raise FedctlError(
-            f"mamba.n_groups = {arch['n_groups']} does not divide the {num_heads} heads",
+            f"task.n_groups = {arch['n_groups']} does not divide the {num_heads} heads",
             f"choose n_groups among the divisors of {num_heads} (1 always works)",
         )
     arch["num_heads"] = num_heads
@@ -75,7 +75,7 @@ def _check_training_config(cfg: MambaConfig) -> None:
         if not ok:
             raise FedctlError(f"mamba.{key} = {getattr(cfg, key)!r} is out of range", hint)
     if cfg.shard not in ("contiguous", "interleaved"):
-        raise FedctlError(f"mamba.shard = {cfg.shard!r} is not a sharding mode", "use contiguous or interleaved")
+        raise FedctlError(f"task.shard = {cfg.shard!r} is not a sharding mode", "use contiguous or interleaved")
 
 
 def lm_loss(model: nn.Module, blocks: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -105,7 +105,7 @@ class MambaTask:
         if self.device.type == "cpu" and cfg.seq_len < self.arch["chunk_size"] // 2:
             ctx.log(
                 f"note: seq_len {cfg.seq_len} is far below chunk_size {self.arch['chunk_size']}; "
-                "the pure-torch scan pads every sequence up to a chunk (set mamba.chunk_size to save time)"
+                "the pure-torch scan pads every sequence up to a chunk (set task.chunk_size to save time)"
             )
 
     # ------------------------------------------------------------------------------ model
@@ -131,7 +131,7 @@ class MambaTask:
                 tie_word_embeddings=False,
             )
         except (ValueError, TypeError) as exc:
-            raise FedctlError(f"Mamba2 rejects the model sizes {a}: {exc}", "adjust mamba.hidden_size/head_dim/expand/n_groups") from exc
+            raise FedctlError(f"Mamba2 rejects the model sizes {a}: {exc}", "adjust task.hidden_size/head_dim/expand/n_groups") from exc
 
     def build_model(self) -> nn.Module:
         """A freshly initialised Mamba2ForCausalLM, identical for the same ctx.seed; the global RNG is left untouched."""
@@ -188,6 +188,7 @@ class MambaTask:
         step_offset: int = 0,
         anchor: dict[str, torch.Tensor] | None = None,
         proximal_mu: float = 0.0,
+        base_lr: float | None = None,
     ) -> list[float]:
         """The local loop: for each batch, loss (+ FedProx term) → backward → clip → AdamW step.
 
@@ -199,7 +200,8 @@ class MambaTask:
         losses = []
         for step, idx in enumerate(batches):
             global_step = step_offset + step
-            lr = c.lr * min(1.0, (global_step + 1) / c.warmup_steps) if c.warmup_steps > 0 else c.lr
+            peak = c.lr if base_lr is None else base_lr  # a strategy may set the client lr (FedOpt's eta_l)
+            lr = peak * min(1.0, (global_step + 1) / c.warmup_steps) if c.warmup_steps > 0 else peak
             for group in optimizer.param_groups:
                 group["lr"] = lr
             loss = lm_loss(model, self.data.train_blocks[idx].to(self.device))
@@ -227,6 +229,7 @@ class MambaTask:
             step_offset=(cfg.server_round - 1) * steps,
             anchor=cfg.anchor,
             proximal_mu=cfg.proximal_mu,
+            base_lr=cfg.strategy.get("lr"),
         )
         return FitResult(
             num_examples=len(shard),
@@ -261,6 +264,22 @@ class MambaTask:
             model.train(was_training)
         val_loss = total / count
         return {"val_loss": val_loss, "val_ppl": math.exp(val_loss)}
+
+    # ------------------------------------------------------------------------------ client statistics
+
+    def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
+        """The last `max_examples` blocks of the client's shard (deterministic), for FedEntropy/FedFisher.
+
+        A language-model client has no labelled held-out split: its own text is what it can measure on.
+        """
+        shard = self.shard(client_id)
+        return {"blocks": self.data.train_blocks[shard[-max_examples:]].to(self.device)}
+
+    def forward_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token logits [B, T, V] and labels [B, T] of blocks (functional: safe under vmap)."""
+        blocks = inputs["blocks"]
+        logits = model(input_ids=blocks[:, :-1], use_cache=False).logits
+        return logits, blocks[:, 1:]
 
     @torch.no_grad()
     def generate_sample(self, model: nn.Module, prompt: str | None = None, max_new_tokens: int | None = None) -> str:
