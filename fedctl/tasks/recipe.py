@@ -158,6 +158,9 @@ def train(exp: Experiment, on_event: EventSink | None = None, resume: bool = Fal
     )
     task = get_workload(exp.run.task).build(exp.task, ctx)
     strategy = build_strategy(exp.federation.strategy, exp.federation.strategy_args)
+    # A task may aggregate in its own space around the chosen strategy (glue: LoRA ΔW-space merging).
+    if hasattr(task, "wrap_strategy"):
+        strategy = task.wrap_strategy(strategy)
     summary = task.describe() if hasattr(task, "describe") else {}
     result = run_federated(
         task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
