@@ -16,7 +16,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SUITES = {"engine": "bench.bench_engine", "merge": "bench.bench_merge", "speech": "bench.bench_speech"}
+SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge": "bench.bench_merge",
+          "speech": "bench.bench_speech"}
 
 
 def main() -> None:

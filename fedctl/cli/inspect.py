@@ -65,3 +65,56 @@ def ckpt(
     out.print(table)
     if len(rows) < len(info["tensors"]):
         out.print(f"[dim]… {len(info['tensors']) - len(rows)} more tensors (--limit 0 shows all)[/]")
+
+
+@app.command("deltas", epilog="Examples:\n\n  fedctl inspect deltas runs/mamba-tiny\n\n  fedctl inspect deltas runs/mamba-tiny --entity client --client client_0 --json")
+def deltas(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory trained with --save-deltas.")],
+    entity: Annotated[str, typer.Option("--entity", help="server or client.")] = "server",
+    client: Annotated[str | None, typer.Option("--client", help="Which client (entity client); default the first.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Singular values traced across rounds.")] = 5,
+    max_matrices: Annotated[int, typer.Option("--max-matrices", help="Analyse at most N matrices (0 = all).")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Heatmaps, singular-value evolution and effective ranks of saved parameter deltas."""
+    from fedctl.core.analysis import analyse_deltas
+
+    result = analyse_deltas(run_dir, entity=entity, client=client, top_k=top_k, max_matrices=max_matrices)
+    if as_json:
+        print_json({k: v for k, v in result.items()} | {"matrices": [
+            {k: v for k, v in m.items() if k != "heatmaps"} for m in result["matrices"]]})
+        return
+    table = Table(show_edge=False, header_style="bold",
+                  title=f"{entity} deltas · rounds {result['rounds'][0]}–{result['rounds'][-1]}"
+                  + (f" · {result['client']}" if result["client"] else ""))
+    for col in ("matrix", "shape", "‖Δ‖ last", "σ1 last", "rank95 first", "rank95 last", "full rank"):
+        table.add_column(col, justify="left" if col == "matrix" else "right", overflow="fold")
+    for m in result["matrices"]:
+        table.add_row(m["name"], "×".join(map(str, m["shape"])), f"{m['norms'][-1]:.4g}",
+                      f"{m['top_singular_values'][-1][0]:.4g}" if m["top_singular_values"][-1] else "–",
+                      str(m["rank95_per_round"][0]), str(m["rank95"]), str(len(m["final_spectrum"])))
+    out.print(table)
+    out.print(f"[green]✓[/] Saved {len(result['plots'])} plots to {Path(result['plots'][0]).parent}")
+
+
+@app.command("run", epilog="Examples:\n\n  fedctl inspect run runs/central runs/fedavg runs/fedavgm\n\n  fedctl inspect run runs/a runs/b --metric val_loss --out cmp.png")
+def run(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    metric: Annotated[str | None, typer.Option("--metric", help="Metric to plot (default val_ppl, else val_loss).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="PNG path (default FIRST_RUN/plots/runs_<metric>.png).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Curves of a metric against round and total local steps for several runs, and their final values."""
+    from fedctl.core.analysis import analyse_runs
+
+    result = analyse_runs(run_dirs, metric=metric, out=out_path)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(show_edge=False, header_style="bold", title=result["metric"])
+    for col in ("run", "rounds", "local steps", "final", "best"):
+        table.add_column(col, justify="left" if col == "run" else "right", overflow="fold")
+    for s in result["runs"]:
+        table.add_row(s["label"], str(s["rounds"][-1]), str(s["total_steps"]), f"{s['final']:.4g}", f"{s['best']:.4g}")
+    out.print(table)
+    out.print(f"[green]✓[/] Saved {result['plot']}")
