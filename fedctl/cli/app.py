@@ -6,7 +6,7 @@ import os
 from typing import Annotated
 
 import typer
-from typer.core import TyperGroup  # noqa: E402
+from typer.core import TyperGroup
 
 # Offline by default: nothing may download at run time (set HF_HUB_OFFLINE=0 to allow the hub).
 # Library chatter (kernel fallbacks, shard progress bars) would drown the round table.
@@ -15,7 +15,7 @@ for _key, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TR
     os.environ.setdefault(_key, _value)
 
 from fedctl import __version__  # noqa: E402
-from fedctl.errors import FedctlError
+from fedctl.errors import FedctlError  # noqa: E402
 
 
 class _FedctlGroup(TyperGroup):

@@ -58,7 +58,7 @@ class MambaData:
 def _read_lines(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8", errors="replace")
     if not text.strip():
-        raise FedctlError(f"data file {path} is empty", "point mamba.data at a file with text in it")
+        raise FedctlError(f"data file {path} is empty", "point task.data at a file with text in it")
     return text.splitlines(keepends=True)
 
 
@@ -78,7 +78,7 @@ def _demo_text(cfg: MambaConfig) -> TextSplits:
     from fedctl.data.textgen import generate_sentences
 
     if cfg.demo_sentences < 2:
-        raise FedctlError(f"mamba.demo_sentences = {cfg.demo_sentences} is too small", "use at least a few hundred")
+        raise FedctlError(f"task.demo_sentences = {cfg.demo_sentences} is too small", "use at least a few hundred")
     lines = [s + "\n" for s in generate_sentences(cfg.demo_sentences, seed=DEMO_SEED)]
     source = f"built-in demo corpus ({cfg.demo_sentences} generated sentences, seed {DEMO_SEED})"
     return _tail_split(lines, cfg.val_fraction, source)
@@ -96,7 +96,7 @@ def _wikitext_from_cache() -> TextSplits:
             f"WikiText-2 ('wikitext', 'wikitext-2-raw-v1') is not in the local Hugging Face datasets cache "
             f"({type(exc).__name__})",
             "download it once on a machine with network (datasets.load_dataset('wikitext', 'wikitext-2-raw-v1')) "
-            "or pass mamba.data=<dir> holding wiki.train.raw and wiki.valid.raw",
+            "or pass task.data=<dir> holding wiki.train.raw and wiki.valid.raw",
         ) from exc
     return TextSplits(
         train=list(ds["train"]["text"]), valid=list(ds["validation"]["text"]), source="WikiText-2 (HF datasets cache)"
@@ -125,7 +125,7 @@ def _directory_text(root: Path, val_fraction: float) -> TextSplits:
 def load_text(cfg: MambaConfig) -> TextSplits:
     """The training and validation text named by `cfg.data` (see MambaConfig.data)."""
     if not 0.0 < cfg.val_fraction < 1.0:
-        raise FedctlError(f"mamba.val_fraction = {cfg.val_fraction} must be in (0, 1)", "e.g. --set mamba.val_fraction=0.1")
+        raise FedctlError(f"task.val_fraction = {cfg.val_fraction} must be in (0, 1)", "e.g. --set task.val_fraction=0.1")
     if cfg.data is None:
         return _demo_text(cfg)
     if cfg.data.lower() in WIKITEXT_NAMES and not Path(cfg.data).exists():
@@ -133,7 +133,7 @@ def load_text(cfg: MambaConfig) -> TextSplits:
     path = Path(cfg.data).expanduser()
     if not path.exists():
         raise FedctlError(
-            f"mamba.data path not found: {path}",
+            f"task.data path not found: {path}",
             "pass a text file, a directory with wiki.train.raw/wiki.valid.raw or train.txt/valid.txt, "
             "'wikitext-2' (local HF cache), or leave it unset for the demo corpus",
         )
@@ -170,7 +170,7 @@ def load_tokenizer(path: str) -> Tokenizer:
     p = Path(path).expanduser()
     hint = "pass a tokenizer.json written by the `tokenizers` library or a local HF tokenizer directory"
     if not p.exists():
-        raise FedctlError(f"mamba.tokenizer not found: {p}", hint)
+        raise FedctlError(f"task.tokenizer not found: {p}", hint)
     file = p / "tokenizer.json" if p.is_dir() else p
     try:
         if file.is_file():
@@ -180,7 +180,7 @@ def load_tokenizer(path: str) -> Tokenizer:
         return AutoTokenizer.from_pretrained(str(p), local_files_only=True).backend_tokenizer
     except Exception as exc:
         first = (str(exc).splitlines() or [""])[0][:160]
-        raise FedctlError(f"mamba.tokenizer {p} does not load ({type(exc).__name__}: {first})", hint) from exc
+        raise FedctlError(f"task.tokenizer {p} does not load ({type(exc).__name__}: {first})", hint) from exc
 
 
 def pad_token_id(tok: Tokenizer) -> int:
@@ -220,7 +220,7 @@ def shard_indices(num_blocks: int, num_clients: int, mode: str) -> list[torch.Te
         return list(torch.tensor_split(all_idx, num_clients))
     if mode == "interleaved":
         return [all_idx[k::num_clients] for k in range(num_clients)]
-    raise FedctlError(f"mamba.shard = {mode!r} is not a sharding mode", "use contiguous or interleaved")
+    raise FedctlError(f"task.shard = {mode!r} is not a sharding mode", "use contiguous or interleaved")
 
 
 def steps_per_round(num_blocks: int, batch_size: int, local_updates: int, local_epochs: float) -> int:
@@ -297,7 +297,7 @@ def load_data(
         else:
             if cfg.vocab_size < 257 + len(SPECIAL_TOKENS):
                 raise FedctlError(
-                    f"mamba.vocab_size = {cfg.vocab_size} is below the 256 byte symbols + special tokens",
+                    f"task.vocab_size = {cfg.vocab_size} is below the 256 byte symbols + special tokens",
                     "use at least 512 (the default is 2048)",
                 )
             tok = train_tokenizer(splits.train, cfg.vocab_size)
@@ -307,7 +307,7 @@ def load_data(
             _CACHE.pop(next(iter(_CACHE)))
         _CACHE[key] = (tok, tok_source, source, train_ids, val_ids)
     if cfg.data is None:
-        log(f"no mamba.data given: using the {source}")
+        log(f"no task.data given: using the {source}")
 
     if cfg.tokenizer is None and run_dir is not None:
         # Saved with the run so exports, `inspect` and later evaluation decode with the same vocabulary.
@@ -319,11 +319,11 @@ def load_data(
             f"too little training text for {num_clients} clients: {len(train_ids)} tokens make "
             f"{len(train_blocks)} block(s) of {cfg.seq_len + 1} tokens, so each client would get "
             f"{len(train_blocks) // num_clients} (some none)",
-            "use more text (mamba.demo_sentences / mamba.data), fewer clients, or a smaller mamba.seq_len",
+            "use more text (task.demo_sentences / task.data), fewer clients, or a smaller task.seq_len",
         )
     if len(val_ids) < 2:
         raise FedctlError(
-            f"validation text from {source} has {len(val_ids)} token(s)", "raise mamba.val_fraction or add validation text"
+            f"validation text from {source} has {len(val_ids)} token(s)", "raise task.val_fraction or add validation text"
         )
     # A short validation split still gives one (shorter) block rather than none.
     val_blocks = make_blocks(val_ids, min(cfg.seq_len, len(val_ids) - 1))
