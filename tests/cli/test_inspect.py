@@ -35,3 +35,25 @@ def test_inspect_safetensors_table(cli, tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     bad = cli("inspect", "ckpt", path)
     assert bad.exit_code == 1 and "not a readable safetensors file" in bad.stderr
+
+
+def test_inspect_deltas_and_run_via_cli(cli, tmp_path):
+    from tests.core.toy_classifier import ToyClassifier
+
+    fed = FederationConfig(rounds=3, clients=3, save_deltas_every=1, save_deltas_entity="server")
+    run_federated(ToyClassifier(), build_strategy("fedavg"), fed, seed=0, run_dir=tmp_path / "a")
+    res = cli("inspect", "deltas", tmp_path / "a", "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["rounds"] == [1, 2, 3] and [m["name"] for m in info["matrices"]] == ["0.weight", "2.weight"]
+    table = cli("inspect", "deltas", tmp_path / "a")
+    assert "0.weight" in table.stdout and "Saved 3 plots" in table.stdout
+    bad = cli("inspect", "deltas", tmp_path / "a", "--entity", "client")
+    assert bad.exit_code == 1 and "no saved client deltas (it has: server)" in bad.stderr and "--entity server" in bad.stderr
+    runs = cli("inspect", "run", tmp_path / "a", "--metric", "val_accuracy", "--json")
+    assert runs.exit_code == 0
+    assert json.loads(runs.stdout)["runs"][0]["values"] == [
+        r["val_accuracy"] for r in map(json.loads, (tmp_path / "a" / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "eval"]
+    nope = cli("inspect", "run", tmp_path / "a", "--metric", "bleu")
+    assert nope.exit_code == 1 and "metric 'bleu' is not logged" in nope.stderr and "val_accuracy" in nope.stderr
