@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,53 @@ def sample_clients(num_clients: int, fraction: float, min_fit_clients: int, seed
     return sorted(torch.randperm(num_clients, generator=gen)[:n].tolist())
 
 
+@dataclass
+class ClientOutcome:
+    """One sampled client's result: an update to aggregate, or why it was left out."""
+
+    client_id: str
+    update: ClientUpdate | None = None
+    failure: str | None = None
+    optimizer_state: dict[str, Any] | None = None
+
+
+Executor = Callable[["_Run", int, list[int], dict[str, Any]], Iterator[ClientOutcome]]
+
+
+def local_executor(run: _Run, server_round: int, sampled: list[int], instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
+    """Trains the sampled clients one after another in this process, on one working model.
+
+    Each yielded update refers to the working model's tensors: the engine folds it into the
+    aggregate before asking for the next client, which is what keeps memory O(model).
+    """
+    needs_anchor = float(instructions.get("proximal_mu", 0.0)) > 0.0
+    for index in sampled:
+        cid = run.client_ids[index]
+        run.load_global()
+        cseed = client_seed(run.seed, server_round, index)
+        _seed_everything(cseed)
+        cfg = ClientConfig(
+            server_round=server_round,
+            client_index=index,
+            seed=cseed,
+            strategy=dict(instructions),
+            anchor=run.global_state if needs_anchor else None,
+            keep_optimizer_state=run.fed.keep_optimizer_state,
+            optimizer_state=run.optimizer_states.get(cid),
+        )
+        try:
+            result = run.task.fit(run.model, cid, cfg)
+            stats = {**result.stats, **run.client_statistics(cid, instructions, cseed)}
+        except FedctlError:
+            raise
+        except Exception as exc:  # a failing client is left out, not fatal
+            yield ClientOutcome(cid, failure=f"raised {type(exc).__name__}: {exc}")
+            continue
+        state = {k: run.params[k] for k in run.keys}
+        yield ClientOutcome(cid, ClientUpdate(cid, state, result.num_examples, result.metrics, stats),
+                            optimizer_state=result.optimizer_state)
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
@@ -66,7 +113,7 @@ def _seed_everything(seed: int) -> None:
 
 
 class _Run:
-    def __init__(self, task, strategy, federation, seed, config, run_dir, on_event):
+    def __init__(self, task, strategy, federation, seed, config, run_dir, on_event, executor=None):
         self.task: Task = task
         self.strategy: Strategy = strategy
         self.fed: FederationConfig = federation
@@ -74,6 +121,7 @@ class _Run:
         self.config: dict[str, Any] = config
         self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
         self.emit: EventSink = on_event or (lambda event: None)
+        self.executor: Executor = executor or local_executor
         self.history: list[dict[str, Any]] = []
         self.optimizer_states: dict[str, Any] = {}
 
@@ -187,59 +235,38 @@ class _Run:
         t0 = time.perf_counter()
         sampled = sample_clients(len(self.client_ids), self.fed.fraction, self.fed.min_fit_clients, self.seed, server_round)
         instructions = self.strategy.configure_fit(server_round)
-        needs_anchor = float(instructions.get("proximal_mu", 0.0)) > 0.0
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
-        for index in sampled:
-            cid = self.client_ids[index]
-            self.load_global()
-            cseed = client_seed(self.seed, server_round, index)
-            _seed_everything(cseed)
-            cfg = ClientConfig(
-                server_round=server_round,
-                client_index=index,
-                seed=cseed,
-                strategy=dict(instructions),
-                anchor=self.global_state if needs_anchor else None,
-                keep_optimizer_state=self.fed.keep_optimizer_state,
-                optimizer_state=self.optimizer_states.get(cid),
-            )
-            try:
-                result = self.task.fit(self.model, cid, cfg)
-            except Exception as exc:  # a failing client is left out, not fatal
+        for outcome in self.executor(self, server_round, sampled, instructions):
+            cid = outcome.client_id
+            if outcome.failure is not None:
                 failed.append(cid)
-                self.emit(ClientFailed(server_round, cid, f"raised {type(exc).__name__}: {exc}"))
+                self.emit(ClientFailed(server_round, cid, outcome.failure))
                 continue
-            state = {k: self.params[k] for k in self.keys}
-            try:
-                stats = {**result.stats, **self.client_statistics(cid, instructions, cseed)}
-            except FedctlError:
-                raise
-            except Exception as exc:
-                failed.append(cid)
-                self.emit(ClientFailed(server_round, cid, f"statistics failed: {type(exc).__name__}: {exc}"))
-                continue
-            if not all_finite(state) or not all(all_finite(v) if isinstance(v, dict) else math.isfinite(v)
-                                                for v in stats.values() if isinstance(v, (dict, float))):
+            update = outcome.update
+            if not all_finite(update.state) or not all(
+                all_finite(v) if isinstance(v, dict) else math.isfinite(v)
+                for v in update.stats.values() if isinstance(v, (dict, float))
+            ):
                 failed.append(cid)
                 self.emit(ClientFailed(server_round, cid, "returned a non-finite update (NaN or Inf)"))
                 continue
-            if result.num_examples <= 0:
+            if update.num_examples <= 0:
                 failed.append(cid)
                 self.emit(ClientFailed(server_round, cid, "reported num_examples <= 0"))
                 continue
             if self.deltas_for("clients", server_round):
-                self.save_delta(f"clients/round_{server_round:03d}/{cid}", state, self.global_state,
+                self.save_delta(f"clients/round_{server_round:03d}/{cid}", update.state, self.global_state,
                                 {"round": server_round, "entity": "client", "client_id": cid})
-            aggregator.add(ClientUpdate(cid, state, result.num_examples, result.metrics, stats))
-            local_steps += int(result.metrics.get("steps", 0))
-            if self.fed.keep_optimizer_state and result.optimizer_state is not None:
-                self.optimizer_states[cid] = result.optimizer_state
-            loss = result.metrics.get("train_loss")
+            aggregator.add(update)
+            local_steps += int(update.metrics.get("steps", 0))
+            if self.fed.keep_optimizer_state and outcome.optimizer_state is not None:
+                self.optimizer_states[cid] = outcome.optimizer_state
+            loss = update.metrics.get("train_loss")
             if loss is not None and math.isfinite(loss):
-                loss_sum += loss * result.num_examples
-                examples += result.num_examples
+                loss_sum += loss * update.num_examples
+                examples += update.num_examples
 
         if aggregator.count < self.fed.min_fit_clients:
             self.checkpoint(server_round - 1) if server_round > 1 else None
@@ -332,15 +359,17 @@ def run_federated(
     run_dir: str | Path | None = None,
     on_event: EventSink | None = None,
     resume: bool = False,
+    executor: Executor | None = None,
 ) -> RunResult:
     """Train `task` federatedly with `strategy` for `federation.rounds` rounds.
 
     Writes config.yaml, metrics.jsonl and checkpoints/round_NNN.pt under `run_dir` when given.
     With `resume`, continues from the newest checkpoint there and reaches the same final
-    weights as an uninterrupted run.
+    weights as an uninterrupted run. `executor` decides where clients train (default: one
+    after another in this process; fedctl.flower sends them to Flower SuperNodes).
     """
     if resume and run_dir is None:
         raise FedctlError("--resume needs a run directory", "pass --out RUN_DIR of the run to continue")
     _seed_everything(seed)
-    run = _Run(task, strategy, federation, seed, config or {}, run_dir, on_event)
+    run = _Run(task, strategy, federation, seed, config or {}, run_dir, on_event, executor)
     return run.run(resume)
