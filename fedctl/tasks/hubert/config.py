@@ -1,0 +1,58 @@
+"""The `task` section of `fedctl train hubert`: model preset and overrides, masking and loss, data, local training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class HubertPretrainConfig:
+    # ---- model (a preset, then optional per-field overrides; None keeps the preset's value)
+    preset: str = "base"  # base (HuBERT Base, 95M: 768 x 12 layers) or tiny (the CPU demo)
+    hidden_size: int | None = None  # transformer width (encoder_embed_dim)
+    num_layers: int | None = None  # transformer layers
+    num_heads: int | None = None  # attention heads; must divide hidden_size
+    ffn_size: int | None = None  # feed-forward width
+    conv_dim: int | None = None  # channels of each of the 7 conv extractor layers (kernels and strides stay HuBERT's)
+    conv_pos: int | None = None  # kernel of the convolutional positional embedding
+    conv_pos_groups: int | None = None  # groups of that convolution; must divide hidden_size
+    final_dim: int | None = None  # projection size the label embeddings live in (fairseq final_dim)
+    dropout: float | None = None  # hidden and attention dropout
+    layerdrop: float | None = None  # probability of skipping a transformer layer in training
+    feature_grad_mult: float | None = None  # gradient scale into the conv extractor (fairseq: 0.1)
+
+    # ---- masked prediction (fairseq HuBERT semantics)
+    mask_prob: float = 0.8  # fraction of frames that start a span, × T / span length = spans per utterance
+    mask_length: int = 10  # span length in frames (20 ms each)
+    mask_min_spans: int = 2  # at least this many spans per utterance
+    logit_temp: float = 0.1  # logits = cosine(projection, label embedding) / logit_temp
+    unmasked_weight: float = 0.0  # weight of the unmasked-frame loss (fairseq pred_nomask_weight)
+    feature_pen_weight: float = 10.0  # weight of the L2 penalty on conv features (fairseq loss_weights)
+
+    # ---- data
+    parts: str | None = None  # folder from `fedctl data partition librispeech`; None with labels=None: synth demo
+    labels: str | None = None  # folder from `fedctl data kmeans` for the same partition
+    clusters: int | None = None  # expected cluster count; None: take it from the labels (dict.km.txt)
+    label_tolerance: int = 2  # frames a label sequence may differ from the audio's frame count (trimmed)
+    max_sample_seconds: float = 15.625  # longer utterances are randomly cropped (fairseq max_sample_size 250k)
+    demo_speakers: int = 8  # synth demo corpus (used without parts/labels)
+    demo_utterances: int = 10  # utterances per demo speaker
+    demo_clusters: int = 50  # k-means clusters of the demo labels (MFCC, global)
+
+    # ---- local training (per client, per round)
+    max_batch_seconds: float | None = None  # audio per micro-batch, in seconds (fairseq max_tokens / 16k)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float | None = None  # AdamW peak learning rate
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    adam_beta2: float = 0.98  # fairseq HuBERT: betas (0.9, 0.98), eps 1e-6
+    warmup_steps: int | None = None  # linear warmup over the global step (round-1)*steps_per_round + step
+    local_updates: int | None = None  # optimizer steps per client per round; 0: local_epochs instead
+    local_epochs: float = 1.0  # passes over the client's batches per round when local_updates = 0
+    grad_clip: float = 10.0  # max global gradient norm; 0 disables clipping
+    precision: str = "auto"  # auto (bf16 on CUDA if supported, else fp16; fp32 on CPU), fp32, bf16, fp16
+    gradient_checkpointing: bool = False  # true saves activation memory, costs ~30% speed
+    attn_implementation: str = "sdpa"  # sdpa (PyTorch fused attention) or eager
+
+    # ---- evaluation and client statistics
+    eval_batches: int = 0  # cap on validation batches per evaluation (0 = all)
+    stat_seconds: float = 2.0  # crop of each held-out utterance used for FedEntropy/FedFisher statistics
