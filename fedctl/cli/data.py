@@ -143,3 +143,46 @@ def kmeans(
     else:
         out.print("phone metrics: n/a (no .phn alignments in this corpus)")
     saved(result.out, "labels")
+
+
+# ---------------------------------------------------------------- text classification (GLUE) shards
+shard_app = typer.Typer(help="Split a text-classification training set across simulated clients.", no_args_is_help=True)
+app.add_typer(shard_app, name="shard")
+
+
+@shard_app.command(
+    "glue",
+    epilog="Examples:\n\n  fedctl data shard glue --task sst2 --clients 5 --mode iid --seed 123 --out shards/\n\n"
+    "  fedctl data shard glue --task mnli --data-dir glue_data/ --clients 5 --mode category --category-key genre --out shards/\n\n"
+    "  fedctl data shard glue --task demo --clients 3 --mode dirichlet --alpha 0.3 --out shards/ --json",
+)
+def shard_glue(
+    task: Annotated[str, typer.Option("--task", help="GLUE task (cola sst2 mrpc qqp stsb mnli qnli rte wnli) or demo.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder: client_<k>.json + summary.json (atomic).")],
+    clients: Annotated[int, typer.Option("--clients", help="Number of clients.")] = 5,
+    mode: Annotated[str, typer.Option("--mode", help="iid (stratified by label), overlap, category or dirichlet.")] = "iid",
+    overlap_ratio: Annotated[float, typer.Option("--overlap-ratio", help="overlap: share of examples every client holds.")] = 0.2,
+    category_key: Annotated[str, typer.Option("--category-key", help="category: label, or genre (MNLI files that have it).")] = "label",
+    alpha: Annotated[float, typer.Option("--alpha", help="dirichlet: concentration (smaller: more label skew).")] = 0.5,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Local GLUE files; default: the datasets cache.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the split.")] = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Shard a GLUE task's training split: per-client index files + label histograms."""
+    from fedctl.data.glue.shard import shard_glue as run
+
+    summary = run(task, clients, mode, out_dir, seed=seed, overlap_ratio=overlap_ratio, category_key=category_key,
+                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False))
+    if json_out:
+        print_json(summary)
+        return
+    table = Table(title=f"{summary['task']}: {summary['clients']} clients, mode {summary['mode']}")
+    table.add_column("client")
+    table.add_column("examples", justify="right")
+    table.add_column("labels", justify="left")
+    for c in summary["per_client"]:
+        table.add_row(c["client_id"], str(c["num_examples"]), " ".join(f"{k}:{v}" for k, v in c["labels"].items()))
+    out.print(table)
+    out.print(f"{summary['assigned_examples']} of {summary['train_examples']} training examples assigned, "
+              f"{summary['shared_examples']} on more than one client")
+    saved(out_dir, "shards")
