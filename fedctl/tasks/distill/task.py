@@ -137,7 +137,10 @@ class DistillTask:
 
     def sizes(self) -> dict[str, Any]:
         """Parameter counts of teacher and student (the student built on the meta device: no memory)."""
-        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+        import warnings
+
+        with torch.device("meta"), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # copying teacher weights into meta tensors is the intended no-op
             student = self.build_student()
         teacher_params = dm.count(self.teacher) + (dm.count(self.teacher_head) - dm.count(self.teacher)
                                                    if self.teacher_head is not None else 0)
