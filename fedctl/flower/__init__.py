@@ -1,0 +1,41 @@
+"""fedctl on Flower: the same tasks and strategies, with clients trained on Flower SuperNodes.
+
+The engine's round loop, aggregation, evaluation, checkpoints and metrics run in the ServerApp
+(`fedctl.flower.server_app:app`); each SuperNode runs the ClientApp (`fedctl.flower.client_app:app`),
+which builds the task from the run's resolved config and trains the clients it is sent.
+Needs the `flower` extra: pip install 'fedctl[flower]' (flwr 1.41), on the SuperLink machine and
+on every SuperNode, together with fedctl itself.
+
+How to run (flwr 1.41; every command below was checked against the installed CLIs):
+
+    # 1. write a Flower App directory for a fedctl config (prints these commands, filled in)
+    fedctl train flower-app --config mamba_tiny --out runs/mamba-flower --app flower-app/
+
+    # 2. the SuperLink (one port serves the Fleet, Control and Runtime HTTP APIs; binds 127.0.0.1)
+    flower-superlink --insecure --port 9092 --disable-runtime-dependency-installation
+
+    # 3. one SuperNode per client (partition-id = the client index it trains)
+    flower-supernode --insecure --superlink 127.0.0.1:9092 --port 9094 --node-config 'partition-id=0 num-partitions=2'
+    flower-supernode --insecure --superlink 127.0.0.1:9092 --port 9095 --node-config 'partition-id=1 num-partitions=2'
+
+    # 4. submit the run (the app ships the SuperLink connection in flower-app/.flwr/config.toml)
+    FLWR_HOME=flower-app/.flwr flwr run flower-app fedctl-local --stream
+
+The run directory (config.yaml, metrics.jsonl, checkpoints/, final/) is written by the ServerApp
+on the SuperLink machine, exactly as `fedctl train` writes it. Node-local data: see
+fedctl.flower.client_app. Not supported over Flower: federation.keep_optimizer_state.
+
+flwr is imported only inside this package's modules, so fedctl works without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from fedctl.errors import FedctlError
+
+
+def require_flwr() -> None:
+    """Raise a FedctlError with the install hint when flwr is missing."""
+    if importlib.util.find_spec("flwr") is None:
+        raise FedctlError("Flower (flwr) is not installed", "pip install 'fedctl[flower]'")

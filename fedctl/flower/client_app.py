@@ -1,0 +1,179 @@
+"""The fedctl ClientApp: one SuperNode trains the clients the ServerApp sends it.
+
+`app` builds the task ONCE per process from the resolved run config that arrives with every
+train message ("fedctl-config", YAML text; a few KB), then for each message: loads the global
+tensors, seeds exactly like the in-process executor, runs `task.fit`, measures the statistics
+the strategy asked for, and replies with the trained shared tensors (see fedctl.flower.codec).
+
+Which data a client trains on:
+- the server sends `client-index`; the task shards its corpus and trains shard `client-index`
+  (simulation, loopback tests, or nodes that all see the same corpus);
+- a real node that holds its own data says so in its node config, Flower's convention:
+    flower-supernode ... --node-config 'partition-id=0 num-partitions=2 fedctl-set="task.data=/srv/my_corpus"'
+  `partition-id` is this node's client index (the server sends it only that client);
+  `fedctl-set` holds space-separated KEY=VALUE overrides of the run config applied on this node
+  only (as `--set` does), e.g. where `task.data` lives here. A node whose data is its whole
+  shard sets `federation.clients=1` there and keeps partition-id as its index on the server.
+  Tokenizers must match across nodes: point `task.tokenizer` at the server run's tokenizer.json.
+
+Not supported over Flower: `federation.keep_optimizer_state` (clients keep no state between
+rounds here; the ServerApp refuses such a config).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedctl.core import client_stats
+from fedctl.core.engine import _seed_everything
+from fedctl.core.task import ClientConfig, Task, client_seed
+from fedctl.errors import FedctlError
+from fedctl.flower import codec
+
+# (resolved run config as a dict, node-local overrides ["task.data=…", …]) -> a built task
+TaskFactory = Callable[[dict[str, Any], list[str]], Task]
+
+
+def build_task_from_config(config: dict[str, Any], node_sets: list[str]) -> Task:
+    """The task a run config describes, as `fedctl train` builds it (no run directory: a node
+    writes nothing; a trained tokenizer is retrained deterministically from the same text)."""
+    from fedctl.core.config import apply_mapping, parse_set
+    from fedctl.core.task import TaskContext
+    from fedctl.tasks import recipe
+    from fedctl.tasks.registry import get_workload
+
+    task_name = (config.get("run") or {}).get("task")
+    if not task_name:
+        raise FedctlError("the run config has no run.task", "start the run with `fedctl train flower-app`")
+    exp = recipe.new_experiment(task_name)
+    apply_mapping(exp, config, "")
+    apply_mapping(exp, parse_set(node_sets), "")
+    recipe.validate(exp)
+    ctx = TaskContext(num_clients=exp.federation.clients, seed=exp.run.seed,
+                      device=recipe.resolve_device(exp.run.device), run_dir=None)
+    return get_workload(exp.run.task).build(exp.task, ctx)
+
+
+@dataclass
+class _Worker:
+    """A built task with its working model (kept for the life of the process)."""
+
+    task: Task
+    model: nn.Module
+    keys: list[str]
+    params: dict[str, torch.Tensor]
+
+
+def _client_statistics(worker: _Worker, cid: str, instructions: dict[str, Any], seed: int) -> dict[str, Any]:
+    # Same requests and calls as the engine's _Run.client_statistics, which needs a whole run object.
+    wanted = instructions.get("stats") or {}
+    out: dict[str, Any] = {}
+    if "entropy" in wanted:
+        out["entropy"] = client_stats.predictive_entropy(worker.task, worker.model, cid, **wanted["entropy"])
+    if "fisher" in wanted:
+        opts = wanted["fisher"]
+        out["fisher"] = client_stats.diagonal_fisher(
+            worker.task, worker.model, cid, mode=opts["mode"], max_examples=opts["max_examples"],
+            chunk=opts["chunk"], seed=seed, keys=worker.keys,
+        )
+    return out
+
+
+def _node_sets(node_config: dict[str, Any]) -> list[str]:
+    return shlex.split(str(node_config.get("fedctl-set", "")))
+
+
+def _partition_id(node_config: dict[str, Any]) -> int | None:
+    value = node_config.get("partition-id")
+    return None if value is None else int(value)
+
+
+def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
+    """A ClientApp training tasks built by `task_factory` (default: from the fedctl run config).
+    Tests pass a factory to run small in-memory tasks through the real message encoding."""
+    import yaml
+
+    factory = task_factory or build_task_from_config
+    cache: dict[str, _Worker] = {}  # one entry: the task of the current run
+
+    def worker_for(config_yaml: str, node_sets: list[str]) -> _Worker:
+        key = hashlib.sha256((config_yaml + "\0" + "\0".join(node_sets)).encode()).hexdigest()
+        if key not in cache:
+            cache.clear()
+            task = factory(yaml.safe_load(config_yaml) or {}, node_sets)
+            model = task.build_model()
+            cache[key] = _Worker(task, model, list(task.shared_keys(model)), model.state_dict())
+        return cache[key]
+
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        pid = _partition_id(context.node_config)
+        parts = context.node_config.get("num-partitions")
+        content = RecordDict({"node": ConfigRecord({
+            "partition-id": -1 if pid is None else pid,
+            "num-partitions": -1 if parts is None else int(parts),
+        })})
+        return Message(content, reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        try:
+            job = codec.read_instruction_config(msg.content.config_records["config"])
+            worker = worker_for(job["config_yaml"], _node_sets(context.node_config))
+            index = job["client_index"]
+            pid = _partition_id(context.node_config)
+            if pid is not None and pid != index:
+                raise FedctlError(f"this node holds partition {pid} but was sent client {index}",
+                                  "give every SuperNode a distinct partition-id")
+            client_ids = worker.task.client_ids()
+            if not 0 <= index < len(client_ids):
+                raise FedctlError(f"client index {index} is outside this node's {len(client_ids)} clients",
+                                  "use the same federation.clients on server and nodes")
+            global_state = codec.record_to_state(msg.content.array_records["arrays"],
+                                                 {k: worker.params[k] for k in worker.keys})
+        except Exception as exc:  # this node cannot serve the message at all
+            return Message(Error(codec.BAD_INSTRUCTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
+
+        cid = client_ids[index]
+        instructions = job["instructions"]
+        server_round = job["server_round"]
+        with torch.no_grad():
+            for k in worker.keys:
+                worker.params[k].copy_(global_state[k])
+        cseed = client_seed(job["seed"], server_round, index)
+        _seed_everything(cseed)
+        cfg = ClientConfig(
+            server_round=server_round,
+            client_index=index,
+            seed=cseed,
+            strategy=dict(instructions),
+            # the decoded message is a private copy, untouched by training: the proximal anchor
+            anchor=global_state if float(instructions.get("proximal_mu", 0.0)) > 0.0 else None,
+        )
+        try:
+            result = worker.task.fit(worker.model, cid, cfg)
+            stats = {**result.stats, **_client_statistics(worker, cid, instructions, cseed)}
+            content = codec.reply_content({k: worker.params[k] for k in worker.keys},
+                                          result.num_examples, result.metrics, stats)
+        except Exception as exc:  # a failing client is left out by the server, not fatal
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            reason = f"raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"
+            return Message(Error(codec.CLIENT_FAILED, reason), reply_to=msg)
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,118 @@
+"""What travels in a fedctl Flower message, and how tensors and instructions are encoded.
+
+Train instruction (ServerApp → ClientApp), message type "train", group_id = the server round:
+  "arrays"  ArrayRecord   the global shared tensors (dtype and shape preserved; bfloat16 travels
+                          as its raw 16 bits, because numpy has no bfloat16)
+  "config"  ConfigRecord  server-round, client-index, seed (the run seed), proximal-mu,
+                          instructions (the strategy's per-round dict as JSON: `stats` requests
+                          are nested), fedctl-config (the run's resolved config as YAML text)
+
+Train reply (ClientApp → ServerApp):
+  "arrays"        ArrayRecord   the trained shared tensors
+  "metrics"       MetricRecord  num-examples, then the task's numeric metrics (train_loss, steps, ...)
+  "stats"         MetricRecord  scalar client statistics (entropy)
+  "stats.<name>"  ArrayRecord   tensor client statistics (stats.fisher: the diagonal Fisher)
+A client that raised replies with a flwr `Error` (code CLIENT_FAILED) instead of content.
+
+Query (message type "query"), sent once before round 1 so the server can map client indices
+to SuperNodes: the reply's "node" ConfigRecord holds partition-id and num-partitions from the
+node's --node-config (-1 when not set).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+CLIENT_FAILED = 7001  # flwr Error code: the client's task raised; the server leaves the client out
+BAD_INSTRUCTION = 7002  # flwr Error code: the message does not fit this node (wrong partition, bad config)
+
+
+def state_to_record(state: dict[str, torch.Tensor]):
+    """An ArrayRecord holding `state` bit for bit (numpy .npy bytes per tensor)."""
+    from flwr.app import Array, ArrayRecord
+
+    record = ArrayRecord()
+    for key, value in state.items():
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            tensor = tensor.view(torch.int16)  # decoded back by record_to_state from the receiver's dtype
+        record[key] = Array.from_numpy_ndarray(tensor.contiguous().numpy())
+    return record
+
+
+def record_to_state(record, like: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Tensors from an ArrayRecord. With `like`, keys must match and each tensor takes the
+    dtype of its counterpart (bfloat16 reinterpreted from its raw bits, never rounded)."""
+    state = {key: torch.from_numpy(array.numpy()) for key, array in record.items()}
+    if like is None:
+        return state
+    if set(state) != set(like):
+        missing, extra = sorted(set(like) - set(state)), sorted(set(state) - set(like))
+        raise ValueError(f"arrays do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    for key, ref in like.items():
+        tensor = state[key]
+        if ref.dtype == torch.bfloat16 and tensor.dtype == torch.int16:
+            tensor = tensor.view(torch.bfloat16)
+        if tensor.shape != ref.shape:
+            raise ValueError(f"tensor '{key}' has shape {tuple(tensor.shape)}, the model {tuple(ref.shape)}")
+        state[key] = tensor.to(ref.dtype)
+    return state
+
+
+def instruction_config(*, server_round: int, client_index: int, seed: int, instructions: dict[str, Any],
+                       config_yaml: str):
+    from flwr.app import ConfigRecord
+
+    return ConfigRecord({
+        "server-round": int(server_round),
+        "client-index": int(client_index),
+        "seed": int(seed),
+        "proximal-mu": float(instructions.get("proximal_mu", 0.0)),
+        "instructions": json.dumps(instructions, sort_keys=True),
+        "fedctl-config": config_yaml,
+    })
+
+
+def read_instruction_config(record) -> dict[str, Any]:
+    return {
+        "server_round": int(record["server-round"]),
+        "client_index": int(record["client-index"]),
+        "seed": int(record["seed"]),
+        "instructions": json.loads(record["instructions"]),
+        "config_yaml": str(record["fedctl-config"]),
+    }
+
+
+def reply_content(state: dict[str, torch.Tensor], num_examples: int, metrics: dict[str, Any],
+                  stats: dict[str, Any]):
+    """The reply RecordDict of a client that trained."""
+    from flwr.app import MetricRecord, RecordDict
+
+    content = RecordDict()
+    content["arrays"] = state_to_record(state)
+    numeric = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num-examples"}
+    content["metrics"] = MetricRecord({"num-examples": int(num_examples), **numeric})
+    scalars: dict[str, float] = {}
+    for name, value in stats.items():
+        if isinstance(value, dict):
+            content[f"stats.{name}"] = state_to_record(value)
+        else:
+            scalars[name] = float(value)
+    content["stats"] = MetricRecord(scalars)
+    return content
+
+
+def read_reply(content, like: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, dict[str, float], dict[str, Any]]:
+    """(state, num_examples, metrics, stats) from a train reply; `like` is the global state."""
+    state = record_to_state(content.array_records["arrays"], like)
+    metrics = dict(content.metric_records["metrics"])
+    num_examples = int(metrics.pop("num-examples"))
+    stats: dict[str, Any] = dict(content.metric_records["stats"]) if "stats" in content.metric_records else {}
+    for name, record in content.array_records.items():
+        if name.startswith("stats."):
+            stats[name.removeprefix("stats.")] = record_to_state(record)
+    return state, num_examples, metrics, stats
