@@ -178,7 +178,7 @@ def _register_workload_commands() -> None:
     # registers itself on `app`; a module appears only once its workload works.
     import importlib
 
-    for name in ("lora", "hubert"):
+    for name in ("lora", "hubert", "flower"):
         try:
             importlib.import_module(f"fedctl.cli.train_{name}")
         except ModuleNotFoundError as exc:
