@@ -318,7 +318,7 @@ class _Run:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             start = self.resume()
-        elif self.run_dir is not None:
+        if self.run_dir is not None and (self.config or not resume):  # on resume: records a changed round count
             write_text(self.run_dir / "config.yaml", dump_yaml(self.config))
         total = self.fed.rounds
         if self.strategy.configure_fit(start).get("stats"):
