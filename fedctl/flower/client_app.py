@@ -5,6 +5,11 @@ train message ("fedctl-config", YAML text; a few KB), then for each message: loa
 tensors, seeds exactly like the in-process executor, runs `task.fit`, measures the statistics
 the strategy asked for, and replies with the trained shared tensors (see fedctl.flower.codec).
 
+Cost: flwr 1.41's SuperNode (default `--isolation subprocess`) starts a fresh ClientApp process
+for every message, so in a deployment the import + task build is paid per client and round
+(mamba_tiny shrunk to 400 sentences: ~25 s per round on 2 shared cores, mostly importing torch and
+transformers); the in-process cache pays off in simulation and with long-lived ClientApp processes.
+
 Which data a client trains on:
 - the server sends `client-index`; the task shards its corpus and trains shard `client-index`
   (simulation, loopback tests, or nodes that all see the same corpus);

@@ -148,12 +148,13 @@ def test_flower_equals_in_process_bit_for_bit(name, args):
     assert 9 * 212 * 4 < grid.wire_bytes < 9 * (212 * 4 + 2000)
 
 
-def test_sampling_and_shared_nodes_match_in_process():
+@pytest.mark.parametrize("reply_order", ["sampled", "arrival"])
+def test_sampling_and_shared_nodes_match_in_process(reply_order):
     # 4 clients, half sampled per round, on 2 nodes without partition-id: round-robin over nodes
     federation = fed(rounds=4, clients=4, fraction=0.5, min_fit_clients=2)
     local = run_federated(LinearTask(), build_strategy("fedavgm", {"server_momentum": 0.5}), federation, seed=7)
     remote, grid, _ = flower_run(LinearTask, build_strategy("fedavgm", {"server_momentum": 0.5}), federation,
-                                 [{}, {}], min_nodes=2)
+                                 [{}, {}], min_nodes=2, reply_order=reply_order)
     assert same_weights(local, remote)
     trained = [node for node, kind in grid.sent if kind == "train"]
     assert len(trained) == 8 and set(trained) == {1001, 1002}
@@ -191,6 +192,23 @@ def test_fedfisher_fisher_travels_and_matches():
     assert set(stats["fisher"]) == set(global_state)
     assert all(v.shape == global_state[k].shape and (v >= 0).all() for k, v in stats["fisher"].items())
     assert sum(float(v.sum()) for v in stats["fisher"].values()) > 0
+
+
+def test_node_refuses_a_client_it_does_not_hold_and_reads_node_overrides():
+    from flwr.common.config import parse_config_args
+
+    from fedctl.flower.client_app import _node_sets
+
+    app = make_client_app(lambda config, sets: LinearTask())
+    model = LinearTask().build_model()
+    state = dict(model.state_dict())
+    msg = Message(RecordDict({"arrays": codec.state_to_record(state), "config": codec.instruction_config(
+        server_round=1, client_index=2, seed=0, instructions={}, config_yaml="{}")}), dst_node_id=1, message_type="train")
+    node_config = parse_config_args(['partition-id=1 num-partitions=4 fedctl-set="task.data=/srv/text task.lr=0.1"'])
+    reply = app(msg, Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={}))
+    assert reply.has_error() and reply.error.code == codec.BAD_INSTRUCTION
+    assert "holds partition 1 but was sent client 2" in reply.error.reason
+    assert _node_sets(node_config) == ["task.data=/srv/text", "task.lr=0.1"]
 
 
 def test_codec_keeps_bfloat16_bits_and_dtype():
@@ -267,6 +285,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
 @pytest.mark.skipif(os.environ.get("FEDCTL_FLOWER_DEPLOY") != "1", reason="~80 s; set FEDCTL_FLOWER_DEPLOY=1")
 def test_loopback_deployment_two_supernodes(tmp_path):
     from fedctl.cli.app import app
@@ -293,6 +321,7 @@ def test_loopback_deployment_two_supernodes(tmp_path):
     try:
         start("superlink", [str(bindir / "flower-superlink"), "--insecure", "--port", str(port),
                             "--disable-runtime-dependency-installation"])
+        _wait_for_port(port, 30)
         for k, node_port in enumerate(node_ports):
             start(f"supernode{k}", [str(bindir / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
                                     "--port", str(node_port), "--node-config", f"partition-id={k} num-partitions=2"])
