@@ -100,7 +100,8 @@ def partition_librispeech(
 
 @app.command(
     epilog="Examples:\n\n  fedctl data kmeans --parts parts/ --clusters 100 --scope client --out labels/\n\n"
-    "  fedctl data kmeans --parts parts/ --scope global --label-rate 100 --fit-fraction 0.1 --out labels/ --json",
+    "  fedctl data kmeans --parts parts/ --scope global --label-rate 100 --fit-fraction 0.1 --out labels/ --json\n\n"
+    "  fedctl data kmeans --parts parts/ --features hubert --model runs/hubert/final/hf --layer 6 --clusters 500 --out labels2/",
 )
 def kmeans(
     parts: Annotated[Path, typer.Option("--parts", help="Folder from `fedctl data partition librispeech`.")],
@@ -110,22 +111,36 @@ def kmeans(
     label_rate: Annotated[int, typer.Option("--label-rate", help="Labels per second: 50 (HuBERT frames) or 100.")] = 50,
     fit_fraction: Annotated[float, typer.Option("--fit-fraction", help="Share of train frames k-means is fitted on.")] = 1.0,
     threads: Annotated[int, typer.Option("--threads", help="Threads for k-means; raise on big data with free cores.")] = 1,
+    features: Annotated[str, typer.Option("--features", help="mfcc (iteration 1) or hubert (iteration 2: --model, --layer).")] = "mfcc",
+    model: Annotated[Path | None, typer.Option("--model", help="--features hubert: RUN/final/hf of `fedctl train hubert`.")] = None,
+    layer: Annotated[int, typer.Option("--layer", help="--features hubert: transformer layer whose output is clustered.")] = 6,
     seed: SpeechSeedOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Fit MFCC k-means (HuBERT iteration 1) per client or globally and write frame labels per utterance."""
+    """Fit k-means on MFCCs (HuBERT iteration 1) or a HuBERT layer (iteration 2), per client or globally."""
     from fedctl.data.speech.kmeans import KmeansConfig, learn_kmeans_labels
+    from fedctl.errors import FedctlError
 
     cfg = KmeansConfig(clusters=clusters, scope=scope, label_rate=label_rate, fit_fraction=fit_fraction,
                        seed=seed, threads=threads)
-    result = learn_kmeans_labels(parts, out_dir, cfg, progress=lambda msg: err.print(msg, highlight=False))
+    extractor = None
+    if features == "hubert":
+        if model is None:
+            raise FedctlError("--features hubert needs --model", "pass --model RUN/final/hf of `fedctl train hubert`")
+        from fedctl.data.speech.hubert_features import HubertLayerExtractor
+
+        extractor = HubertLayerExtractor(model, layer)
+    elif features != "mfcc":
+        raise FedctlError(f"--features {features!r} is not valid", "use mfcc or hubert")
+    result = learn_kmeans_labels(parts, out_dir, cfg, progress=lambda msg: err.print(msg, highlight=False),
+                                 extractor=extractor)
     for message in result.warnings:
         warn(message)
     summary = result.summary
     if json_out:
         print_json(summary)
         return
-    table = Table(title=f"MFCC k-means, scope {scope}, {label_rate} Hz labels")
+    table = Table(title=f"{'MFCC' if features == 'mfcc' else f'HuBERT layer {layer}'} k-means, scope {scope}, {label_rate} Hz labels")
     for col in ("model", "clusters", "fit frames", "inertia", "used", "perplexity"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in summary["models"].items():

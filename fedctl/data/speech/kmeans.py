@@ -139,13 +139,19 @@ def _load_audio(row: dict) -> np.ndarray:
     return audio
 
 
-def _features(rows: list[dict], extractor: MfccExtractor, label_rate: int, batch: int = 32) -> list[_Utt]:
+def _features(rows: list[dict], extractor, label_rate: int, batch: int = 32) -> list[_Utt]:
+    # an extractor has .batch(audios) -> per-utterance (frames, dim) tensors; `rate` (Hz) is 100 for MFCCs
+    # (default) or 50 for HuBERT layers, whose frames already number label_num_frames(n, 50)
+    rate = getattr(extractor, "rate", 100)
     utts = []
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         feats = extractor.batch([_load_audio(r) for r in chunk])
         for row, f in zip(chunk, feats):
-            f = to_label_rate(f.numpy(), row["num_samples"], label_rate)
+            f = f.numpy()
+            if rate == 50:
+                f = np.repeat(f, 2, axis=0)  # to 100 Hz, so the MFCC path's rate rule applies unchanged
+            f = to_label_rate(f, row["num_samples"], label_rate)
             phones = frame_phones(row["phones"], len(f), label_rate) if row.get("phones") else None
             utts.append(_Utt(row, f, phones))
     return utts
@@ -206,7 +212,7 @@ def _usage(labels: np.ndarray, clusters: int) -> dict:
 
 def _fit_frames(utts: list[_Utt], fraction: float, rng: np.random.Generator) -> np.ndarray:
     train = [u.feats for u in utts if u.row.get("split", "train") == "train"] or [u.feats for u in utts]
-    frames = np.concatenate(train) if train else np.zeros((0, FEATURE_DIM), np.float32)
+    frames = np.concatenate(train) if train else np.zeros((0, utts[0].feats.shape[1] if utts else FEATURE_DIM), np.float32)
     if fraction < 1.0 and len(frames):
         keep = rng.permutation(len(frames))[: max(1, int(round(fraction * len(frames))))]
         frames = frames[np.sort(keep)]
@@ -240,6 +246,7 @@ def learn_kmeans_labels(
     out: str | Path,
     cfg: KmeansConfig | None = None,
     progress: Callable[[str], None] | None = None,
+    extractor=None,
 ) -> KmeansResult:
     """Extract MFCCs for every utterance of a partition, fit k-means per `cfg.scope`, write labels to `out`."""
     cfg = cfg or KmeansConfig()
@@ -257,7 +264,7 @@ def learn_kmeans_labels(
         raise FedctlError(f"partition {parts} has no utterances", "re-run `fedctl data partition librispeech`")
 
     with _torch_threads(1):  # per-utterance MFCCs are tiny ops: threads only add contention
-        extractor = MfccExtractor()
+        extractor = extractor or MfccExtractor()  # or e.g. hubert_features.HubertLayerExtractor
         per_client: dict[str, list[_Utt]] = {}
         for client_id, rows in manifests.items():
             say(f"features {client_id}: {len(rows)} utterances")
@@ -296,7 +303,8 @@ def learn_kmeans_labels(
     metrics = _phone_report(per_client, labels, groups, models, rng)
     summary = {
         "settings": {k: v for k, v in cfg.__dict__.items()},
-        "features": {"type": "mfcc+delta+delta2", "dim": FEATURE_DIM, "frame_rate_hz": 100,
+        "features": {"type": getattr(extractor, "name", "mfcc+delta+delta2"), "dim": getattr(extractor, "dim", FEATURE_DIM),
+                     "frame_rate_hz": getattr(extractor, "rate", 100),
                      "label_rate_hz": cfg.label_rate},
         "audio_hours": audio_seconds / 3600.0,
         "timing_seconds": {"features": feature_seconds, "fit_and_label": fit_seconds},
