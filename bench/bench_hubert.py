@@ -1,0 +1,143 @@
+"""HuBERT pretraining benchmarks (issue #5), measured side by side in one run:
+
+(a) training throughput (audio seconds per second) of federated HuBERT through the engine (one client, so
+    the same optimizer steps) vs a plain HF training loop (HubertModel + head, AdamW) over the same batches;
+(b) peak memory of one training step with vs without gradient checkpointing, each in a fresh subprocess
+    (resource.getrusage ru_maxrss on CPU; torch.cuda.max_memory_allocated on CUDA).
+
+    python bench/bench_hubert.py [--quick]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _task(root: Path, local_updates: int, **arch):
+    from fedctl.core.task import TaskContext
+    from fedctl.tasks.hubert import HubertPretrainConfig, HubertTask
+
+    cfg = HubertPretrainConfig(preset="tiny", demo_speakers=4, demo_utterances=8, demo_clusters=20,
+                               local_updates=local_updates, max_batch_seconds=12.0, **arch)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return HubertTask(cfg, TaskContext(num_clients=1, seed=0, device=device, run_dir=root, log=lambda _: None))
+
+
+def plain_loop(task, rounds: int) -> tuple[float, float]:
+    """A plain loop: same model class, same micro-batches (client 0's per-round seeds), AdamW, masked CE + penalty."""
+    import torch.nn.functional as F
+
+    from fedctl.core.task import client_seed
+
+    model = task.build_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=task.train_cfg["lr"], betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    seconds, start = 0.0, time.perf_counter()
+    for r in range(1, rounds + 1):
+        for audio, labels, mask in task.micro_batches("client_000", client_seed(0, r, 0)):
+            audio, labels, mask = audio.to(task.device), labels.to(task.device), mask.to(task.device)
+            logits, pen = model(audio, mask)
+            loss = F.cross_entropy(logits[mask], labels[mask]) + 10.0 * pen
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            seconds += audio.numel() / 16000
+    return seconds, time.perf_counter() - start
+
+
+def engine_run(task, rounds: int) -> tuple[float, float]:
+    from fedctl.core.config import FederationConfig
+    from fedctl.core.engine import run_federated
+    from fedctl.core.strategies import build_strategy
+
+    fed = FederationConfig(rounds=rounds, clients=1, eval_every=10**6, checkpoint_every=10**6)
+    start = time.perf_counter()
+    run_federated(task, build_strategy("fedavg", {}), fed, seed=0)
+    elapsed = time.perf_counter() - start
+    # the engine evaluates once after the last round: time it separately and take it out (the plain loop has none)
+    t0 = time.perf_counter()
+    task.evaluate(task.build_model())
+    elapsed -= time.perf_counter() - t0
+    steps = task.steps_per_round(len(task.batches.train["client_000"]))
+    seconds = 0.0
+    for r in range(1, rounds + 1):  # the same batches the engine drew (recomputed, not timed)
+        from fedctl.core.task import client_seed
+
+        for audio, _, _ in task.micro_batches("client_000", client_seed(0, r, 0)):
+            seconds += audio.numel() / 16000
+    assert steps > 0
+    return seconds, elapsed
+
+
+def memory_child(checkpointing: bool) -> dict:
+    """One forward/backward of a wider model on a 8 × 4 s batch; peak memory of this process."""
+    torch.manual_seed(0)
+    from fedctl.core.task import TaskContext  # noqa: F401  (import cost before the baseline, like the model code)
+    from fedctl.tasks.hubert.model import HubertPretrainModel, hubert_config, span_mask
+    from fedctl.tasks.hubert.presets import PRESETS
+
+    arch = {**PRESETS["tiny"], "hidden_size": 256, "num_layers": 6, "num_heads": 4, "ffn_size": 1024, "conv_dim": 128}
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    model = HubertPretrainModel(hubert_config(arch), 50, 64).to(device).train()
+    if checkpointing:
+        model.hubert.gradient_checkpointing_enable()
+    audio = torch.randn(8, 64000, device=device)
+    mask = span_mask(8, 199, 0.8, 10, 2, 0).to(device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    logits, pen = model(audio, mask)
+    (logits.logsumexp(-1).mean() + pen).backward()
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    return {"peak_mb": peak, "what": "cuda max_memory_allocated" if cuda else "ru_maxrss growth during the step"}
+
+
+def main(quick: bool = False) -> dict:
+    rounds = 2 if quick else 4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            task = _task(Path(tmp), local_updates=4 if quick else 8)
+            plain_loop(task, 1)  # warm-up (allocator, first-call costs)
+            ps, pt = plain_loop(task, rounds)
+            es, et = engine_run(task, rounds)
+    finally:
+        torch.set_num_threads(threads)
+    throughput = {"plain_audio_s_per_s": ps / pt, "engine_audio_s_per_s": es / et, "overhead": (et / es) / (pt / ps)}
+    mem = {}
+    for flag in (False, True):
+        out = subprocess.run([sys.executable, __file__, "--memory-child", str(int(flag))], capture_output=True, text=True,
+                             check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        mem["with" if flag else "without"] = json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+    memory = {"peak_mb_without_ckpt": mem["without"], "peak_mb_with_ckpt": mem["with"],
+              "ratio_with_over_without": mem["with"] / mem["without"]}
+    result = {"throughput": throughput, "memory": memory}
+    print(f"{'measure':<44}{'value':>12}")
+    print(f"{'plain HF loop (audio s / s)':<44}{throughput['plain_audio_s_per_s']:>12.2f}")
+    print(f"{'engine, 1 client (audio s / s)':<44}{throughput['engine_audio_s_per_s']:>12.2f}")
+    print(f"{'engine overhead (time ratio, target <= 1.10)':<44}{throughput['overhead']:>12.3f}")
+    print(f"{'peak MB without gradient checkpointing':<44}{memory['peak_mb_without_ckpt']:>12.1f}")
+    print(f"{'peak MB with gradient checkpointing':<44}{memory['peak_mb_with_ckpt']:>12.1f}")
+    print(f"{'memory ratio with / without':<44}{memory['ratio_with_over_without']:>12.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-child":
+        torch.set_num_threads(1)
+        print(json.dumps(memory_child(bool(int(sys.argv[2])))))
+    else:
+        main(quick="--quick" in sys.argv)
