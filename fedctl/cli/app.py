@@ -80,11 +80,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def report_error(exc: FedctlError) -> None:
+    from rich.markup import escape
+
     from fedctl.cli.console import err
 
-    err.print(f"[bold red]Error:[/] {exc.message}", highlight=False, markup=True)
+    # messages quote user input and paths ("fedctl[flower]", "[round 3]"): never read them as markup
+    err.print(f"[bold red]Error:[/] {escape(exc.message)}", highlight=False)
     if exc.hint:
-        err.print(f"[bold]Hint:[/] {exc.hint}", highlight=False)
+        err.print(f"[bold]Hint:[/] {escape(exc.hint)}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -162,3 +162,17 @@ def softmax_weights(entropies: list[float], num_examples: list[int] | None, temp
     w = [math.exp(v - top) for v in logs]
     s = sum(w)
     return [x / s for x in w]
+
+
+def requested(task: Any, model: nn.Module, client_id: str, instructions: dict[str, Any], seed: int,
+              keys: list[str] | None = None) -> dict[str, Any]:
+    """The statistics a strategy asked for in its fit instructions (`stats`), measured on the trained model."""
+    wanted = instructions.get("stats") or {}
+    out: dict[str, Any] = {}
+    if "entropy" in wanted:
+        out["entropy"] = predictive_entropy(task, model, client_id, **wanted["entropy"])
+    if "fisher" in wanted:
+        opts = wanted["fisher"]
+        out["fisher"] = diagonal_fisher(task, model, client_id, mode=opts["mode"], max_examples=opts["max_examples"],
+                                        chunk=opts["chunk"], seed=seed, keys=keys)
+    return out

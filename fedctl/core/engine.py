@@ -69,10 +69,10 @@ class ClientOutcome:
     optimizer_state: dict[str, Any] | None = None
 
 
-Executor = Callable[["_Run", int, list[int], dict[str, Any]], Iterator[ClientOutcome]]
+Executor = Callable[["Run", int, list[int], dict[str, Any]], Iterator[ClientOutcome]]
 
 
-def local_executor(run: _Run, server_round: int, sampled: list[int], instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
+def local_executor(run: Run, server_round: int, sampled: list[int], instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
     """Trains the sampled clients one after another in this process, on one working model.
 
     Each yielded update refers to the working model's tensors: the engine folds it into the
@@ -83,7 +83,7 @@ def local_executor(run: _Run, server_round: int, sampled: list[int], instruction
         cid = run.client_ids[index]
         run.load_global()
         cseed = client_seed(run.seed, server_round, index)
-        _seed_everything(cseed)
+        seed_everything(cseed)
         cfg = ClientConfig(
             server_round=server_round,
             client_index=index,
@@ -95,7 +95,7 @@ def local_executor(run: _Run, server_round: int, sampled: list[int], instruction
         )
         try:
             result = run.task.fit(run.model, cid, cfg)
-            stats = {**result.stats, **run.client_statistics(cid, instructions, cseed)}
+            stats = {**result.stats, **client_stats.requested(run.task, run.model, cid, instructions, cseed, run.keys)}
         except FedctlError:
             raise
         except Exception as exc:  # a failing client is left out, not fatal
@@ -106,13 +106,15 @@ def local_executor(run: _Run, server_round: int, sampled: list[int], instruction
                             optimizer_state=result.optimizer_state)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
 
 
-class _Run:
+class Run:
+    """One federated run's server state; executors read the global state and task from it."""
+
     def __init__(self, task, strategy, federation, seed, config, run_dir, on_event, executor=None):
         self.task: Task = task
         self.strategy: Strategy = strategy
@@ -200,20 +202,6 @@ class _Run:
             write_text(self.run_dir / "metrics.jsonl", text)
 
     # -- client statistics and deltas ---------------------------------------------------------------
-    def client_statistics(self, cid: str, instructions: dict[str, Any], seed: int) -> dict[str, Any]:
-        """Statistics the strategy asked for (entropy, diagonal Fisher), measured on the trained model."""
-        wanted = instructions.get("stats") or {}
-        out: dict[str, Any] = {}
-        if "entropy" in wanted:
-            out["entropy"] = client_stats.predictive_entropy(self.task, self.model, cid, **wanted["entropy"])
-        if "fisher" in wanted:
-            opts = wanted["fisher"]
-            out["fisher"] = client_stats.diagonal_fisher(
-                self.task, self.model, cid, mode=opts["mode"], max_examples=opts["max_examples"],
-                chunk=opts["chunk"], seed=seed, keys=self.keys,
-            )
-        return out
-
     def deltas_for(self, entity: str, server_round: int) -> bool:
         every = self.fed.save_deltas_every
         return (
@@ -370,6 +358,6 @@ def run_federated(
     """
     if resume and run_dir is None:
         raise FedctlError("--resume needs a run directory", "pass --out RUN_DIR of the run to continue")
-    _seed_everything(seed)
-    run = _Run(task, strategy, federation, seed, config or {}, run_dir, on_event, executor)
+    seed_everything(seed)
+    run = Run(task, strategy, federation, seed, config or {}, run_dir, on_event, executor)
     return run.run(resume)

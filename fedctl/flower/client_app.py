@@ -40,7 +40,7 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedctl.core import client_stats
-from fedctl.core.engine import _seed_everything
+from fedctl.core.engine import seed_everything
 from fedctl.core.task import ClientConfig, Task, client_seed
 from fedctl.errors import FedctlError
 from fedctl.flower import codec
@@ -77,21 +77,6 @@ class _Worker:
     model: nn.Module
     keys: list[str]
     params: dict[str, torch.Tensor]
-
-
-def _client_statistics(worker: _Worker, cid: str, instructions: dict[str, Any], seed: int) -> dict[str, Any]:
-    # Same requests and calls as the engine's _Run.client_statistics, which needs a whole run object.
-    wanted = instructions.get("stats") or {}
-    out: dict[str, Any] = {}
-    if "entropy" in wanted:
-        out["entropy"] = client_stats.predictive_entropy(worker.task, worker.model, cid, **wanted["entropy"])
-    if "fisher" in wanted:
-        opts = wanted["fisher"]
-        out["fisher"] = client_stats.diagonal_fisher(
-            worker.task, worker.model, cid, mode=opts["mode"], max_examples=opts["max_examples"],
-            chunk=opts["chunk"], seed=seed, keys=worker.keys,
-        )
-    return out
 
 
 def _node_sets(node_config: dict[str, Any]) -> list[str]:
@@ -158,7 +143,7 @@ def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
             for k in worker.keys:
                 worker.params[k].copy_(global_state[k])
         cseed = client_seed(job["seed"], server_round, index)
-        _seed_everything(cseed)
+        seed_everything(cseed)
         cfg = ClientConfig(
             server_round=server_round,
             client_index=index,
@@ -169,7 +154,7 @@ def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
         )
         try:
             result = worker.task.fit(worker.model, cid, cfg)
-            stats = {**result.stats, **_client_statistics(worker, cid, instructions, cseed)}
+            stats = {**result.stats, **client_stats.requested(worker.task, worker.model, cid, instructions, cseed, worker.keys)}
             content = codec.reply_content({k: worker.params[k] for k in worker.keys},
                                           result.num_examples, result.metrics, stats)
         except Exception as exc:  # a failing client is left out by the server, not fatal

@@ -30,7 +30,7 @@ from flwr.app import Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedctl.core.config import dump_yaml
-from fedctl.core.engine import ClientOutcome, _Run
+from fedctl.core.engine import ClientOutcome, Run
 from fedctl.core.events import CheckpointSaved, ClientFailed, RoundFinished, RunFinished, RunStarted
 from fedctl.core.events import Message as EventMessage
 from fedctl.core.strategies import ClientUpdate
@@ -136,7 +136,7 @@ class FlowerExecutor:
         return nodes
 
     # -- one round ------------------------------------------------------------------------------
-    def __call__(self, run: _Run, server_round: int, sampled: list[int],
+    def __call__(self, run: Run, server_round: int, sampled: list[int],
                  instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
         if run.fed.keep_optimizer_state:
             raise FedctlError("federation.keep_optimizer_state is not supported over Flower",
@@ -189,7 +189,7 @@ class FlowerExecutor:
                     return
                 time.sleep(self.poll_seconds)
 
-    def _outcome(self, run: _Run, index: int, node: int, reply: Message | None) -> ClientOutcome:
+    def _outcome(self, run: Run, index: int, node: int, reply: Message | None) -> ClientOutcome:
         cid = run.client_ids[index]
         if reply is None:
             return ClientOutcome(cid, failure=f"no reply from SuperNode {node} within {self.round_timeout:g} s")
@@ -254,12 +254,7 @@ def experiment_from_run_config(run_config: dict[str, Any]):
 def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[object], None] | None = None):
     """What the ServerApp does: build task and strategy like `fedctl train`, then run the engine
     with clients on the grid's SuperNodes. Returns the engine's RunResult."""
-    from fedctl.core.config import to_dict
-    from fedctl.core.engine import run_federated
-    from fedctl.core.strategies import build_strategy
-    from fedctl.core.task import TaskContext
     from fedctl.tasks import recipe
-    from fedctl.tasks.registry import get_workload
 
     emit = on_event or _print_event
     resume = bool(run_config.get("fedctl-resume", False))
@@ -267,18 +262,6 @@ def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[objec
     if exp.federation.keep_optimizer_state:
         raise FedctlError("federation.keep_optimizer_state is not supported over Flower",
                           "set federation.keep_optimizer_state=false")
-    run_dir = recipe.run_dir_of(exp)
-    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise FedctlError(f"run directory {run_dir} already holds checkpoints",
-                          "continue it with fedctl-resume=true, or choose another fedctl-out")
-    # As recipe.train, which has no executor argument: task, strategy (possibly task-wrapped), engine.
-    ctx = TaskContext(num_clients=exp.federation.clients, seed=exp.run.seed,
-                      device=recipe.resolve_device(exp.run.device), run_dir=run_dir,
-                      log=lambda text: emit(EventMessage(text)))
-    task = get_workload(exp.run.task).build(exp.task, ctx)
-    strategy = build_strategy(exp.federation.strategy, exp.federation.strategy_args)
-    if hasattr(task, "wrap_strategy"):
-        strategy = task.wrap_strategy(strategy)
     executor = FlowerExecutor(
         grid,
         min_nodes=int(run_config.get("fedctl-min-nodes", 0)) or None,
@@ -287,10 +270,9 @@ def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[objec
         reply_order=str(run_config.get("fedctl-reply-order", "sampled")),
         log=lambda text: emit(EventMessage(text)),
     )
-    result = run_federated(task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
-                           run_dir=run_dir, on_event=emit, resume=resume, executor=executor)
-    if hasattr(task, "export"):
-        task.export(result.model, run_dir / "final" / "hf")
+    outcome = recipe.train(exp, on_event=emit, resume=resume, executor=executor,
+                           resume_hint="continue it with fedctl-resume=true, or choose another fedctl-out")
+    result = outcome.result
     return result
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from fedctl.core.config import FederationConfig, RunConfig, apply_mapping, load_yaml, parse_set, to_dict
-from fedctl.core.engine import EventSink, RunResult, run_federated
+from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
 from fedctl.core.strategies import build_strategy
 from fedctl.core.task import TaskContext
@@ -140,15 +140,21 @@ def load_run_config(run_dir: Path, rounds: int | None = None) -> Experiment:
     return exp
 
 
-def train(exp: Experiment, on_event: EventSink | None = None, resume: bool = False) -> TrainOutcome:
-    """Build the task and strategy from `exp`, run the engine, export the final model."""
+def train(
+    exp: Experiment,
+    on_event: EventSink | None = None,
+    resume: bool = False,
+    executor: Executor | None = None,
+    resume_hint: str = "continue it with --resume, or choose another --out / --set run.name=…",
+) -> TrainOutcome:
+    """Build the task and strategy from `exp`, run the engine, export the final model.
+
+    `executor` decides where clients train (default in-process; fedctl.flower passes its grid's).
+    """
     emit = on_event or (lambda e: None)
     run_dir = run_dir_of(exp)
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise FedctlError(
-            f"run directory {run_dir} already holds checkpoints",
-            "continue it with --resume, or choose another --out / --set run.name=…",
-        )
+        raise FedctlError(f"run directory {run_dir} already holds checkpoints", resume_hint)
     ctx = TaskContext(
         num_clients=exp.federation.clients,
         seed=exp.run.seed,
@@ -164,7 +170,7 @@ def train(exp: Experiment, on_event: EventSink | None = None, resume: bool = Fal
     summary = task.describe() if hasattr(task, "describe") else {}
     result = run_federated(
         task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
-        run_dir=run_dir, on_event=emit, resume=resume,
+        run_dir=run_dir, on_event=emit, resume=resume, executor=executor,
     )
     if hasattr(task, "export"):
         task.export(result.model, run_dir / "final" / "hf")
