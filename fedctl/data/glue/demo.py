@@ -38,7 +38,7 @@ def sentiment_demo(
     Balanced in expectation; the word lists are shared by both splits but sentences are not.
     """
     rng = random.Random(seed)
-    bases = generate_sentences(n_train + n_val, seed=seed + 1, min_words=4, max_words=12)
+    bases = generate_sentences(n_train + n_val, seed=seed + 1, min_words=3, max_words=8)
     texts, labels = [], []
     for base in bases:
         label = int(rng.random() < 0.5)

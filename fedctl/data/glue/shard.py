@@ -60,7 +60,7 @@ def overlap_shards(keys: Sequence[Any], num_clients: int, overlap_ratio: float, 
     if not 0.0 <= overlap_ratio <= 1.0:
         raise FedctlError(f"--overlap-ratio {overlap_ratio} is outside [0, 1]", "e.g. --overlap-ratio 0.2")
     n_shared = round(overlap_ratio * len(keys))
-    shared = set(stratified_order(keys, rng)[:n_shared])
+    shared = set(stratified_order(keys, rng)[:n_shared]) if n_shared else set()
     rest = [i for i in range(len(keys)) if i not in shared]
     parts = iid_shards([keys[i] for i in rest], num_clients, rng)
     return [sorted(shared | {rest[j] for j in part}) for part in parts]

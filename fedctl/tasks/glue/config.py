@@ -32,7 +32,7 @@ class GlueConfig:
     save_clients: bool = False  # also save every client's adapter every round (adapters/round_NNN/clients/)
 
     # ---- local training (per client, per round)
-    lr: float | None = None  # AdamW learning rate; None: 2e-3 LoRA on the demo MiniLM, 5e-4 LoRA, 2e-5 full fine-tuning
+    lr: float | None = None  # AdamW learning rate; None: 5e-3 LoRA on the demo MiniLM, 5e-4 LoRA, 2e-5 full fine-tuning
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     batch_size: int = 16  # examples per optimizer step
     eval_batch_size: int = 64  # examples per evaluation forward pass

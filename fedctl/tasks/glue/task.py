@@ -106,7 +106,7 @@ def default_lr(cfg: GlueConfig) -> float:
     if cfg.finetune == "full":
         return 2e-5
     demo = cfg.model is None and cfg.glue_task is None
-    return 2e-3 if demo or (cfg.model or "").lower() in ("minilm", "demo") else 5e-4
+    return 5e-3 if demo or (cfg.model or "").lower() in ("minilm", "demo") else 5e-4
 
 
 def saved_key(live_key: str) -> str:
@@ -397,8 +397,14 @@ class GlueTask:
         return {**inputs, "labels": labels}
 
     def forward_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [B, C], labels [B]) — no data-dependent Python, so it runs under vmap(grad)."""
-        features = {k: v for k, v in inputs.items() if k != "labels"}
+        """(logits [B, C], labels [B]) — no data-dependent Python, so it runs under vmap(grad).
+
+        The padding mask goes in already expanded to the additive [B, 1, 1, L] form: transformers passes a 4D
+        mask through untouched, while from a 2D one it would test `mask.all()` (data-dependent, breaks vmap)."""
+        features = {k: v for k, v in inputs.items() if k not in ("labels", "attention_mask")}
+        mask = inputs["attention_mask"][:, None, None, :]
+        dtype = next(model.parameters()).dtype
+        features["attention_mask"] = (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
         return model(**features).logits, inputs["labels"]
 
     # ------------------------------------------------------------------------------ artefacts
