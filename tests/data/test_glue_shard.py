@@ -11,7 +11,15 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from fedctl.data.glue import GLUE_TASKS, get_spec, glue_metrics, load_glue, make_shards, read_shards, shard_glue
+from fedctl.data.glue import (
+    GLUE_TASKS,
+    get_spec,
+    glue_metrics,
+    load_glue,
+    make_shards,
+    read_shards,
+    shard_glue,
+)
 from fedctl.data.glue.demo import sentiment_demo
 from fedctl.errors import FedctlError
 
