@@ -96,6 +96,8 @@ def validate(exp: Experiment) -> None:
             f"federation.min_fit_clients = {f.min_fit_clients} must be between 1 and clients ({f.clients})",
             "lower --set federation.min_fit_clients or raise --clients",
         )
+    if exp.run.threads < 0:
+        raise FedctlError(f"run.threads = {exp.run.threads} must be >= 0", "use 0 (all cores) or a thread count")
     for key in ("eval_every", "checkpoint_every"):
         if getattr(f, key) < 1:
             raise FedctlError(f"federation.{key} must be at least 1", f"--set federation.{key}=1")
@@ -155,6 +157,8 @@ def train(
     run_dir = run_dir_of(exp)
     if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         raise FedctlError(f"run directory {run_dir} already holds checkpoints", resume_hint)
+    if exp.run.threads > 0:
+        torch.set_num_threads(exp.run.threads)
     ctx = TaskContext(
         num_clients=exp.federation.clients,
         seed=exp.run.seed,

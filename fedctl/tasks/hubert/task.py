@@ -339,8 +339,11 @@ class HubertTask:
         model.eval()
         sums = {k: 0.0 for k in ("masked_loss", "masked_acc", "unmasked_loss", "unmasked_acc")}
         counts = {"masked": 0.0, "unmasked": 0.0}
+        histogram = torch.zeros(self.num_classes, dtype=torch.float64)
         try:
             for audio, labels, mask in self.eval_batches(client_id):
+                picked = labels[mask & (labels >= 0)]
+                histogram += torch.bincount(picked.flatten().cpu(), minlength=self.num_classes).double()
                 _, parts = self.loss(model, audio, labels, mask)
                 for kind in counts:
                     n = float(parts[f"{kind}_n"])
@@ -350,8 +353,14 @@ class HubertTask:
         finally:
             model.train(was_training)
         out = {f"val_{k}": v / max(1.0, counts[k.split("_")[0]]) for k, v in sums.items()}
+        # What a model that knew only the label frequencies of these very frames would score (an
+        # oracle prior): masked accuracy must beat the majority share, loss the unigram entropy.
+        p = histogram / histogram.sum().clamp_min(1.0)
+        prior_acc = float(p.max())
+        prior_loss = float(-(p[p > 0] * p[p > 0].log()).sum())
         return {"val_loss": out["val_masked_loss"], "val_masked_acc": out["val_masked_acc"],
-                "val_unmasked_loss": out["val_unmasked_loss"], "val_unmasked_acc": out["val_unmasked_acc"]}
+                "val_unmasked_loss": out["val_unmasked_loss"], "val_unmasked_acc": out["val_unmasked_acc"],
+                "prior_loss": prior_loss, "prior_acc": prior_acc}
 
     # ------------------------------------------------------------------------------ client statistics
 
