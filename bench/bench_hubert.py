@@ -3,7 +3,7 @@
 (a) training throughput (audio seconds per second) of federated HuBERT through the engine (one client, so
     the same optimizer steps) vs a plain HF training loop (HubertModel + head, AdamW) over the same batches;
 (b) peak memory of one training step with vs without gradient checkpointing, each in a fresh subprocess
-    (resource.getrusage ru_maxrss on CPU; torch.cuda.max_memory_allocated on CUDA).
+    (peak RSS from /proc VmHWM on CPU, see bench/memory.py; torch.cuda.max_memory_allocated on CUDA).
 
     python bench/bench_hubert.py [--quick]
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -95,13 +94,16 @@ def memory_child(checkpointing: bool) -> dict:
         model.hubert.gradient_checkpointing_enable()
     audio = torch.randn(8, 64000, device=device)
     mask = span_mask(8, 199, 0.8, 10, 2, 0).to(device)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from bench.memory import peak_mb, reset_peak, rss_mb
+
+    before = rss_mb()
+    reset_peak()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     logits, pen = model(audio, mask)
     (logits.logsumexp(-1).mean() + pen).backward()
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    return {"peak_mb": peak, "what": "cuda max_memory_allocated" if cuda else "ru_maxrss growth during the step"}
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_mb() - before
+    return {"peak_mb": peak, "what": "cuda max_memory_allocated" if cuda else "peak RSS growth (VmHWM) during the step"}
 
 
 def main(quick: bool = False) -> dict:

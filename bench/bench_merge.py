@@ -174,7 +174,7 @@ def main(quick: bool = False) -> dict:
     return {"bench": "merge", "quick": quick, "torch_threads": torch.get_num_threads(), "cases": results}
 
 
-def _print(result: dict) -> None:
+def report(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -207,4 +207,4 @@ def _print(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    _print(main(quick="--quick" in sys.argv[1:]))
+    report(main(quick="--quick" in sys.argv[1:]))

@@ -83,9 +83,12 @@ def main(quick: bool = False) -> dict:
     return results
 
 
-if __name__ == "__main__":
-    numbers = main(quick="--quick" in sys.argv[1:])
+def report(numbers: dict) -> None:
     width = max(len(k) for k in numbers)
     print(f"{'metric':<{width}}  value")
     for key, value in numbers.items():
         print(f"{key:<{width}}  {value:.4g}" if isinstance(value, float) else f"{key:<{width}}  {value}")
+
+
+if __name__ == "__main__":
+    report(main(quick="--quick" in sys.argv[1:]))

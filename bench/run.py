@@ -34,8 +34,10 @@ def main() -> None:
         except ModuleNotFoundError as exc:
             print(f"== {name}: skipped ({exc.name} not available)")
             continue
-        print(f"== {name}")
+        print(f"== {name}", flush=True)
         results[name] = module.main(quick=args.quick)
+        if hasattr(module, "report"):  # suites whose main() returns numbers without printing them
+            module.report(results[name])
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(results, indent=2, default=str))
 

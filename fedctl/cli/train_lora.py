@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperCommand
 
 from fedctl.cli.options import (
     ClientsOpt,
@@ -21,34 +20,7 @@ from fedctl.cli.options import (
     SetOpt,
     StrategyOpt,
 )
-from fedctl.cli.train import _run, app
-
-_MULTI_VALUE = ("--target-modules",)
-
-
-class _MultiValueCommand(TyperCommand):
-    """`--target-modules query value` takes several values: the bare tokens after it are rewritten to
-    `--target-modules query --target-modules value` (the approach of `fedctl merge --adapters a/ b/ c/`)."""
-
-    def parse_args(self, ctx, args):
-        expanded: list[str] = []
-        current, awaiting = None, False
-        for i, token in enumerate(args):
-            if token == "--":
-                expanded += args[i:]
-                break
-            if token.startswith("-"):
-                name = token.split("=", 1)[0]
-                current = name if name in _MULTI_VALUE else None
-                awaiting = current is not None and "=" not in token
-                expanded.append(token)
-            elif current and not awaiting:
-                expanded += [current, token]
-            else:
-                expanded.append(token)
-                awaiting = False
-        return super().parse_args(ctx, expanded)
-
+from fedctl.cli.train import TrainCommand, _run, app
 
 _EPILOG = (
     "Examples:\n\n"
@@ -65,7 +37,7 @@ def _opt(flag: str, help: str, tp: Any = str):
     return Annotated[tp | None, typer.Option(flag, help=help)]
 
 
-@app.command("lora", cls=_MultiValueCommand, epilog=_EPILOG)
+@app.command("lora", cls=TrainCommand, epilog=_EPILOG)
 def lora(
     config: ConfigOpt = None,
     sets: SetOpt = None,

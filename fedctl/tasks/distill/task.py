@@ -30,6 +30,7 @@ from fedctl.tasks.hubert.task import (
     autocast_dtype,
     export_pretrained,
     make_demo_or_load,
+    optimizer_step,
     warmup_lr,
 )
 from fedctl.utils.io import torch_save, write_json
@@ -194,18 +195,7 @@ class DistillTask:
             n += 1
             if (i + 1) % c.grad_accum:
                 continue
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_lr(peak_lr, c.warmup_steps, step_offset + step)
-            if scaler:
-                scaler.unscale_(optimizer)
-            if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, warmup_lr(peak_lr, c.warmup_steps, step_offset + step), c.grad_clip, scaler)
             step += 1
         return {"loss": total_loss / max(1, n), "steps": float(step)}
 

@@ -87,6 +87,23 @@ def warmup_lr(peak: float, warmup_steps: int, global_step: int) -> float:
     return peak * min(1.0, (global_step + 1) / warmup_steps) if warmup_steps > 0 else peak
 
 
+def optimizer_step(model: nn.Module, optimizer: torch.optim.Optimizer, lr: float, grad_clip: float,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """One update after accumulated backward passes: set lr, unscale (fp16), clip, step, zero."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if scaler:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def make_demo_or_load(cfg: Any, ctx: TaskContext, clusters: int | None) -> hdata.SpeechData:
     """The partition + labels named by cfg.parts / cfg.labels, or the synth demo made under the run directory."""
     parts, labels = cfg.parts, cfg.labels
@@ -291,18 +308,8 @@ class HubertTask:
             seconds += audio.numel() / SAMPLE_RATE
             if (i + 1) % c.grad_accum:
                 continue
-            for group in optimizer.param_groups:
-                group["lr"] = warmup_lr(peak_lr, self.train_cfg["warmup_steps"], step_offset + step)
-            if scaler:
-                scaler.unscale_(optimizer)
-            if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(model, optimizer, warmup_lr(peak_lr, self.train_cfg["warmup_steps"], step_offset + step),
+                           c.grad_clip, scaler)
             step += 1
         out = {k: v / max(1, n_micro) for k, v in sums.items()}
         return {**out, "steps": float(step), "audio_seconds": seconds}
