@@ -15,11 +15,12 @@ from fedctl.cli.options import (
     OutDirOpt,
     ResumeOpt,
     RoundsOpt,
+    SaveDeltasOpt,
     SeedOpt,
     SetOpt,
     StrategyOpt,
 )
-from fedctl.cli.train import _run, app
+from fedctl.cli.train import TrainCommand, _run, app
 
 PartsOpt = Annotated[str | None, typer.Option("--parts", help="Partition folder (`fedctl data partition librispeech`). Default: synth demo.")]
 LabelsOpt = Annotated[str | None, typer.Option("--labels", help="k-means label folder (`fedctl data kmeans`) for the same partition.")]
@@ -32,7 +33,7 @@ TeacherOpt = Annotated[str | None, typer.Option("--teacher", help="Teacher: RUN/
 RecipeOpt = Annotated[str | None, typer.Option("--recipe", help="distilhubert (2-layer student, layer-prediction heads) or kd (smaller HuBERT, soft labels).")]
 
 
-@app.command("hubert", epilog=(
+@app.command("hubert", cls=TrainCommand, epilog=(
     "Examples:\n\n  fedctl train hubert --preset tiny\n\n"
     "  fedctl train hubert --config hubert_tiny\n\n"
     "  fedctl train hubert --parts parts/ --labels labels/ --rounds 100 --strategy fedadam\n\n"
@@ -56,6 +57,7 @@ def hubert(
     max_batch_seconds: BatchSecondsOpt = None,
     eval_clients: EvalClientsOpt = None,
     resume: ResumeOpt = False,
+    save_deltas: SaveDeltasOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Federated HuBERT pretraining: masked prediction of k-means labels (transformers HubertModel)."""
@@ -66,11 +68,11 @@ def hubert(
                    "eval_clients": eval_clients},
         task_flags={"parts": parts, "labels": labels, "preset": preset, "local_updates": local_updates, "lr": lr,
                     "max_batch_seconds": max_batch_seconds},
-        resume=resume, as_json=as_json,
+        resume=resume, as_json=as_json, save_deltas=save_deltas,
     )
 
 
-@app.command("distill", epilog=(
+@app.command("distill", cls=TrainCommand, epilog=(
     "Examples:\n\n  fedctl train distill --teacher runs/hubert-tiny/final/hf --config distill_distilhubert\n\n"
     "  fedctl train distill --teacher runs/hubert/final/hf --recipe kd --parts parts/ --labels labels/\n\n"
     "  fedctl train distill --teacher runs/hubert/final/hf --recipe distilhubert --rounds 50 --strategy fedavgm"))
@@ -93,6 +95,7 @@ def distill(
     max_batch_seconds: BatchSecondsOpt = None,
     eval_clients: EvalClientsOpt = None,
     resume: ResumeOpt = False,
+    save_deltas: SaveDeltasOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Federated distillation of a HuBERT teacher into a student; only the student travels."""
@@ -103,5 +106,5 @@ def distill(
                    "eval_clients": eval_clients},
         task_flags={"teacher": teacher, "recipe": recipe, "parts": parts, "labels": labels,
                     "local_updates": local_updates, "lr": lr, "max_batch_seconds": max_batch_seconds},
-        resume=resume, as_json=as_json,
+        resume=resume, as_json=as_json, save_deltas=save_deltas,
     )

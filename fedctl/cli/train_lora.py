@@ -16,6 +16,7 @@ from fedctl.cli.options import (
     OutDirOpt,
     ResumeOpt,
     RoundsOpt,
+    SaveDeltasOpt,
     SeedOpt,
     SetOpt,
     StrategyOpt,
@@ -69,6 +70,7 @@ def lora(
     eval_clients: Annotated[bool, typer.Option("--eval-clients", help="Also evaluate on every client's data.")] = False,
     save_clients: Annotated[bool, typer.Option("--save-clients", help="Keep every client's adapter of every round.")] = False,
     resume: ResumeOpt = False,
+    save_deltas: SaveDeltasOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Federated LoRA on a GLUE task: adapters + head travel, the base stays frozen; svd or naive merging."""
@@ -92,5 +94,5 @@ def lora(
                     "merge": merge, "svd_rank": svd_rank, "init_adapter": init_adapter, "lr": lr,
                     "batch_size": batch_size, "eval_batch_size": eval_batch_size, "max_length": max_length,
                     "save_clients": True if save_clients else None},
-        resume=resume, as_json=as_json,
+        resume=resume, as_json=as_json, save_deltas=save_deltas,
     )

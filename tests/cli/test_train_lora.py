@@ -83,3 +83,23 @@ def test_shard_index_beyond_the_dataset_exits_1(cli, tmp_path):
     res = cli("train", "lora", "--shards", tmp_path / "s", "--rounds", 1, "--out", tmp_path / "r", *TINY)
     assert res.exit_code == 1
     assert "index 70 is beyond the training set (60 examples)" in res.output and "Hint:" in res.output
+
+
+def test_lora_deltas_are_the_adapter_updates(cli, tmp_path):
+    """--save-deltas on a LoRA run stores exactly the tensors that travel (adapters + head), round by round."""
+    from safetensors.torch import load_file
+
+    from fedctl.core.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    res = cli("train", "lora", "--rounds", 2, "--clients", 2, "--merge", "naive", "--save-deltas", "every=1",
+              "entity=server", "--set", "federation.checkpoint_every=1", "--out", run, *TINY)
+    assert res.exit_code == 0, res.output
+    g1 = load_checkpoint(run / "checkpoints" / "round_001.pt")["model"]
+    g2 = load_checkpoint(run / "checkpoints" / "round_002.pt")["model"]
+    d2 = load_file(str(run / "deltas" / "server" / "round_002.safetensors"))
+    assert set(d2) == set(g2) and any("lora_A" in k for k in d2) and not any("base_layer" in k for k in d2)
+    assert all(torch.allclose(d2[k], g2[k] - g1[k], atol=1e-7) for k in d2)
+    info = cli("inspect", "deltas", run, "--json")
+    assert info.exit_code == 0 and all("lora" in m["name"] or "classifier" in m["name"]
+                                       for m in json.loads(info.stdout)["matrices"])
