@@ -139,6 +139,16 @@ def unknown_key_error(full: str, valid: list[str], prefix: str) -> FedctlError:
     )
 
 
+def require_in_range(checks: list[tuple[str, bool, str]], value_of: Any, section: str = "task") -> None:
+    """Raise for the first (key, ok, hint) whose `ok` is false, naming `section.key`, its value and the hint.
+
+    `value_of(key)` gives the value to show (a task may merge a preset into its config section).
+    """
+    for key, ok, hint in checks:
+        if not ok:
+            raise FedctlError(f"{section}.{key} = {value_of(key)!r} is out of range", hint)
+
+
 def parse_set(items: list[str] | None) -> dict[str, Any]:
     """Turn ['a.b=1', 'c=x'] into a nested mapping; values are parsed as YAML scalars."""
     nested: dict[str, Any] = {}

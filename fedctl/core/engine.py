@@ -72,27 +72,42 @@ class ClientOutcome:
 Executor = Callable[["Run", int, list[int], dict[str, Any]], Iterator[ClientOutcome]]
 
 
+def prepare_client(
+    seed: int,
+    server_round: int,
+    index: int,
+    instructions: dict[str, Any],
+    global_state: State,
+    keep_optimizer_state: bool = False,
+    optimizer_state: dict[str, Any] | None = None,
+) -> ClientConfig:
+    """Seed every RNG for this (run, round, client) and build its ClientConfig; wherever a client
+    trains (here or on a Flower SuperNode) this makes its result identical."""
+    cseed = client_seed(seed, server_round, index)
+    seed_everything(cseed)
+    return ClientConfig(
+        server_round=server_round,
+        client_index=index,
+        seed=cseed,
+        strategy=dict(instructions),
+        anchor=global_state if float(instructions.get("proximal_mu", 0.0)) > 0.0 else None,  # FedProx only
+        keep_optimizer_state=keep_optimizer_state,
+        optimizer_state=optimizer_state,
+    )
+
+
 def local_executor(run: Run, server_round: int, sampled: list[int], instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
     """Trains the sampled clients one after another in this process, on one working model.
 
     Each yielded update refers to the working model's tensors: the engine folds it into the
     aggregate before asking for the next client, which is what keeps memory O(model).
     """
-    needs_anchor = float(instructions.get("proximal_mu", 0.0)) > 0.0
     for index in sampled:
         cid = run.client_ids[index]
         run.load_global()
-        cseed = client_seed(run.seed, server_round, index)
-        seed_everything(cseed)
-        cfg = ClientConfig(
-            server_round=server_round,
-            client_index=index,
-            seed=cseed,
-            strategy=dict(instructions),
-            anchor=run.global_state if needs_anchor else None,
-            keep_optimizer_state=run.fed.keep_optimizer_state,
-            optimizer_state=run.optimizer_states.get(cid),
-        )
+        cfg = prepare_client(run.seed, server_round, index, instructions, run.global_state,
+                             run.fed.keep_optimizer_state, run.optimizer_states.get(cid))
+        cseed = cfg.seed
         try:
             result = run.task.fit(run.model, cid, cfg)
             stats = {**result.stats, **client_stats.requested(run.task, run.model, cid, instructions, cseed, run.keys)}

@@ -40,8 +40,8 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedctl.core import client_stats
-from fedctl.core.engine import seed_everything
-from fedctl.core.task import ClientConfig, Task, client_seed
+from fedctl.core.engine import prepare_client
+from fedctl.core.task import Task
 from fedctl.errors import FedctlError
 from fedctl.flower import codec
 
@@ -142,16 +142,9 @@ def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
         with torch.no_grad():
             for k in worker.keys:
                 worker.params[k].copy_(global_state[k])
-        cseed = client_seed(job["seed"], server_round, index)
-        seed_everything(cseed)
-        cfg = ClientConfig(
-            server_round=server_round,
-            client_index=index,
-            seed=cseed,
-            strategy=dict(instructions),
-            # the decoded message is a private copy, untouched by training: the proximal anchor
-            anchor=global_state if float(instructions.get("proximal_mu", 0.0)) > 0.0 else None,
-        )
+        # the decoded global state is a private copy, untouched by training: it can be the proximal anchor
+        cfg = prepare_client(job["seed"], server_round, index, instructions, global_state)
+        cseed = cfg.seed
         try:
             result = worker.task.fit(worker.model, cid, cfg)
             stats = {**result.stats, **client_stats.requested(worker.task, worker.model, cid, instructions, cseed, worker.keys)}

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 TINY = ["--preset", "tiny", "--clients", "2", "--set", "task.demo_speakers=4", "--set", "task.demo_utterances=4",
         "--set", "task.demo_clusters=12", "--set", "task.local_updates=2", "--set", "task.max_batch_seconds=8"]
 
 
 def test_hubert_demo_then_distill_from_its_export(cli, tmp_path):
-    torch.set_num_threads(1)
     run = tmp_path / "hubert"
     res = cli("train", "hubert", *TINY, "--rounds", 2, "--out", run, "--json")
     assert res.exit_code == 0, res.output

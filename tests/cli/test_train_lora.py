@@ -11,13 +11,6 @@ TINY = ["--set", "task.demo_train_examples=60", "--set", "task.demo_val_examples
         "--set", "task.local_updates=2", "--set", "task.batch_size=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine (see tests/tasks/test_mamba.py)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_lora_svd_run_saves_every_round_in_peft_format(cli, tmp_path):
     from peft import PeftModel

@@ -30,8 +30,6 @@ from fedctl.flower.server_app import FlowerExecutor  # noqa: E402
 from tests.core.linear_task import LinearTask  # noqa: E402
 from tests.core.toy_classifier import ToyClassifier  # noqa: E402
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(autouse=True)
 def serverapp_identity(monkeypatch):

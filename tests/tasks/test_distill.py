@@ -18,16 +18,9 @@ CLUSTERS = 20
 DATA = dict(demo_speakers=6, demo_utterances=6, demo_clusters=CLUSTERS, max_batch_seconds=12.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, one_thread):
+def setup(tmp_path_factory):
     """Demo data and a tiny teacher (a briefly trained tiny HuBERT, exported as `fedctl train hubert` does)."""
     root = tmp_path_factory.mktemp("distill")
     parts, labels = hdata.demo_data(root, 3, 6, 6, CLUSTERS, lambda _: None)

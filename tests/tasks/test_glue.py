@@ -26,17 +26,9 @@ def make_task(num_clients: int = 3, seed: int = 0, run_dir=None, **overrides) ->
     return GlueTask(GlueConfig(**{**SMALL, **overrides}), ctx)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # shared 2-core machines: one thread avoids barrier stalls (see tests/tasks/test_mamba.py); restored after
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def task(one_thread) -> GlueTask:
+def task() -> GlueTask:
     return make_task()
 
 

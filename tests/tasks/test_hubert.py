@@ -19,17 +19,9 @@ TINY = dict(preset="tiny", demo_speakers=6, demo_utterances=6, demo_clusters=CLU
             local_updates=4, lr=3e-3, warmup_steps=4, mask_prob=0.5, mask_length=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Shared 2-core machines: one torch thread per test process is faster and fair; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory, one_thread):
+def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("hubert")
     parts, labels = hdata.demo_data(root, 3, 6, 6, CLUSTERS, lambda _: None)
     return root, parts, labels

@@ -24,18 +24,9 @@ def make_task(num_clients: int = 2, seed: int = 0, run_dir=None, **overrides) ->
     return MambaTask(cfg, ctx)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machines are shared: with more runnable threads than cores, torch's 2-thread kernels
-    # stall at every barrier (measured 3x slower here). One thread is faster and fair; restored after.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
-def task(one_thread) -> MambaTask:
+def task() -> MambaTask:
     return make_task(num_clients=3)
 
 

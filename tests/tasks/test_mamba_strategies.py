@@ -15,12 +15,9 @@ from fedctl.tasks.mamba import MambaConfig, MambaTask
 
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small model: one thread is faster and steadier on a shared 2-core machine
     cfg = MambaConfig(demo_sentences=900, seq_len=32, vocab_size=400, local_updates=4, eval_batches=4, batch_size=8)
-    yield MambaTask(cfg, TaskContext(num_clients=3, seed=0, device=torch.device("cpu"),
+    return MambaTask(cfg, TaskContext(num_clients=3, seed=0, device=torch.device("cpu"),
                                      run_dir=tmp_path_factory.mktemp("mamba")))
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name,args", [

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedctl.core.config import require_in_range
 from fedctl.core.task import ClientConfig, FitResult, TaskContext, proximal_term
 from fedctl.data.speech.features import SAMPLE_RATE
 from fedctl.errors import FedctlError
@@ -105,9 +106,7 @@ class DistillTask:
             ("grad_clip", c.grad_clip >= 0, "0 disables clipping"),
             ("eval_batches", c.eval_batches >= 0, "0 = all"),
         ]
-        for key, ok, hint in checks:
-            if not ok:
-                raise FedctlError(f"task.{key} = {getattr(c, key)!r} is out of range", hint)
+        require_in_range(checks, lambda key: getattr(c, key))
 
     # ------------------------------------------------------------------------------ model
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.config import require_in_range
 from fedctl.core.task import ClientConfig, FitResult, TaskContext, proximal_term
 from fedctl.data.glue.load import GlueSplit, load_glue
 from fedctl.data.glue.metrics import glue_metrics, predictions
@@ -76,9 +77,7 @@ def _check_config(cfg: GlueConfig) -> None:
         ("demo_val_examples", cfg.demo_val_examples >= 1, "e.g. 300"),
         ("grad_clip", cfg.grad_clip >= 0, "0 disables clipping"),
     ]
-    for key, ok, hint in checks:
-        if not ok:
-            raise FedctlError(f"task.{key} = {getattr(cfg, key)!r} is out of range", hint)
+    require_in_range(checks, lambda key: getattr(cfg, key))
 
 
 def batch_schedule(n: int, batch_size: int, gen: torch.Generator, local_updates: int, local_epochs: float) -> list[torch.Tensor]:

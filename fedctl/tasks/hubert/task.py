@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedctl.core.config import require_in_range
 from fedctl.core.task import ClientConfig, FitResult, TaskContext, proximal_term
 from fedctl.data.speech.features import SAMPLE_RATE
 from fedctl.errors import FedctlError
@@ -223,10 +224,7 @@ class HubertTask:
             ("grad_clip", c.grad_clip >= 0, "0 disables clipping"),
             ("eval_batches", c.eval_batches >= 0, "0 evaluates the whole validation set"),
         ]
-        for key, ok, hint in checks:
-            if not ok:
-                value = t.get(key, getattr(c, key, None))
-                raise FedctlError(f"task.{key} = {value!r} is out of range", hint)
+        require_in_range(checks, lambda key: t.get(key, getattr(c, key, None)))
         if c.attn_implementation not in ("sdpa", "eager"):
             raise FedctlError(f"task.attn_implementation = {c.attn_implementation!r} is not valid", "use sdpa or eager")
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.config import require_in_range
 from fedctl.core.task import ClientConfig, FitResult, TaskContext, client_seed, proximal_term
 from fedctl.errors import FedctlError
 from fedctl.tasks.mamba import data as mdata
@@ -71,9 +72,7 @@ def _check_training_config(cfg: MambaConfig) -> None:
         ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
         ("sample_tokens", cfg.sample_tokens >= 0, "e.g. 40"),
     ]
-    for key, ok, hint in checks:
-        if not ok:
-            raise FedctlError(f"mamba.{key} = {getattr(cfg, key)!r} is out of range", hint)
+    require_in_range(checks, lambda key: getattr(cfg, key))
     if cfg.shard not in ("contiguous", "interleaved"):
         raise FedctlError(f"task.shard = {cfg.shard!r} is not a sharding mode", "use contiguous or interleaved")
 
