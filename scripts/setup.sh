@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with CPU torch 2.13.0 first (so nothing pulls a CUDA build), then fedctl and its extras.
+# Creates .venv with CPU torch 2.13.0 first (so nothing pulls a CUDA build), then fedctl and its extras at the
+# exact versions of requirements-lock.txt (the environment the suite passed with; scripts/lock.sh refreshes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -7,4 +8,4 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[dev,flower]"
+python -m pip install -q -c requirements-lock.txt -e ".[dev,flower]"

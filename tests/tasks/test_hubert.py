@@ -113,25 +113,34 @@ def test_fit_is_reproducible_for_a_seed(task):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_masked_prediction_learns_on_the_synth_demo(task):
+def test_masked_prediction_learns_on_the_synth_demo(demo):
+    # The unmasked-frame loss (fairseq's pred_nomask_weight) teaches the conv front end what each frame's cluster
+    # is, so a 2-layer model learns to fill masked 2-frame spans from context within 30 short rounds. With masked
+    # frames only, the model sits at the label prior for longer than a CPU test can wait (accuracy within ±0.02
+    # of the majority share, its sign set by float rounding: the failure this setting replaces).
+    task = make_task(demo, unmasked_weight=1.0, lr=2e-3)
     model = task.build_model()
     before = task.evaluate(model)
     history = []
-    for server_round in range(1, 27):  # centralised over the 3 clients: 26 rounds × 3 × 4 steps (~20 s)
+    for server_round in range(1, 31):  # centralised over the 3 clients: 30 rounds × 3 × 4 steps (~45 s)
         for index, cid in enumerate(task.client_ids()):
             task.fit(model, cid, ClientConfig(server_round=server_round, client_index=index, seed=100 * server_round + index))
         history.append(task.evaluate(model))
     after = history[-1]
     chance = 1.0 / CLUSTERS
-    print("masked loss", before["val_loss"], "->", after["val_loss"], "prior", after["prior_loss"],
-          "| masked acc", after["val_masked_acc"], "majority", after["prior_acc"], "chance", chance)
-    assert after["val_loss"] < before["val_loss"] - 0.05
-    assert after["val_masked_acc"] > 1.5 * chance
-    # beyond label frequencies: over the last 3 evaluations, below the unigram entropy of these very
-    # frames and above their majority share (an oracle prior no frequency-only model can beat)
     last = history[-3:]
-    assert sum(h["val_loss"] - h["prior_loss"] for h in last) / 3 < -0.05
-    assert sum(h["val_masked_acc"] - h["prior_acc"] for h in last) / 3 > 0.02
+    acc_margin = sum(h["val_masked_acc"] - h["prior_acc"] for h in last) / 3
+    loss_margin = sum(h["val_loss"] - h["prior_loss"] for h in last) / 3
+    print("masked loss", before["val_loss"], "->", after["val_loss"], "prior", after["prior_loss"],
+          "| masked acc", after["val_masked_acc"], "majority", after["prior_acc"], "chance", chance,
+          "| last-3 margins: acc", acc_margin, "loss", loss_margin)
+    assert after["val_loss"] < before["val_loss"] - 0.2
+    assert after["val_masked_acc"] > 2 * chance
+    # beyond label frequencies: over the last 3 evaluations, below the unigram entropy of these very frames and
+    # above their majority share (an oracle prior no frequency-only model can beat). Measured over seeds 0, 1, 2:
+    # accuracy +0.136…+0.150 above the prior, loss −0.31…−0.38 below it; the bounds keep half of that.
+    assert loss_margin < -0.15
+    assert acc_margin > 0.06
     assert set(after) == {"val_loss", "val_masked_acc", "val_unmasked_loss", "val_unmasked_acc", "prior_loss", "prior_acc"}
 
 
