@@ -1,4 +1,4 @@
-"""Engine benchmarks (issue #2), each comparison measured side by side in one run:
+"""Engine benchmarks, each comparison measured side by side in one run:
 
 (a) FedAvg aggregation of K=8 updates of ~70M float32 parameters: GB/s of fedctl's streaming mean vs
     a plain memory copy of the same bytes vs flwr.server.strategy.aggregate.aggregate;

@@ -1,4 +1,4 @@
-"""Diagonal Fisher (issue #3): per-example gradients vectorised with torch.func vmap(grad) vs a Python
+"""Diagonal Fisher: per-example gradients vectorised with torch.func vmap(grad) vs a Python
 loop of one backward pass per example — same examples, same sampled labels, measured side by side,
 on three models: a tiny BERT classifier (the LoRA/GLUE shape of problem), the tiny Mamba2 LM, and an MLP.
 """

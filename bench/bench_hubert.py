@@ -1,4 +1,4 @@
-"""HuBERT pretraining benchmarks (issue #5), measured side by side in one run:
+"""HuBERT pretraining benchmarks, measured side by side in one run:
 
 (a) training throughput (audio seconds per second) of federated HuBERT through the engine (one client, so
     the same optimizer steps) vs a plain HF training loop (HubertModel + head, AdamW) over the same batches;

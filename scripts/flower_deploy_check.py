@@ -91,7 +91,7 @@ def check(tmp_path: Path) -> None:
     assert [(r["round"], r["clients"], r["sampled"], r["failed"]) for r in fits] == [(1, 2, 2, []), (2, 2, 2, [])]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"]
     # three processes over HTTP reach the in-process engine's weights bit for bit
-    from fedctl.tasks import recipe
+    from fedctl.run import recipe
 
     exp = recipe.resolve("mamba", str(tmp_path / "fa" / "fedctl.yaml"), flags={"run": {"out": str(tmp_path / "local")}})
     recipe.train(exp)

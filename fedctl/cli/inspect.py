@@ -29,7 +29,7 @@ def ckpt(
     as_json: JsonOpt = False,
 ) -> None:
     """Summary of a checkpoint: round, task, strategy, metrics, parameters, tensor table."""
-    from fedctl.core.inspect import summarize_checkpoint
+    from fedctl.analysis.checkpoints import summarize_checkpoint
 
     info = summarize_checkpoint(path)
     if as_json:
@@ -77,7 +77,7 @@ def deltas(
     as_json: JsonOpt = False,
 ) -> None:
     """Heatmaps, singular-value evolution and effective ranks of saved parameter deltas."""
-    from fedctl.core.analysis import analyse_deltas
+    from fedctl.analysis.runs import analyse_deltas
 
     result = analyse_deltas(run_dir, entity=entity, client=client, top_k=top_k, max_matrices=max_matrices)
     if as_json:
@@ -105,7 +105,7 @@ def run(
     as_json: JsonOpt = False,
 ) -> None:
     """Curves of a metric against round and total local steps for several runs, and their final values."""
-    from fedctl.core.analysis import analyse_runs
+    from fedctl.analysis.runs import analyse_runs
 
     result = analyse_runs(run_dirs, metric=metric, out=out_path)
     if as_json:

@@ -54,7 +54,7 @@ def _run(
     central: bool = False,
     save_deltas: list[str] | None = None,
 ) -> None:
-    from fedctl.tasks import recipe
+    from fedctl.run import recipe
 
     fed_flags = {**fed_flags, **parse_save_deltas(save_deltas)}
 

@@ -50,7 +50,7 @@ def flower_app(
     require_flwr()
     from fedctl.core.config import load_yaml
     from fedctl.flower.project import write_flower_app
-    from fedctl.tasks import recipe
+    from fedctl.run import recipe
     from fedctl.utils.templates import resolve_template
 
     if task is None:

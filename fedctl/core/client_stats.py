@@ -1,10 +1,8 @@
 """Statistics a client computes after local training for strategies that weight by them:
 mean predictive entropy (FedEntropy) and the diagonal Fisher information (FedFisher).
 
-Tasks expose two hooks and stay unaware of strategies:
-  stat_examples(client_id, max_examples) -> dict of tensors with a leading example dimension
-      (held-out local data where the task has it);
-  forward_logits(model, inputs) -> (logits [B, ..., C], labels [B, ...]) with label −100 = ignore.
+Tasks provide them through the client-statistics capability of `fedctl.core.task.Task`
+(`supports_client_stats`, `stat_examples`, `forward_logits`) and stay unaware of strategies.
 """
 
 from __future__ import annotations
@@ -16,16 +14,18 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fedctl.core.task import ClientInstructions, Task
 from fedctl.errors import FedctlError
 
 IGNORE = -100
 
 
-def require_hooks(task: Any, strategy_name: str) -> None:
-    missing = [h for h in ("stat_examples", "forward_logits") if not hasattr(task, h)]
-    if missing:
+def require_client_stats(task: Task, strategy_name: str) -> None:
+    """Fail before the first round when a strategy needs statistics the task cannot measure."""
+    if not task.supports_client_stats():
         raise FedctlError(
-            f"strategy {strategy_name} needs per-client statistics, but task '{task.name}' lacks {', '.join(missing)}",
+            f"strategy {strategy_name} needs per-client statistics (entropy or Fisher), but task '{task.name}' "
+            "does not provide them (stat_examples, forward_logits)",
             "choose another strategy for this task (e.g. fedavg)",
         )
 
@@ -164,15 +164,14 @@ def softmax_weights(entropies: list[float], num_examples: list[int] | None, temp
     return [x / s for x in w]
 
 
-def requested(task: Any, model: nn.Module, client_id: str, instructions: dict[str, Any], seed: int,
+def requested(task: Task, model: nn.Module, client_id: str, instructions: ClientInstructions, seed: int,
               keys: list[str] | None = None) -> dict[str, Any]:
-    """The statistics a strategy asked for in its fit instructions (`stats`), measured on the trained model."""
-    wanted = instructions.get("stats") or {}
+    """The statistics a strategy asked for in its instructions, measured on the trained model."""
     out: dict[str, Any] = {}
-    if "entropy" in wanted:
-        out["entropy"] = predictive_entropy(task, model, client_id, **wanted["entropy"])
-    if "fisher" in wanted:
-        opts = wanted["fisher"]
-        out["fisher"] = diagonal_fisher(task, model, client_id, mode=opts["mode"], max_examples=opts["max_examples"],
-                                        chunk=opts["chunk"], seed=seed, keys=keys)
+    if instructions.entropy is not None:
+        out["entropy"] = predictive_entropy(task, model, client_id, max_examples=instructions.entropy.max_examples)
+    if instructions.fisher is not None:
+        f = instructions.fisher
+        out["fisher"] = diagonal_fisher(task, model, client_id, mode=f.mode, max_examples=f.max_examples,
+                                        chunk=f.chunk, seed=seed, keys=keys)
     return out

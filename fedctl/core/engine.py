@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from fedctl.core import checkpoint as ckpt_io
-from fedctl.core import client_stats
+from fedctl.core import client_stats, local
 from fedctl.core.aggregate import State, all_finite, state_nbytes
-from fedctl.core.config import FederationConfig, dump_yaml
+from fedctl.core.config import FederationConfig
 from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
+from fedctl.core.rundir import RunDir
 from fedctl.core.strategies import ClientUpdate, Strategy
-from fedctl.core.task import ClientConfig, Task, client_seed
+from fedctl.core.task import ClientConfig, ClientInstructions, Task, client_seed
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_path, write_text
 
 EventSink = Callable[[object], None]
 
@@ -39,7 +39,7 @@ class RunResult:
     model: nn.Module  # holds the final global state
     history: list[dict[str, Any]] = field(default_factory=list)  # the records of metrics.jsonl
     rounds_done: int = 0
-    run_dir: Path | None = None
+    run_dir: RunDir | None = None
 
     def last(self, key: str) -> Any:
         """The newest value of a metric in the history (e.g. 'val_ppl'), or None."""
@@ -69,14 +69,14 @@ class ClientOutcome:
     optimizer_state: dict[str, Any] | None = None
 
 
-Executor = Callable[["Run", int, list[int], dict[str, Any]], Iterator[ClientOutcome]]
+Executor = Callable[["Run", int, list[int], ClientInstructions], Iterator[ClientOutcome]]
 
 
 def prepare_client(
     seed: int,
     server_round: int,
     index: int,
-    instructions: dict[str, Any],
+    instructions: ClientInstructions,
     global_state: State,
     keep_optimizer_state: bool = False,
     optimizer_state: dict[str, Any] | None = None,
@@ -89,14 +89,15 @@ def prepare_client(
         server_round=server_round,
         client_index=index,
         seed=cseed,
-        strategy=dict(instructions),
-        anchor=global_state if float(instructions.get("proximal_mu", 0.0)) > 0.0 else None,  # FedProx only
+        instructions=instructions,
+        anchor=global_state if instructions.proximal_mu > 0.0 else None,  # FedProx only
         keep_optimizer_state=keep_optimizer_state,
         optimizer_state=optimizer_state,
     )
 
 
-def local_executor(run: Run, server_round: int, sampled: list[int], instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
+def local_executor(run: Run, server_round: int, sampled: list[int],
+                   instructions: ClientInstructions) -> Iterator[ClientOutcome]:
     """Trains the sampled clients one after another in this process, on one working model.
 
     Each yielded update refers to the working model's tensors: the engine folds it into the
@@ -107,17 +108,15 @@ def local_executor(run: Run, server_round: int, sampled: list[int], instructions
         run.load_global()
         cfg = prepare_client(run.seed, server_round, index, instructions, run.global_state,
                              run.fed.keep_optimizer_state, run.optimizer_states.get(cid))
-        cseed = cfg.seed
         try:
-            result = run.task.fit(run.model, cid, cfg)
-            stats = {**result.stats, **client_stats.requested(run.task, run.model, cid, instructions, cseed, run.keys)}
+            result = local.train_client(run.task, run.model, cid, cfg, run.keys)
         except FedctlError:
             raise
         except Exception as exc:  # a failing client is left out, not fatal
             yield ClientOutcome(cid, failure=f"raised {type(exc).__name__}: {exc}")
             continue
         state = {k: run.params[k] for k in run.keys}
-        yield ClientOutcome(cid, ClientUpdate(cid, state, result.num_examples, result.metrics, stats),
+        yield ClientOutcome(cid, ClientUpdate(cid, state, result.num_examples, result.metrics, result.stats),
                             optimizer_state=result.optimizer_state)
 
 
@@ -136,7 +135,8 @@ class Run:
         self.fed: FederationConfig = federation
         self.seed: int = seed
         self.config: dict[str, Any] = config
-        self.run_dir: Path | None = Path(run_dir) if run_dir is not None else None
+        self.run_dir: RunDir | None = None if run_dir is None else (
+            run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir))
         self.emit: EventSink = on_event or (lambda event: None)
         self.executor: Executor = executor or local_executor
         self.history: list[dict[str, Any]] = []
@@ -162,9 +162,8 @@ class Run:
     def checkpoint(self, server_round: int) -> Path | None:
         if self.run_dir is None:
             return None
-        path = ckpt_io.checkpoint_path(self.run_dir, server_round)
-        ckpt_io.save_checkpoint(
-            path,
+        path = self.run_dir.save_checkpoint(
+            server_round,
             {
                 "round": server_round,
                 "task": self.task.name,
@@ -176,18 +175,15 @@ class Run:
                 "config": self.config,
                 "metrics": self.history,
             },
+            keep=self.fed.keep_checkpoints,
         )
-        if self.fed.keep_checkpoints > 0:
-            for old in ckpt_io.list_checkpoints(self.run_dir)[: -self.fed.keep_checkpoints]:
-                old.unlink(missing_ok=True)
         self.emit(CheckpointSaved(server_round, path))
         return path
 
     def resume(self) -> int:
         """Load the newest checkpoint of the run directory; return the round to start from."""
         assert self.run_dir is not None
-        path = ckpt_io.latest_checkpoint(self.run_dir)
-        ckpt = ckpt_io.load_checkpoint(path)
+        path, ckpt = self.run_dir.load_checkpoint()
         if ckpt["task"] != self.task.name:
             raise FedctlError(
                 f"checkpoint {path} is from task '{ckpt['task']}', not '{self.task.name}'",
@@ -211,10 +207,7 @@ class Run:
 
     def write_metrics(self) -> None:
         if self.run_dir is not None:
-            import json
-
-            text = "".join(json.dumps(rec) + "\n" for rec in self.history)
-            write_text(self.run_dir / "metrics.jsonl", text)
+            self.run_dir.write_metrics(self.history)
 
     # -- client statistics and deltas ---------------------------------------------------------------
     def deltas_for(self, entity: str, server_round: int) -> bool:
@@ -223,15 +216,6 @@ class Run:
             self.run_dir is not None and every > 0 and server_round % every == 0
             and self.fed.save_deltas_entity in (entity, "all")
         )
-
-    def save_delta(self, name: str, new: State, old: State, meta: dict[str, Any]) -> None:
-        """new − old for every floating tensor, as safetensors under deltas/ (atomic)."""
-        from safetensors.torch import save_file
-
-        delta = {k: (new[k].float() - old[k].float()).contiguous().cpu() for k in new if new[k].is_floating_point()}
-        path = self.run_dir / "deltas" / f"{name}.safetensors"
-        with atomic_path(path) as tmp:
-            save_file(delta, str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
     # -- one round --------------------------------------------------------------------------------
     def fit_round(self, server_round: int) -> dict[str, Any]:
@@ -260,8 +244,8 @@ class Run:
                 self.emit(ClientFailed(server_round, cid, "reported num_examples <= 0"))
                 continue
             if self.deltas_for("clients", server_round):
-                self.save_delta(f"clients/round_{server_round:03d}/{cid}", update.state, self.global_state,
-                                {"round": server_round, "entity": "client", "client_id": cid})
+                self.run_dir.save_delta(server_round, cid, update.state, self.global_state,
+                                        {"round": server_round, "entity": "client", "client_id": cid})
             aggregator.add(update)
             local_steps += int(update.metrics.get("steps", 0))
             if self.fed.keep_optimizer_state and outcome.optimizer_state is not None:
@@ -272,25 +256,26 @@ class Run:
                 examples += update.num_examples
 
         if aggregator.count < self.fed.min_fit_clients:
-            self.checkpoint(server_round - 1) if server_round > 1 else None
+            saved = self.checkpoint(server_round - 1) if server_round > 1 else None
+            then = ("then continue with --resume" if saved is not None
+                    else "then start the run again (round 1 failed, so nothing was saved to resume)")
             raise FedctlError(
                 f"round {server_round}: only {aggregator.count} of {len(sampled)} clients returned usable updates "
                 f"(min_fit_clients = {self.fed.min_fit_clients}); failed: {', '.join(failed)}",
-                "fix the failing clients (see the messages above) or lower federation.min_fit_clients, "
-                "then continue with --resume",
+                f"fix the failing clients (see the messages above) or lower federation.min_fit_clients, {then}",
             )
         old = self.global_state
         self.global_state = self.strategy.step(server_round, old, aggregator.result(old))
+        self.task.round_end(server_round, self.global_state)
         if self.deltas_for("server", server_round):
-            self.save_delta(f"server/round_{server_round:03d}", self.global_state, old,
-                            {"round": server_round, "entity": "server"})
+            self.run_dir.save_delta(server_round, None, self.global_state, old,
+                                    {"round": server_round, "entity": "server"})
         # Double buffering: the old global becomes next round's accumulator unless the new state aliases it.
         in_use = {t.data_ptr() for t in self.global_state.values()}
         self.spare = old if not any(t.data_ptr() in in_use for t in old.values()) else None
         mb = self.shared_bytes / 1e6
-        summary = aggregator.summary() if hasattr(aggregator, "summary") else {}
         return {
-            **summary,
+            **aggregator.summary(),
             "type": "fit",
             "round": server_round,
             "clients": aggregator.count,
@@ -317,15 +302,13 @@ class Run:
 
     def run(self, resume: bool) -> RunResult:
         start = 1
-        if self.run_dir is not None:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             start = self.resume()
-        if self.run_dir is not None and (self.config or not resume):  # on resume: records a changed round count
-            write_text(self.run_dir / "config.yaml", dump_yaml(self.config))
+        if self.run_dir is not None and (self.config or not resume):  # on resume: records a larger round count
+            self.run_dir.write_config(self.config)
         total = self.fed.rounds
-        if self.strategy.configure_fit(start).get("stats"):
-            client_stats.require_hooks(self.task, self.strategy.name)
+        if self.strategy.configure_fit(start).wants_stats:
+            client_stats.require_client_stats(self.task, self.strategy.name)
         self.emit(
             RunStarted(
                 task=self.task.name, strategy=self.strategy.name, rounds=total, start_round=start,
@@ -359,14 +342,15 @@ def run_federated(
     *,
     seed: int,
     config: dict[str, Any] | None = None,
-    run_dir: str | Path | None = None,
+    run_dir: RunDir | str | Path | None = None,
     on_event: EventSink | None = None,
     resume: bool = False,
     executor: Executor | None = None,
 ) -> RunResult:
     """Train `task` federatedly with `strategy` for `federation.rounds` rounds.
 
-    Writes config.yaml, metrics.jsonl and checkpoints/round_NNN.pt under `run_dir` when given.
+    Writes config.yaml, metrics.jsonl and checkpoints/round_NNN.pt under `run_dir` when given (the caller
+    holds its lock: see `RunDir.locked`).
     With `resume`, continues from the newest checkpoint there and reaches the same final
     weights as an uninterrupted run. `executor` decides where clients train (default: one
     after another in this process; fedctl.flower sends them to Flower SuperNodes).

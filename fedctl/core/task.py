@@ -1,14 +1,28 @@
-"""The contract between the engine and a workload."""
+"""The contract between the engine and a workload.
+
+A workload supplies its model, its clients' data as schedulable items, a batch maker, a loss and an
+evaluation; the one client trainer (`fedctl.core.local`) runs the loop. Optional capabilities are
+methods of `Task` with a default that either declares the capability absent (an error naming it) or
+says the workload has nothing to add (no export, no description) — never a silent `hasattr`.
+"""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
+
+from fedctl.errors import FedctlError
+
+if TYPE_CHECKING:
+    from fedctl.core.local import LocalTraining
+    from fedctl.core.rundir import RunDir
+    from fedctl.core.strategies.base import Strategy
 
 
 @dataclass
@@ -18,30 +32,82 @@ class TaskContext:
     num_clients: int
     seed: int
     device: torch.device
-    run_dir: Path | None = None  # where the task may save artefacts it needs again (e.g. a tokenizer)
+    run_dir: RunDir | None = None  # the run's directory; tasks write through it (adapters, tokenizer, demo data)
     log: Callable[[str], None] = print  # informational messages (the CLI sends them to stderr)
+
+    def __post_init__(self) -> None:
+        from fedctl.core.rundir import RunDir
+
+        if self.run_dir is not None and not isinstance(self.run_dir, RunDir):  # a plain path
+            self.run_dir = RunDir(self.run_dir)
+
+    @property
+    def root(self) -> Path | None:
+        """The run directory's path, or None for a run kept in memory."""
+        return None if self.run_dir is None else self.run_dir.path
+
+
+# ----------------------------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True)
+class EntropyRequest:
+    """FedEntropy asks each client for its model's mean predictive entropy on up to `max_examples`."""
+
+    max_examples: int = 64
+
+
+@dataclass(frozen=True)
+class FisherRequest:
+    """FedFisher asks each client for the diagonal Fisher of its trained parameters."""
+
+    mode: str = "true"  # "true": labels sampled from the model; "empirical": observed labels
+    max_examples: int = 64
+    chunk: int = 8  # examples per vmap(grad) call
+
+
+@dataclass(frozen=True)
+class ClientInstructions:
+    """What a strategy tells every sampled client for one round (Flower's fit config, typed)."""
+
+    proximal_mu: float = 0.0  # FedProx: add (mu/2)·||w − w_global||² to the local loss
+    client_lr: float | None = None  # FedOpt's eta_l: overrides the workload's learning rate
+    entropy: EntropyRequest | None = None  # statistics to measure after training
+    fisher: FisherRequest | None = None
+
+    @property
+    def wants_stats(self) -> bool:
+        return self.entropy is not None or self.fisher is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (Flower messages carry them as text)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClientInstructions:
+        return cls(
+            proximal_mu=float(data.get("proximal_mu", 0.0)),
+            client_lr=None if data.get("client_lr") is None else float(data["client_lr"]),
+            entropy=EntropyRequest(**data["entropy"]) if data.get("entropy") else None,
+            fisher=FisherRequest(**data["fisher"]) if data.get("fisher") else None,
+        )
 
 
 @dataclass
 class ClientConfig:
     """What the server tells a client for one round of local training.
 
-    `server_round` starts at 1. `strategy` holds the strategy's per-round instructions
-    (e.g. `proximal_mu` for FedProx). `anchor` is the global state the client started from,
-    needed for proximal terms; tasks must treat it as read-only.
+    `server_round` starts at 1. `anchor` is the global state the client started from (FedProx's proximal
+    term needs it); tasks must treat it as read-only.
     """
 
     server_round: int
     client_index: int
     seed: int
-    strategy: dict[str, Any] = field(default_factory=dict)
+    instructions: ClientInstructions = field(default_factory=ClientInstructions)
     anchor: dict[str, torch.Tensor] | None = None
     keep_optimizer_state: bool = False  # when true: load `optimizer_state` (if any), return the new one
     optimizer_state: dict[str, Any] | None = None
-
-    @property
-    def proximal_mu(self) -> float:
-        return float(self.strategy.get("proximal_mu", 0.0))
 
 
 @dataclass
@@ -54,45 +120,103 @@ class FitResult:
     optimizer_state: dict[str, Any] | None = None
 
 
-@runtime_checkable
-class Task(Protocol):
+# ------------------------------------------------------------------------------------------- task
+
+
+class Task(ABC):
     """A workload the engine can train federatedly.
 
-    - `build_model()` returns the initial global model (deterministic for the task's seed).
-    - `shared_keys(model)` names the state-dict entries that travel between server and clients.
-    - `fit(model, client_id, cfg)` trains `model` in place on that client's data.
-    - `evaluate(model, client_id=None)` returns metrics on the global validation set (or a client's).
+    Training (run by `fedctl.core.local.train_client`, never by the task):
+    - `training` — the resolved loop settings (`LocalTraining`: lr, schedule, accumulation, clipping, AMP);
+    - `train_items(client_id)` — how many schedulable items a client holds (examples, text blocks, or
+      prebuilt length batches; `training.batch_size` items make one micro-batch);
+    - `num_examples(client_id)` — the client's weight in example-weighted averages;
+    - `make_batch(client_id, items, gen)` — the micro-batch of those item positions (`gen` seeds crops
+      and masks);
+    - `loss(model, batch)` — (scalar loss to minimise, metrics of the batch as floats or 0-d tensors).
     """
 
-    name: str
+    name: ClassVar[str]
+    training: LocalTraining
 
-    def build_model(self) -> nn.Module: ...
+    # -- the model and its clients
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """The initial global model, identical for the same seed; leaves the global RNG untouched."""
 
-    def shared_keys(self, model: nn.Module) -> list[str]: ...
+    @abstractmethod
+    def shared_keys(self, model: nn.Module) -> list[str]:
+        """The state-dict entries that travel between server and clients."""
 
+    @abstractmethod
     def client_ids(self) -> list[str]: ...
 
-    def fit(self, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult: ...
+    # -- local training
+    @abstractmethod
+    def train_items(self, client_id: str) -> int: ...
 
-    def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]: ...
+    @abstractmethod
+    def num_examples(self, client_id: str) -> int: ...
 
+    @abstractmethod
+    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator) -> Any: ...
 
-# Optional hooks, for strategies that weight clients by statistics of their trained model
-# (FedEntropy, FedFisher; see fedctl.core.client_stats). Every workload should provide them:
-#
-#   def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]
-#       Up to max_examples of the client's examples (held-out local data where the task has it),
-#       each tensor with a leading example dimension; deterministic.
-#   def forward_logits(self, model, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]
-#       (logits [B, ..., C], labels [B, ...]) for a batch of those examples; label -100 = ignore.
-#       Must be functional-friendly (no in-place updates of module state, no .item()): it runs
-#       under torch.func.vmap(grad(...)) for per-example gradients.
+    @abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+    # -- evaluation
+    @abstractmethod
+    def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
+        """Metrics on the global validation set, or on one client's held-out data."""
+
+    # -- optional capabilities ------------------------------------------------------------------
+    # Client statistics for FedEntropy / FedFisher (see fedctl.core.client_stats).
+    def supports_client_stats(self) -> bool:
+        """True when `stat_examples` and `forward_logits` are implemented; raise FedctlError to explain why not."""
+        return False
+
+    def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
+        """Up to max_examples of the client's examples (held-out where the task has them), each tensor with a
+        leading example dimension; deterministic."""
+        raise self._missing("client statistics (stat_examples)")
+
+    def forward_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, ..., C], labels [B, ...]) of those examples; label −100 = ignore. Must run under
+        torch.func.vmap(grad(...)): no in-place updates of module state, no .item()."""
+        raise self._missing("client statistics (forward_logits)")
+
+    # The aggregation space (LoRA: ΔW-space merging around any strategy).
+    def wrap_strategy(self, strategy: Strategy) -> Strategy:
+        return strategy
+
+    # Artefacts and reporting.
+    def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:
+        """Called after a client's local training, before its update is taken (e.g. to save its adapter)."""
+
+    def round_end(self, server_round: int, global_state: dict[str, torch.Tensor]) -> None:
+        """Called with the new global state after each round's server step (e.g. to save the fused adapter)."""
+
+    def export(self, model: nn.Module, out_dir: Path) -> Path | None:
+        """Write the final model in its field's format; None when the workload has no export."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the CLI prints before training (sizes, data)."""
+        return {}
+
+    def sample(self, model: nn.Module) -> str | None:
+        """A short qualitative sample of the final model (e.g. generated text)."""
+        return None
+
+    def _missing(self, capability: str) -> FedctlError:
+        return FedctlError(f"task '{self.name}' does not provide {capability}",
+                           "choose a strategy that needs no client statistics (e.g. fedavg)")
 
 
 def proximal_term(model: nn.Module, anchor: dict[str, torch.Tensor] | None, mu: float) -> torch.Tensor | float:
     """FedProx's (mu/2)·||w − w_global||² over the trainable parameters that travel (Li et al. 2020).
 
-    Tasks add this to their local loss; it is 0.0 when mu is 0 or there is no anchor.
+    0.0 when mu is 0 or there is no anchor.
     """
     if mu == 0.0 or anchor is None:
         return 0.0

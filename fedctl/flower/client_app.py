@@ -39,7 +39,7 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
-from fedctl.core import client_stats
+from fedctl.core import local
 from fedctl.core.engine import prepare_client
 from fedctl.core.task import Task
 from fedctl.errors import FedctlError
@@ -54,8 +54,8 @@ def build_task_from_config(config: dict[str, Any], node_sets: list[str]) -> Task
     writes nothing; a trained tokenizer is retrained deterministically from the same text)."""
     from fedctl.core.config import apply_mapping, parse_set
     from fedctl.core.task import TaskContext
-    from fedctl.tasks import recipe
-    from fedctl.tasks.registry import get_workload
+    from fedctl.run import recipe
+    from fedctl.run.registry import get_workload
 
     task_name = (config.get("run") or {}).get("task")
     if not task_name:
@@ -144,12 +144,10 @@ def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
                 worker.params[k].copy_(global_state[k])
         # the decoded global state is a private copy, untouched by training: it can be the proximal anchor
         cfg = prepare_client(job["seed"], server_round, index, instructions, global_state)
-        cseed = cfg.seed
         try:
-            result = worker.task.fit(worker.model, cid, cfg)
-            stats = {**result.stats, **client_stats.requested(worker.task, worker.model, cid, instructions, cseed, worker.keys)}
+            result = local.train_client(worker.task, worker.model, cid, cfg, worker.keys)
             content = codec.reply_content({k: worker.params[k] for k in worker.keys},
-                                          result.num_examples, result.metrics, stats)
+                                          result.num_examples, result.metrics, result.stats)
         except Exception as exc:  # a failing client is left out by the server, not fatal
             where = traceback.extract_tb(exc.__traceback__)[-1]
             reason = f"raised {type(exc).__name__}: {exc} (at {where.filename}:{where.lineno})"

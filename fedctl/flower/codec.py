@@ -3,9 +3,9 @@
 Train instruction (ServerApp → ClientApp), message type "train", group_id = the server round:
   "arrays"  ArrayRecord   the global shared tensors (dtype and shape preserved; bfloat16 travels
                           as its raw 16 bits, because numpy has no bfloat16)
-  "config"  ConfigRecord  server-round, client-index, seed (the run seed), proximal-mu,
-                          instructions (the strategy's per-round dict as JSON: `stats` requests
-                          are nested), fedctl-config (the run's resolved config as YAML text)
+  "config"  ConfigRecord  server-round, client-index, seed (the run seed), instructions (the
+                          strategy's ClientInstructions as JSON), fedctl-config (the run's
+                          resolved config as YAML text)
 
 Train reply (ClientApp → ServerApp):
   "arrays"        ArrayRecord   the trained shared tensors
@@ -25,6 +25,8 @@ import json
 from typing import Any
 
 import torch
+
+from fedctl.core.task import ClientInstructions
 
 CLIENT_FAILED = 7001  # flwr Error code: the client's task raised; the server leaves the client out
 BAD_INSTRUCTION = 7002  # flwr Error code: the message does not fit this node (wrong partition, bad config)
@@ -62,7 +64,7 @@ def record_to_state(record, like: dict[str, torch.Tensor] | None = None) -> dict
     return state
 
 
-def instruction_config(*, server_round: int, client_index: int, seed: int, instructions: dict[str, Any],
+def instruction_config(*, server_round: int, client_index: int, seed: int, instructions: ClientInstructions,
                        config_yaml: str):
     from flwr.app import ConfigRecord
 
@@ -70,8 +72,7 @@ def instruction_config(*, server_round: int, client_index: int, seed: int, instr
         "server-round": int(server_round),
         "client-index": int(client_index),
         "seed": int(seed),
-        "proximal-mu": float(instructions.get("proximal_mu", 0.0)),
-        "instructions": json.dumps(instructions, sort_keys=True),
+        "instructions": json.dumps(instructions.to_dict(), sort_keys=True),
         "fedctl-config": config_yaml,
     })
 
@@ -81,7 +82,7 @@ def read_instruction_config(record) -> dict[str, Any]:
         "server_round": int(record["server-round"]),
         "client_index": int(record["client-index"]),
         "seed": int(record["seed"]),
-        "instructions": json.loads(record["instructions"]),
+        "instructions": ClientInstructions.from_dict(json.loads(record["instructions"])),
         "config_yaml": str(record["fedctl-config"]),
     }
 

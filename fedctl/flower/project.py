@@ -41,7 +41,7 @@ def write_flower_app(exp, app_dir: str | Path, *, superlink_port: int = 9092, su
     Ports: the SuperLink serves its Fleet, Control and Runtime APIs on `superlink_port`;
     SuperNode k serves its ClientApp runtime API on `supernode_port + k`. All bind 127.0.0.1.
     """
-    from fedctl.tasks import recipe
+    from fedctl.run import recipe
 
     app_dir = Path(app_dir).resolve()
     run_dir = recipe.run_dir_of(exp).resolve()

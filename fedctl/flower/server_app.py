@@ -34,6 +34,7 @@ from fedctl.core.engine import ClientOutcome, Run
 from fedctl.core.events import CheckpointSaved, ClientFailed, RoundFinished, RunFinished, RunStarted
 from fedctl.core.events import Message as EventMessage
 from fedctl.core.strategies import ClientUpdate
+from fedctl.core.task import ClientInstructions
 from fedctl.errors import FedctlError
 from fedctl.flower import codec
 
@@ -137,7 +138,7 @@ class FlowerExecutor:
 
     # -- one round ------------------------------------------------------------------------------
     def __call__(self, run: Run, server_round: int, sampled: list[int],
-                 instructions: dict[str, Any]) -> Iterator[ClientOutcome]:
+                 instructions: ClientInstructions) -> Iterator[ClientOutcome]:
         if run.fed.keep_optimizer_state:
             raise FedctlError("federation.keep_optimizer_state is not supported over Flower",
                               "set federation.keep_optimizer_state=false (clients keep no state between rounds)")
@@ -232,7 +233,7 @@ def _print_event(event: object) -> None:
 def experiment_from_run_config(run_config: dict[str, Any]):
     """The fedctl experiment a Flower run config names (see the module docstring for the keys)."""
     from fedctl.core.config import load_yaml
-    from fedctl.tasks import recipe
+    from fedctl.run import recipe
     from fedctl.utils.templates import resolve_template
 
     config = str(run_config.get("fedctl-config") or "")
@@ -254,7 +255,7 @@ def experiment_from_run_config(run_config: dict[str, Any]):
 def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[object], None] | None = None):
     """What the ServerApp does: build task and strategy like `fedctl train`, then run the engine
     with clients on the grid's SuperNodes. Returns the engine's RunResult."""
-    from fedctl.tasks import recipe
+    from fedctl.run import recipe
 
     emit = on_event or _print_event
     resume = bool(run_config.get("fedctl-resume", False))

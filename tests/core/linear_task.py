@@ -5,26 +5,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedctl.core.task import ClientConfig, FitResult, proximal_term
+from fedctl.core.local import LocalTraining
+from fedctl.core.task import Task
 
 
-class LinearTask:
-    """y = x·w* + noise, split over clients; local SGD/AdamW steps on seeded minibatches."""
+class LinearTask(Task):
+    """y = x·w* + noise, split over clients; `steps` AdamW steps of 16 examples per round."""
 
     name = "linear"
 
-    def __init__(self, num_clients=4, dim=6, n_per_client=64, steps=5, lr=0.05, seed=0, optimizer="adamw",
-                 fail=None, nan=None):
+    def __init__(self, num_clients=4, dim=6, n_per_client=64, steps=5, lr=0.05, seed=0, fail=None, nan=None):
         g = torch.Generator().manual_seed(seed)
         self.w_true = torch.randn(dim, 1, generator=g)
         self.x = [torch.randn(n_per_client + 8 * k, dim, generator=g) for k in range(num_clients)]
         self.y = [x @ self.w_true + 0.01 * torch.randn(x.shape[0], 1, generator=g) for x in self.x]
         self.xv = torch.randn(128, dim, generator=g)
         self.yv = self.xv @ self.w_true
-        self.dim, self.steps, self.lr, self.seed, self.optimizer = dim, steps, lr, seed, optimizer
+        self.dim, self.lr, self.seed = dim, lr, seed
+        self.training = LocalTraining(lr=lr, batch_size=16, local_updates=steps)
         self.fail = set(fail or [])  # client ids that raise
-        self.nan = set(nan or [])  # client ids that return NaN weights
-        self.calls = []
+        self.nan = set(nan or [])  # client ids whose loss (hence weights) turn NaN
 
     def build_model(self):
         torch.manual_seed(self.seed)
@@ -36,46 +36,31 @@ class LinearTask:
     def client_ids(self):
         return [f"client_{k}" for k in range(len(self.x))]
 
-    def make_optimizer(self, model, lr):
-        if self.optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=lr)
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    def _k(self, client_id):
+        return int(client_id.split("_")[1])
 
-    def draw(self, gen, x, y, batch=16):
-        idx = torch.randint(0, x.shape[0], (batch,), generator=gen)
-        return x[idx], y[idx]
+    def train_items(self, client_id):
+        return self.x[self._k(client_id)].shape[0]
 
-    def fit(self, model, client_id, cfg: ClientConfig):
-        self.calls.append((cfg.server_round, client_id))
+    def num_examples(self, client_id):
+        return self.train_items(client_id)
+
+    def make_batch(self, client_id, items, gen):
         if client_id in self.fail:
             raise RuntimeError("simulated client crash")
-        k = int(client_id.split("_")[1])
-        opt = self.make_optimizer(model, float(cfg.strategy.get("lr", self.lr)))
-        if cfg.keep_optimizer_state and cfg.optimizer_state is not None:
-            opt.load_state_dict(cfg.optimizer_state)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        losses = []
-        for _ in range(self.steps):
-            xb, yb = self.draw(gen, self.x[k], self.y[k])
-            loss = nn.functional.mse_loss(model(xb), yb)
-            (loss + proximal_term(model, cfg.anchor, cfg.proximal_mu)).backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        if client_id in self.nan:
-            with torch.no_grad():
-                model.weight.fill_(float("nan"))
-        return FitResult(
-            num_examples=self.x[k].shape[0],
-            metrics={"train_loss": sum(losses) / len(losses)},
-            optimizer_state=opt.state_dict() if cfg.keep_optimizer_state else None,
-        )
+        k = self._k(client_id)
+        return client_id, self.x[k][items], self.y[k][items]
+
+    def loss(self, model, batch):
+        client_id, xb, yb = batch
+        loss = nn.functional.mse_loss(model(xb), yb)
+        return (loss * float("nan") if client_id in self.nan else loss), {}
 
     def evaluate(self, model, client_id=None):
         with torch.no_grad():
             if client_id is None:
                 loss = nn.functional.mse_loss(model(self.xv), self.yv).item()
             else:
-                k = int(client_id.split("_")[1])
+                k = self._k(client_id)
                 loss = nn.functional.mse_loss(model(self.x[k]), self.y[k]).item()
         return {"val_loss": loss}

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedctl.core.analysis import (
+from fedctl.analysis.runs import (
     MatrixSeries,
     analyse_deltas,
     analyse_runs,

@@ -109,14 +109,18 @@ def test_one_client_equals_plain_training_loop():
     res = run_federated(task, build_strategy("fedavg"), fed(rounds=rounds, clients=1, keep_optimizer_state=True),
                         seed=7)
 
+    # a plain loop written out: one AdamW throughout; each round, batches of 16 from back-to-back seeded
+    # permutations of the client's examples (the trainer's documented schedule)
     plain = LinearTask(num_clients=1, steps=steps)
     model = plain.build_model()
-    opt = plain.make_optimizer(model, plain.lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=plain.lr, weight_decay=0.0)
+    n = plain.x[0].shape[0]
     for r in range(1, rounds + 1):
         gen = torch.Generator().manual_seed(client_seed(7, r, 0))
-        for _ in range(steps):
-            xb, yb = plain.draw(gen, plain.x[0], plain.y[0])
-            nn.functional.mse_loss(model(xb), yb).backward()
+        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-steps * 16 // n))])
+        for s in range(steps):
+            idx = order[16 * s : 16 * (s + 1)]
+            nn.functional.mse_loss(model(plain.x[0][idx]), plain.y[0][idx]).backward()
             opt.step()
             opt.zero_grad()
     for k, v in model.state_dict().items():

@@ -112,7 +112,7 @@ def test_engine_runs_stat_strategies_and_learns(name):
 
 
 def test_stat_strategy_on_task_without_hooks_is_a_clear_error():
-    with pytest.raises(FedctlError, match="fedfisher needs per-client statistics.*'linear' lacks stat_examples"):
+    with pytest.raises(FedctlError, match="fedfisher needs per-client statistics.*'linear' does not provide them \\(stat_examples"):
         run_federated(LinearTask(), build_strategy("fedfisher"), FederationConfig(rounds=1), seed=0)
 
 

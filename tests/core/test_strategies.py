@@ -9,6 +9,7 @@ import torch
 
 from fedctl.core.aggregate import WeightedMean, coordinate_median, krum_scores, trimmed_mean
 from fedctl.core.strategies import ClientUpdate, build_strategy
+from fedctl.core.task import ClientInstructions
 from fedctl.errors import FedctlError
 
 
@@ -90,7 +91,7 @@ def test_fedyogi_and_fedadagrad_second_moments():
 
 def test_fedprox_sends_mu_and_averages_like_fedavg():
     s = build_strategy("fedprox", {"proximal_mu": 0.3})
-    assert s.configure_fit(1) == {"proximal_mu": 0.3}
+    assert s.configure_fit(1) == ClientInstructions(proximal_mu=0.3)
     out = s.aggregate_fit(1, {"w": torch.zeros(1)}, [upd("a", [1.0], 1), upd("b", [3.0], 1)])
     assert torch.allclose(out["w"], torch.tensor([2.0]))
 

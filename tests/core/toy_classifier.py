@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fedctl.core.task import ClientConfig, FitResult, proximal_term
+from fedctl.core.local import LocalTraining
+from fedctl.core.task import Task
 
 
-class ToyClassifier:
+class ToyClassifier(Task):
     name = "toy"
 
     def __init__(self, num_clients=3, dim=8, classes=4, n=96, steps=6, lr=0.05, seed=0):
@@ -22,6 +23,7 @@ class ToyClassifier:
         yv = torch.randint(0, classes, (200,), generator=g)
         self.xv, self.yv = self.centers[yv] + torch.randn(200, dim, generator=g), yv
         self.dim, self.classes, self.steps, self.lr, self.seed = dim, classes, steps, lr, seed
+        self.training = LocalTraining(lr=lr, batch_size=32, local_updates=steps)
 
     def build_model(self):
         with torch.random.fork_rng(devices=[]):
@@ -34,19 +36,22 @@ class ToyClassifier:
     def client_ids(self):
         return [f"client_{k}" for k in range(len(self.x))]
 
-    def fit(self, model, client_id, cfg: ClientConfig):
+    def train_items(self, client_id):
+        return len(self.y[int(client_id.split("_")[1])])
+
+    def num_examples(self, client_id):
+        return self.train_items(client_id)
+
+    def make_batch(self, client_id, items, gen):
         k = int(client_id.split("_")[1])
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr)
-        gen = torch.Generator().manual_seed(cfg.seed)
-        losses = []
-        for _ in range(self.steps):
-            idx = torch.randint(0, len(self.y[k]), (32,), generator=gen)
-            loss = nn.functional.cross_entropy(model(self.x[k][idx]), self.y[k][idx])
-            (loss + proximal_term(model, cfg.anchor, cfg.proximal_mu)).backward()
-            opt.step()
-            opt.zero_grad()
-            losses.append(loss.item())
-        return FitResult(len(self.y[k]), {"train_loss": sum(losses) / len(losses), "steps": self.steps})
+        return self.x[k][items], self.y[k][items]
+
+    def loss(self, model, batch):
+        xb, yb = batch
+        return nn.functional.cross_entropy(model(xb), yb), {}
+
+    def supports_client_stats(self):
+        return True
 
     @torch.no_grad()
     def evaluate(self, model, client_id=None):

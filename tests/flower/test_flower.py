@@ -23,6 +23,7 @@ from fedctl.core.config import FederationConfig  # noqa: E402
 from fedctl.core.engine import run_federated  # noqa: E402
 from fedctl.core.events import ClientFailed  # noqa: E402
 from fedctl.core.strategies import build_strategy  # noqa: E402
+from fedctl.core.task import ClientInstructions  # noqa: E402
 from fedctl.errors import FedctlError  # noqa: E402
 from fedctl.flower import codec  # noqa: E402
 from fedctl.flower.client_app import make_client_app  # noqa: E402
@@ -191,7 +192,7 @@ def test_node_refuses_a_client_it_does_not_hold_and_reads_node_overrides():
     model = LinearTask().build_model()
     state = dict(model.state_dict())
     msg = Message(RecordDict({"arrays": codec.state_to_record(state), "config": codec.instruction_config(
-        server_round=1, client_index=2, seed=0, instructions={}, config_yaml="{}")}), dst_node_id=1, message_type="train")
+        server_round=1, client_index=2, seed=0, instructions=ClientInstructions(), config_yaml="{}")}), dst_node_id=1, message_type="train")
     node_config = parse_config_args(['partition-id=1 num-partitions=4 fedctl-set="task.data=/srv/text task.lr=0.1"'])
     reply = app(msg, Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={}))
     assert reply.has_error() and reply.error.code == codec.BAD_INSTRUCTION

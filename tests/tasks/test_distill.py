@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from fedctl.core import local
 from fedctl.core.task import ClientConfig, TaskContext
 from fedctl.errors import FedctlError
 from fedctl.tasks.distill import DistillConfig, DistillTask, build_distilhubert
@@ -28,7 +29,7 @@ def setup(tmp_path_factory):
     hub = HubertTask(HubertPretrainConfig(preset="tiny", parts=str(parts), labels=str(labels), local_updates=3,
                                           max_batch_seconds=12.0), ctx)
     teacher = hub.build_model()
-    hub.fit(teacher, "client_000", ClientConfig(server_round=1, client_index=0, seed=0))
+    local.fit(hub, teacher, "client_000", ClientConfig(server_round=1, client_index=0, seed=0))
     hf = hub.export(teacher.eval(), root / "teacher" / "final" / "hf")
     return root, parts, labels, hf
 
@@ -46,7 +47,7 @@ def run_rounds(task, rounds: int) -> list[float]:
     losses = [task.evaluate(model)["val_loss"]]
     for r in range(1, rounds + 1):
         for i, cid in enumerate(task.client_ids()):
-            task.fit(model, cid, ClientConfig(server_round=r, client_index=i, seed=10 * r + i))
+            local.fit(task, model, cid, ClientConfig(server_round=r, client_index=i, seed=10 * r + i))
         losses.append(task.evaluate(model)["val_loss"])
     return losses
 
@@ -96,7 +97,7 @@ def test_distilhubert_refuses_fisher_with_a_hint(setup):
     from fedctl.core import client_stats
 
     with pytest.raises(FedctlError) as err:
-        client_stats.require_hooks(task, "fedfisher")
+        client_stats.require_client_stats(task, "fedfisher")
     assert "--recipe kd" in err.value.hint
 
 

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from fedctl.core import local
 from fedctl.core.client_stats import diagonal_fisher, diagonal_fisher_loop, softmax_weights
 from fedctl.core.config import FederationConfig
 from fedctl.core.engine import run_federated
@@ -113,7 +114,7 @@ def test_model_is_deterministic_and_only_adapters_and_head_travel(task, model):
     assert all(torch.equal(again[k], model.state_dict()[k]) for k in keys)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = {k: model.state_dict()[k].clone() for k in keys}
-    res = task.fit(model, "client_1", ClientConfig(server_round=1, client_index=1, seed=5))
+    res = local.fit(task, model, "client_1", ClientConfig(server_round=1, client_index=1, seed=5))
     assert res.num_examples == 30 and res.metrics["steps"] == 2 and math.isfinite(res.metrics["train_loss"])
     after = dict(model.named_parameters())
     assert all(torch.equal(after[n], p) for n, p in frozen.items())  # the base stays frozen

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedctl.core import client_stats
+from fedctl.core import client_stats, local
 from fedctl.core.task import ClientConfig, TaskContext
 from fedctl.errors import FedctlError
 from fedctl.tasks.hubert import HubertPretrainConfig, HubertTask
@@ -107,8 +107,8 @@ def test_build_is_deterministic_and_base_is_hubert_base_sized(task):
 def test_fit_is_reproducible_for_a_seed(task):
     a, b = task.build_model(), task.build_model()
     cfg = ClientConfig(server_round=1, client_index=0, seed=11)
-    ra = task.fit(a, "client_000", cfg)
-    rb = task.fit(b, "client_000", cfg)
+    ra = local.fit(task, a, "client_000", cfg)
+    rb = local.fit(task, b, "client_000", cfg)
     assert ra.metrics == rb.metrics and ra.num_examples == len(task.data.train["client_000"])
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -124,7 +124,7 @@ def test_masked_prediction_learns_on_the_synth_demo(demo):
     history = []
     for server_round in range(1, 31):  # centralised over the 3 clients: 30 rounds × 3 × 4 steps (~45 s)
         for index, cid in enumerate(task.client_ids()):
-            task.fit(model, cid, ClientConfig(server_round=server_round, client_index=index, seed=100 * server_round + index))
+            local.fit(task, model, cid, ClientConfig(server_round=server_round, client_index=index, seed=100 * server_round + index))
         history.append(task.evaluate(model))
     after = history[-1]
     chance = 1.0 / CLUSTERS
@@ -163,7 +163,7 @@ def test_export_reloads_offline_with_identical_hidden_states(task, tmp_path):
     from transformers import HubertModel
 
     model = task.build_model()
-    task.fit(model, "client_000", ClientConfig(server_round=1, client_index=0, seed=1))
+    local.fit(task, model, "client_000", ClientConfig(server_round=1, client_index=0, seed=1))
     model.eval()
     out = task.export(model, tmp_path / "final" / "hf")
     loaded = HubertModel.from_pretrained(str(out), local_files_only=True).eval()

@@ -9,9 +9,10 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from fedctl.core.task import ClientConfig, TaskContext, proximal_term
+from fedctl.core import local
+from fedctl.core.task import ClientConfig, ClientInstructions, TaskContext, proximal_term
 from fedctl.errors import FedctlError
-from fedctl.tasks.mamba import MambaConfig, MambaTask, plain_train_loop
+from fedctl.tasks.mamba import MambaConfig, MambaTask
 from fedctl.tasks.mamba import data as mdata
 
 # The tiny preset (chunk 32 = seq_len: the pure-torch scan pads nothing); 4 local steps keep fits cheap.
@@ -77,17 +78,6 @@ def test_task_shards_cover_the_training_blocks(task):
     assert torch.equal(inter.data.shards[1], torch.arange(1, d["train_blocks"], 3))
 
 
-def test_epoch_schedule_visits_each_block_once_per_epoch():
-    shard = torch.arange(10, 30)
-    gen = torch.Generator().manual_seed(0)
-    batches = list(mdata.batch_schedule(shard, 8, gen, local_updates=0, local_epochs=2.0))
-    assert len(batches) == 6 == mdata.steps_per_round(20, 8, 0, 2.0)  # 3 batches (8, 8, 4) per epoch
-    assert torch.equal(torch.cat(batches[:3]).sort().values, shard)
-    assert torch.equal(torch.cat(batches[3:]).sort().values, shard)
-    drawn = list(mdata.batch_schedule(shard, 4, torch.Generator().manual_seed(0), local_updates=5, local_epochs=1.0))
-    assert len(drawn) == 5 and all(len(b) == 4 and torch.isin(b, shard).all() for b in drawn)
-
-
 def test_tokenizer_round_trips_and_is_saved_with_the_run(tmp_path):
     t = make_task(num_clients=2, run_dir=tmp_path)
     saved = tmp_path / "tokenizer.json"
@@ -133,7 +123,7 @@ def test_fit_is_bitwise_reproducible_and_seed_dependent(task):
     base = task.build_model()
     models = [copy.deepcopy(base) for _ in range(3)]
     cfgs = [ClientConfig(server_round=2, client_index=1, seed=s, keep_optimizer_state=True) for s in (5, 5, 6)]
-    results = [task.fit(m, "client_1", c) for m, c in zip(models, cfgs)]
+    results = [local.fit(task, m, "client_1", c) for m, c in zip(models, cfgs)]
     assert_same_weights(models[0], models[1])
     assert not torch.equal(models[0].lm_head.weight, models[2].lm_head.weight)
     assert results[0].metrics == results[1].metrics and results[0].metrics["steps"] == 4.0
@@ -142,7 +132,7 @@ def test_fit_is_bitwise_reproducible_and_seed_dependent(task):
     assert state is not None and len(state["state"]) == len(list(base.parameters()))
     # a loaded optimizer state is not modified by the next fit
     snapshot = copy.deepcopy(state)
-    task.fit(models[0], "client_1", ClientConfig(server_round=3, client_index=1, seed=7, keep_optimizer_state=True, optimizer_state=state))
+    local.fit(task, models[0], "client_1", ClientConfig(server_round=3, client_index=1, seed=7, keep_optimizer_state=True, optimizer_state=state))
     assert all(torch.equal(snapshot["state"][i]["exp_avg"], state["state"][i]["exp_avg"]) for i in state["state"])
 
 
@@ -150,7 +140,7 @@ def test_thirty_steps_reduce_loss_on_the_demo_corpus():
     t = make_task(num_clients=1, local_updates=30)
     model = t.build_model()
     before = t.evaluate(model)
-    result = t.fit(model, "client_0", ClientConfig(server_round=1, client_index=0, seed=0))
+    result = local.fit(t, model, "client_0", ClientConfig(server_round=1, client_index=0, seed=0))
     after = t.evaluate(model)
     assert result.metrics["steps"] == 30.0
     assert before["val_loss"] > 7.0  # ~ln(2048) = 7.6 at init
@@ -162,14 +152,32 @@ def test_one_client_engine_equals_plain_training_loop():
     from fedctl.core.config import FederationConfig
     from fedctl.core.engine import run_federated
     from fedctl.core.strategies import build_strategy
+    from fedctl.core.task import client_seed
+    from fedctl.tasks.mamba.task import lm_loss
 
-    rounds, seed = 3, 7
-    t = make_task(num_clients=1, seed=seed, local_updates=3, warmup_steps=4)
+    rounds, seed, steps, warmup = 3, 7, 3, 4
+    t = make_task(num_clients=1, seed=seed, local_updates=steps, warmup_steps=warmup)
     fed = FederationConfig(rounds=rounds, clients=1, keep_optimizer_state=True, checkpoint_every=100)
     engine = run_federated(t, build_strategy("fedavg"), fed, seed=seed)
+
+    # The plain loop, written out: one AdamW for the whole run, linear warmup over the global step, clipping,
+    # and each round batches cut from back-to-back seeded permutations of all blocks.
+    c = t.cfg
     model = t.build_model()
-    per_round = plain_train_loop(t, model, rounds, seed)
-    assert len(per_round) == rounds
+    opt = torch.optim.AdamW(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    blocks = t.data.train_blocks
+    n = len(blocks)
+    for r in range(1, rounds + 1):
+        gen = torch.Generator().manual_seed(client_seed(seed, r, 0))
+        order = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-steps * c.batch_size // n))])
+        for s in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = c.lr * min(1.0, ((r - 1) * steps + s + 1) / warmup)
+            loss = lm_loss(model, blocks[order[s * c.batch_size : (s + 1) * c.batch_size]])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     assert_same_weights(model, engine.model)
 
 
@@ -197,8 +205,8 @@ def test_fedprox_term_is_zero_at_the_anchor_and_positive_away(task):
     start = task.build_model()
     anchor = {k: v.detach().clone() for k, v in start.state_dict().items()}
     free, held = copy.deepcopy(start), copy.deepcopy(start)
-    task.fit(free, "client_0", ClientConfig(server_round=1, client_index=0, seed=1))
-    task.fit(held, "client_0", ClientConfig(server_round=1, client_index=0, seed=1, strategy={"proximal_mu": 50.0}, anchor=anchor))
+    local.fit(task, free, "client_0", ClientConfig(server_round=1, client_index=0, seed=1))
+    local.fit(task, held, "client_0", ClientConfig(server_round=1, client_index=0, seed=1, instructions=ClientInstructions(proximal_mu=50.0), anchor=anchor))
     dist = [sum((p - anchor[n]).pow(2).sum() for n, p in m.named_parameters()).sqrt() for m in (free, held)]
     assert dist[1] < dist[0]
 

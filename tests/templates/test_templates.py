@@ -7,7 +7,7 @@ import shlex
 import pytest
 import yaml
 
-from fedctl.tasks import recipe
+from fedctl.run import recipe
 from fedctl.utils.templates import list_templates, resolve_template
 
 TEMPLATES = list_templates()

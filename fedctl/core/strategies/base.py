@@ -8,13 +8,14 @@ server optimizer state (momentum, Adam moments) and returns the new global state
 
 from __future__ import annotations
 
+import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import Any, ClassVar
 
 from fedctl.core.aggregate import State, WeightedMean
+from fedctl.core.task import ClientInstructions
 
 
 @dataclass
@@ -28,18 +29,40 @@ class ClientUpdate:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-class Aggregator:
-    """Receives client updates of one round; `result()` is the aggregated client state."""
+class Aggregator(ABC):
+    """Receives client updates of one round; `result()` is the aggregated client state.
 
-    count: int
+    An aggregator whose result is a weighted mean Σ w_i θ_i / Σ w_i declares it (`weighted_mean = True`) and
+    gives each client's weight as `log_weight(update)` (log space: weights like exp(−H/T) neither overflow nor
+    underflow). Wrappers that average in another space (LoRA's ΔW space) reuse exactly those weights.
+    """
 
+    weighted_mean: ClassVar[bool] = False
+
+    @property
+    @abstractmethod
+    def count(self) -> int:
+        """Clients added so far."""
+
+    @abstractmethod
     def add(self, update: ClientUpdate) -> None: ...
 
+    @abstractmethod
     def result(self, global_state: State) -> State: ...
+
+    def log_weight(self, update: ClientUpdate) -> float:
+        """log of this client's weight in a weighted-mean aggregate."""
+        raise TypeError(f"{type(self).__name__} does not aggregate by a weighted mean")
+
+    def summary(self) -> dict[str, Any]:
+        """Round-level facts for metrics.jsonl (e.g. the client weights used)."""
+        return {}
 
 
 class ExampleWeightedMean(Aggregator):
     """FedAvg's aggregate: mean of client states weighted by num_examples, streamed."""
+
+    weighted_mean = True
 
     def __init__(self, workspace: State | None = None) -> None:
         self._mean = WeightedMean(workspace)
@@ -48,11 +71,11 @@ class ExampleWeightedMean(Aggregator):
     def count(self) -> int:
         return self._mean.count
 
-    def weight(self, update: ClientUpdate) -> float:
-        return float(update.num_examples)
+    def log_weight(self, update: ClientUpdate) -> float:
+        return math.log(update.num_examples)
 
     def add(self, update: ClientUpdate) -> None:
-        self._mean.add(update.state, self.weight(update))
+        self._mean.add(update.state, float(update.num_examples))
 
     def result(self, global_state: State) -> State:
         return self._mean.result(like=global_state)
@@ -83,9 +106,9 @@ class Strategy:
 
     name = "strategy"
 
-    def configure_fit(self, server_round: int) -> dict[str, Any]:
+    def configure_fit(self, server_round: int) -> ClientInstructions:
         """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""
-        return {}
+        return ClientInstructions()
 
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         """An aggregator for this round. `workspace`: spare buffers shaped like the global state
@@ -112,6 +135,3 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-
-def zeros_like_state(state: State) -> State:
-    return {k: torch.zeros_like(v, dtype=torch.float32) for k, v in state.items() if v.is_floating_point()}

@@ -17,9 +17,12 @@ from typing import Any
 
 from fedctl.core.aggregate import State, WeightedMean
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
+from fedctl.core.task import ClientInstructions, EntropyRequest
 
 
 class EntropyWeightedMean(Aggregator):
+    weighted_mean = True
+
     def __init__(self, temperature: float, use_num_examples: bool, workspace: State | None) -> None:
         self._mean = WeightedMean(workspace)
         self.temperature = temperature
@@ -30,9 +33,12 @@ class EntropyWeightedMean(Aggregator):
     def count(self) -> int:
         return self._mean.count
 
-    def add(self, update: ClientUpdate) -> None:
+    def log_weight(self, update: ClientUpdate) -> float:
         entropy = float(update.stats["entropy"])
-        log_w = -entropy / self.temperature + (math.log(update.num_examples) if self.use_num_examples else 0.0)
+        return -entropy / self.temperature + (math.log(update.num_examples) if self.use_num_examples else 0.0)
+
+    def add(self, update: ClientUpdate) -> None:
+        log_w = self.log_weight(update)
         self.log_weights[update.client_id] = log_w
         self._mean.add_log(update.state, log_w)
 
@@ -57,8 +63,8 @@ class FedEntropy(Strategy):
         self.use_num_examples = use_num_examples
         self.max_examples = max_examples
 
-    def configure_fit(self, server_round: int) -> dict[str, Any]:
-        return {"stats": {"entropy": {"max_examples": self.max_examples}}}
+    def configure_fit(self, server_round: int) -> ClientInstructions:
+        return ClientInstructions(entropy=EntropyRequest(max_examples=self.max_examples))
 
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         return EntropyWeightedMean(self.temperature, self.use_num_examples, workspace)

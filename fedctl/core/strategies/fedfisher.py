@@ -15,12 +15,11 @@ accumulators, independent of the client count.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from fedctl.core.aggregate import State, WeightedMean
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
+from fedctl.core.task import ClientInstructions, FisherRequest
 
 
 class FisherWeightedMean(Aggregator):
@@ -74,8 +73,8 @@ class FedFisher(Strategy):
             raise ValueError("epsilon must be > 0")
         self.mode, self.max_examples, self.chunk, self.epsilon = mode, max_examples, chunk, epsilon
 
-    def configure_fit(self, server_round: int) -> dict[str, Any]:
-        return {"stats": {"fisher": {"mode": self.mode, "max_examples": self.max_examples, "chunk": self.chunk}}}
+    def configure_fit(self, server_round: int) -> ClientInstructions:
+        return ClientInstructions(fisher=FisherRequest(mode=self.mode, max_examples=self.max_examples, chunk=self.chunk))
 
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         return FisherWeightedMean(self.epsilon, workspace)

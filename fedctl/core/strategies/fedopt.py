@@ -5,7 +5,7 @@ family exactly, so configs carry over:
     m ← β₁·m + (1 − β₁)·Δ
     v ← rule(v, Δ)                       (Adam, Yogi or Adagrad; see the subclasses)
     x ← x + η_t · m / (√v + τ)
-`eta_l` is the client learning rate in Flower; fedctl sends it to clients as `lr` when set.
+`eta_l` is the client learning rate in Flower; fedctl sends it to clients as `client_lr` when set.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from fedctl.core.aggregate import State
 from fedctl.core.strategies.base import Strategy
+from fedctl.core.task import ClientInstructions
 
 
 class FedOpt(Strategy):
@@ -38,8 +39,8 @@ class FedOpt(Strategy):
         self.m_t: State | None = None
         self.v_t: State | None = None
 
-    def configure_fit(self, server_round: int) -> dict[str, Any]:
-        return {} if self.eta_l is None else {"lr": self.eta_l}
+    def configure_fit(self, server_round: int) -> ClientInstructions:
+        return ClientInstructions(client_lr=self.eta_l)
 
     def second_moment(self, v: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -6,9 +6,8 @@ the server aggregates like FedAvg.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fedctl.core.strategies.base import Strategy
+from fedctl.core.task import ClientInstructions
 
 
 class FedProx(Strategy):
@@ -19,5 +18,5 @@ class FedProx(Strategy):
             raise ValueError("proximal_mu must be >= 0")
         self.proximal_mu = proximal_mu
 
-    def configure_fit(self, server_round: int) -> dict[str, Any]:
-        return {"proximal_mu": self.proximal_mu}
+    def configure_fit(self, server_round: int) -> ClientInstructions:
+        return ClientInstructions(proximal_mu=self.proximal_mu)

@@ -1,4 +1,4 @@
-"""Federated HuBERT distillation (issue #5): `DistillTask(DistillConfig(...), TaskContext(...))`."""
+"""Federated HuBERT distillation: `DistillTask(DistillConfig(...), TaskContext(...))`."""
 
 from fedctl.tasks.distill.config import DistillConfig
 from fedctl.tasks.distill.model import DistilHubertStudent, build_distilhubert, build_kd_student, load_teacher

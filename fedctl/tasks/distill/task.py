@@ -1,16 +1,13 @@
-"""Federated distillation of a HuBERT teacher (issue #5): only the student travels between clients and server.
+"""Federated distillation of a HuBERT teacher: only the student travels between clients and server.
 
 Setup: load the frozen teacher from RUN/final/hf, build the student for the recipe (see model.py), load the
-audio the same way as `train hubert`. Train: each round a client runs `local_updates` AdamW steps on its own
-audio, the teacher computing targets on the fly. Evaluate: the distillation loss on held-out audio (kd: also
+audio the same way as `train hubert`. Train: the engine's client trainer runs the distillation loss on each
+client's length batches, the teacher computing targets on the fly. Evaluate: the distillation loss on held-out audio (kd: also
 masked accuracy against the labels and agreement with the teacher). Export: the student like the teacher.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +15,21 @@ import torch
 from torch import nn
 
 from fedctl.core.config import require_in_range
-from fedctl.core.task import ClientConfig, FitResult, TaskContext, proximal_term
+from fedctl.core.local import LocalTraining, autocast
+from fedctl.core.task import Task, TaskContext
 from fedctl.data.speech.features import SAMPLE_RATE
 from fedctl.errors import FedctlError
+from fedctl.tasks.audio import SpeechBatches, autocast_dtype, make_demo_or_load
 from fedctl.tasks.distill import model as dm
 from fedctl.tasks.distill.config import DistillConfig
 from fedctl.tasks.hubert import data as hdata
-from fedctl.tasks.hubert.model import IGNORE, encode
-from fedctl.tasks.hubert.task import (
-    SpeechBatches,
-    autocast,
-    autocast_dtype,
-    export_pretrained,
-    make_demo_or_load,
-    optimizer_step,
-    warmup_lr,
-)
+from fedctl.tasks.hubert.model import IGNORE, encode, export_pretrained
 from fedctl.utils.io import torch_save, write_json
 
 RECIPES = ("distilhubert", "kd")
 
 
-class DistillTask:
+class DistillTask(Task):
     """The `distill` workload. Build with `DistillTask(cfg, ctx)`; the model the engine holds is the student."""
 
     name = "distill"
@@ -54,6 +44,10 @@ class DistillTask:
                               "train one first (`fedctl train hubert --config hubert_tiny`) and pass --teacher RUN/final/hf")
         self._check()
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2), eps=1e-6,
+                                      warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum,
+                                      batch_size=1, local_updates=cfg.local_updates, local_epochs=cfg.local_epochs,
+                                      amp_dtype=self.amp_dtype)
         self.teacher, self.teacher_head = dm.load_teacher(cfg.teacher, cfg.attn_implementation, need_head=cfg.recipe == "kd")
         self.teacher.to(self.device)
         if self.teacher_head is not None:
@@ -155,78 +149,52 @@ class DistillTask:
 
     # ------------------------------------------------------------------------------ training
 
-    def loss(self, model: nn.Module, audio: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    def objective(self, model: nn.Module, audio: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+                  ) -> dict[str, torch.Tensor]:
+        """The recipe's loss terms (key `loss`: the objective) of one batch; the teacher runs without gradients."""
         audio = audio.to(self.device)
-        with autocast(self.device, self.amp_dtype):
-            if self.cfg.recipe == "distilhubert":
-                with torch.no_grad():
-                    states = encode(self.teacher, audio, output_hidden_states=True).hidden_states
-                    target = torch.stack([states[i] for i in self.target_layers], dim=2)
-                return dm.distilhubert_loss(model(audio), target, self.cfg.cos_weight)
-            mask = mask.to(self.device)
+        if self.cfg.recipe == "distilhubert":
             with torch.no_grad():
-                teacher_logits, _ = self.teacher_head(audio, mask)
-            student_logits, _ = model(audio, mask)
+                states = encode(self.teacher, audio, output_hidden_states=True).hidden_states
+                target = torch.stack([states[i] for i in self.target_layers], dim=2)
+            return dm.distilhubert_loss(model(audio), target, self.cfg.cos_weight)
+        mask = mask.to(self.device)
+        with torch.no_grad():
+            teacher_logits, _ = self.teacher_head(audio, mask)
+        student_logits, _ = model(audio, mask)
         return dm.kd_loss(student_logits, teacher_logits, labels.to(self.device), mask, self.cfg.temperature, self.cfg.alpha)
 
-    def steps_per_round(self, num_batches: int) -> int:
-        c = self.cfg
-        return c.local_updates if c.local_updates > 0 else max(1, math.ceil(round(c.local_epochs * num_batches) / c.grad_accum))
+    def train_items(self, client_id: str) -> int:
+        return len(self.batches.train[self._client(client_id)])
 
-    def make_optimizer(self, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=lr or self.cfg.lr, betas=(0.9, self.cfg.adam_beta2), eps=1e-6,
-                                 weight_decay=self.cfg.weight_decay)
+    def num_examples(self, client_id: str) -> int:
+        return len(self.data.train[self._client(client_id)])
 
-    def train_steps(self, model: nn.Module, optimizer: torch.optim.Optimizer, micro: Iterable, *, peak_lr: float,
-                    step_offset: int = 0, anchor: dict | None = None, proximal_mu: float = 0.0) -> dict[str, float]:
-        c = self.cfg
-        scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        model.train()
-        total_loss, n, step = 0.0, 0, 0
-        optimizer.zero_grad(set_to_none=True)
-        for i, (audio, labels, mask) in enumerate(micro):
-            loss = self.loss(model, audio, labels, mask)["loss"]
-            objective = loss
-            if (i + 1) % c.grad_accum == 0 and proximal_mu > 0:
-                objective = objective + proximal_term(model, anchor, proximal_mu) * c.grad_accum
-            (scaler.scale(objective / c.grad_accum) if scaler else objective / c.grad_accum).backward()
-            total_loss += float(loss.detach())
-            n += 1
-            if (i + 1) % c.grad_accum:
-                continue
-            optimizer_step(model, optimizer, warmup_lr(peak_lr, c.warmup_steps, step_offset + step), c.grad_clip, scaler)
-            step += 1
-        return {"loss": total_loss / max(1, n), "steps": float(step)}
+    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
+        return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
 
-    def fit(self, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
-        """Distil into `model` (the student) on the client's audio for one round; reproducible for cfg.seed."""
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        return self.objective(model, *batch)["loss"], {}
+
+    def _client(self, client_id: str) -> str:
         if client_id not in self.data.train:
             raise FedctlError(f"unknown client {client_id!r}", f"clients are {', '.join(self.data.train)}")
-        peak = float(cfg.strategy.get("lr", self.cfg.lr))
-        optimizer = self.make_optimizer(model, peak)
-        if cfg.keep_optimizer_state and cfg.optimizer_state is not None:
-            optimizer.load_state_dict(copy.deepcopy(cfg.optimizer_state))
-        steps = self.steps_per_round(len(self.batches.train[client_id]))
-        micro = self.batches.micro_batches(client_id, cfg.seed, steps * self.cfg.grad_accum, self.cfg)
-        m = self.train_steps(model, optimizer, micro, peak_lr=peak, step_offset=(cfg.server_round - 1) * steps,
-                             anchor=cfg.anchor, proximal_mu=cfg.proximal_mu)
-        return FitResult(num_examples=len(self.data.train[client_id]),
-                         metrics={"train_loss": m["loss"], "steps": m["steps"]},
-                         optimizer_state=optimizer.state_dict() if cfg.keep_optimizer_state else None)
+        return client_id
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """Distillation loss on held-out audio (distilhubert: + L1 and cosine; kd: + KL, CE, masked accuracy,
         agreement with the teacher), batch-weighted by frames."""
-        if client_id is not None and client_id not in self.data.train:
-            raise FedctlError(f"unknown client {client_id!r}", f"clients are {', '.join(self.data.train)}")
+        if client_id is not None:
+            self._client(client_id)
         was_training = model.training
         model.eval()
         sums: dict[str, float] = {}
         weight = 0.0
         try:
             for audio, labels, mask in self.batches.eval_batches(client_id, self.cfg.eval_batches, self.cfg):
-                parts = self.loss(model, audio, labels, mask)
+                with autocast(self.device, self.amp_dtype):
+                    parts = self.objective(model, audio, labels, mask)
                 w = float(mask.sum()) if self.cfg.recipe == "kd" else float(labels.numel())
                 weight += w
                 for k, v in parts.items():
@@ -237,28 +205,18 @@ class DistillTask:
 
     # ------------------------------------------------------------------------------ client statistics (kd)
 
-    # Properties, not methods: for distilhubert (regression heads, no predictive distribution) reading them
-    # raises FedctlError, which the engine's hook check lets through before the first round.
-    @property
-    def stat_examples(self):
-        self._require_distribution()
-        return self._stat_examples
-
-    @property
-    def forward_logits(self):
-        self._require_distribution()
-        return self._forward_logits
-
-    def _require_distribution(self) -> None:
+    def supports_client_stats(self) -> bool:
+        """kd only: the distilhubert student regresses hidden states and has no predictive distribution."""
         if self.cfg.recipe != "kd":
             raise FedctlError(
                 "FedEntropy/FedFisher need a predictive distribution, but the distilhubert student regresses hidden states",
                 "use --recipe kd (the student predicts cluster distributions) or another strategy (e.g. fedavg)")
+        return True
 
-    def _stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
+    def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
         return self.batches.stat_examples(client_id, max_examples, self.client_ids().index(client_id), self.cfg, self.device)
 
-    def _forward_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_logits(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, _ = model(inputs["audio"], inputs["mask"])
         return logits, torch.where(inputs["mask"], inputs["labels"], torch.full_like(inputs["labels"], IGNORE))
 

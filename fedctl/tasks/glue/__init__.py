@@ -1,4 +1,4 @@
-"""The GLUE workload (issue #6): federated LoRA or full fine-tuning of a sequence classifier,
+"""The GLUE workload: federated LoRA or full fine-tuning of a sequence classifier,
 `GlueTask(GlueConfig(...), TaskContext(...))`; the LoRA aggregation space lives in `aggregation`."""
 
 from fedctl.tasks.glue.aggregation import LoraSpaceStrategy, svd_space_mean

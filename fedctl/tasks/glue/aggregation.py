@@ -12,41 +12,26 @@ FedYogi, FedAdagrad (num_examples) and FedEntropy (n_i·softmax(−H/T)). Robust
 FedTrimmedAvg, Krum) and FedFisher's per-coordinate weights have no ΔW-space meaning: they need --merge naive.
 
 Memory: svd keeps each client's shared tensors (LoRA factors + head: K × a few MB) until the round ends.
-The wrapper's `step()` also hands the new global state to `on_round_end` (the task saves the round's
-fused adapter there).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from fedctl.core.aggregate import State
-from fedctl.core.strategies.base import Aggregator, ClientUpdate, ExampleWeightedMean, Strategy
-from fedctl.core.strategies.fedentropy import EntropyWeightedMean
-from fedctl.core.task import client_seed
+from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
+from fedctl.core.task import ClientInstructions, client_seed
 from fedctl.errors import FedctlError
 
 MERGES = ("svd", "naive")
 
 
-def client_log_weight(aggregator: Aggregator, update: ClientUpdate) -> float:
-    """log of the weight the wrapped strategy's aggregator gives this client (see the module docstring)."""
-    if isinstance(aggregator, EntropyWeightedMean):
-        log_w = -float(update.stats["entropy"]) / aggregator.temperature
-        return log_w + (math.log(update.num_examples) if aggregator.use_num_examples else 0.0)
-    if isinstance(aggregator, ExampleWeightedMean):
-        return math.log(aggregator.weight(update))
-    raise TypeError(type(aggregator).__name__)
-
-
 def check_svd_space(strategy: Strategy) -> None:
     """Fail fast when the strategy's aggregate is not a weighted mean (it has no ΔW-space equivalent)."""
-    probe = strategy.begin(1, {}, None)
-    if not isinstance(probe, (ExampleWeightedMean, EntropyWeightedMean)):
+    if not strategy.begin(1, {}, None).weighted_mean:
         raise FedctlError(
             f"strategy {strategy.name} does not aggregate by a weighted mean, so it has no LoRA ΔW-space (svd) form",
             "use --merge naive with it (A and B aggregated directly), or a weighted-mean strategy: "
@@ -58,7 +43,7 @@ class SvdSpaceAggregator(Aggregator):
     """Collects the clients' shared tensors; `result()` merges them in ΔW space with the wrapped weights."""
 
     def __init__(self, inner: Aggregator, svd_rank: int, scale: float, seed: int = 0) -> None:
-        self.inner = inner  # only consulted for the client weights
+        self.inner = inner  # only consulted for the client weights (its log_weight)
         self.svd_rank = svd_rank
         self.scale = scale
         self.seed = seed
@@ -71,7 +56,7 @@ class SvdSpaceAggregator(Aggregator):
         return len(self.states)
 
     def add(self, update: ClientUpdate) -> None:
-        self.log_weights.append(client_log_weight(self.inner, update))
+        self.log_weights.append(self.inner.log_weight(update))
         self.states.append({k: v.detach().clone() for k, v in update.state.items()})
         self.client_ids.append(update.client_id)
 
@@ -116,7 +101,7 @@ def svd_space_mean(
 
 
 class LoraSpaceStrategy(Strategy):
-    """Wraps a strategy: aggregates in the chosen LoRA space and reports each round's new global state."""
+    """Wraps a strategy: aggregates in the chosen LoRA space; the server step is the wrapped strategy's."""
 
     def __init__(
         self,
@@ -125,7 +110,6 @@ class LoraSpaceStrategy(Strategy):
         merge: str = "svd",
         svd_rank: int = 8,
         scale: float = 1.0,
-        on_round_end: Callable[[int, State], None] | None = None,
         seed: int = 0,
     ) -> None:
         if merge not in MERGES:
@@ -133,11 +117,10 @@ class LoraSpaceStrategy(Strategy):
         if merge == "svd":
             check_svd_space(inner)
         self.inner, self.merge, self.svd_rank, self.scale = inner, merge, svd_rank, scale
-        self.on_round_end = on_round_end
         self.seed = seed
         self.name = inner.name
 
-    def configure_fit(self, server_round: int) -> dict[str, Any]:
+    def configure_fit(self, server_round: int) -> ClientInstructions:
         return self.inner.configure_fit(server_round)
 
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
@@ -147,10 +130,7 @@ class LoraSpaceStrategy(Strategy):
         return SvdSpaceAggregator(aggregator, self.svd_rank, self.scale, seed=client_seed(self.seed, server_round, 7919))
 
     def step(self, server_round: int, global_state: State, aggregated: State) -> State:
-        new = self.inner.step(server_round, global_state, aggregated)
-        if self.on_round_end is not None:
-            self.on_round_end(server_round, new)
-        return new
+        return self.inner.step(server_round, global_state, aggregated)
 
     def state_dict(self) -> dict[str, Any]:
         return self.inner.state_dict()

@@ -4,13 +4,12 @@ travel, the base stays frozen on every client) or full fine-tuning (every weight
 Any AutoModelForSequenceClassification works (RoBERTa for the research runs, the packaged MiniLM for the
 offline demo). The LoRA aggregation space (svd | naive) wraps whatever strategy the run uses
 (`wrap_strategy`, see fedctl.tasks.glue.aggregation); every round's fused adapter is saved, in peft's format
-with the head, from that wrapper's `step()` under `<run>/adapters/round_NNN/`.
+with the head, under `<run>/adapters/round_NNN/` at the end of each round (`round_end`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedctl.core.config import require_in_range
-from fedctl.core.task import ClientConfig, FitResult, TaskContext, proximal_term
+from fedctl.core.local import LocalTraining
+from fedctl.core.task import Task, TaskContext
 from fedctl.data.glue.load import GlueSplit, load_glue
 from fedctl.data.glue.metrics import glue_metrics, predictions
 from fedctl.data.glue.shard import make_shards, read_shards
@@ -80,26 +80,6 @@ def _check_config(cfg: GlueConfig) -> None:
     require_in_range(checks, lambda key: getattr(cfg, key))
 
 
-def batch_schedule(n: int, batch_size: int, gen: torch.Generator, local_updates: int, local_epochs: float) -> list[torch.Tensor]:
-    """One round's batches of positions 0..n-1: `local_updates` full batches drawn from back-to-back seeded
-    permutations, or `local_epochs` passes (a fractional tail covers part of one more permutation)."""
-    if local_updates > 0:
-        out, buf = [], torch.empty(0, dtype=torch.long)
-        while len(out) < local_updates:
-            while len(buf) < batch_size:
-                buf = torch.cat([buf, torch.randperm(n, generator=gen)])
-            out.append(buf[:batch_size])
-            buf = buf[batch_size:]
-        return out
-    out = []
-    whole, frac = int(local_epochs), local_epochs - int(local_epochs)
-    for _ in range(whole):
-        out += list(torch.randperm(n, generator=gen).split(batch_size))
-    if frac > 1e-9:
-        out += list(torch.randperm(n, generator=gen)[: max(1, round(frac * n))].split(batch_size))
-    return out
-
-
 def default_lr(cfg: GlueConfig) -> float:
     """Learning rates that work out of the box: the small demo model takes a larger LoRA step."""
     if cfg.finetune == "full":
@@ -130,7 +110,7 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-class GlueTask:
+class GlueTask(Task):
     """The `glue` workload. Build with `GlueTask(cfg, ctx)`; the engine drives it through the Task protocol."""
 
     name = "glue"
@@ -144,6 +124,9 @@ class GlueTask:
         self.lora = cfg.finetune == "lora"
         self.svd_rank = cfg.svd_rank or cfg.lora_r
         self.lr = cfg.lr if cfg.lr is not None else default_lr(cfg)
+        self.training = LocalTraining(lr=self.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                                      batch_size=cfg.batch_size, local_updates=cfg.local_updates,
+                                      local_epochs=cfg.local_epochs)
         if self.spec is DEMO:
             from fedctl.data.glue.demo import sentiment_demo
 
@@ -309,44 +292,40 @@ class GlueTask:
         if not self.lora:
             return strategy
         return LoraSpaceStrategy(strategy, merge=self.cfg.merge, svd_rank=self.svd_rank, scale=self.scale,
-                                 on_round_end=self._save_round, seed=self.ctx.seed)
+                                 seed=self.ctx.seed)
 
     # ------------------------------------------------------------------------------ training
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def objective(self, logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.spec.is_regression:
             return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction=reduction)
         return F.cross_entropy(logits.float(), labels, reduction=reduction)
 
-    def fit(self, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
-        """Train in place on the client's shard for one round (AdamW on the trainable tensors + FedProx term)."""
-        c = self.cfg
-        shard = self.shard(client_id)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=float(cfg.strategy.get("lr", self.lr)), weight_decay=c.weight_decay)
-        if cfg.keep_optimizer_state and cfg.optimizer_state is not None:
-            optimizer.load_state_dict(copy.deepcopy(cfg.optimizer_state))  # the engine's copy must stay as it was
-        gen = torch.Generator().manual_seed(cfg.seed)
-        model.train()
-        losses = []
-        for positions in batch_schedule(len(shard), c.batch_size, gen, c.local_updates, c.local_epochs):
-            inputs, labels = self.train.batch(shard[positions], self.device)
-            loss = self.loss(model(**inputs).logits, labels)
-            total = loss + proximal_term(model, cfg.anchor, cfg.proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, c.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-        if c.save_clients and self.lora and self.ctx.run_dir is not None:
-            state = {k: v for k, v in model.state_dict().items() if k in set(self.shared_keys(model))}
-            self.save_adapter(state, self._round_dir(cfg.server_round) / "clients" / client_id, rank=c.lora_r)
-        return FitResult(
-            num_examples=len(shard),
-            metrics={"train_loss": sum(losses) / len(losses), "steps": float(len(losses))},
-            optimizer_state=optimizer.state_dict() if cfg.keep_optimizer_state else None,
-        )
+    def train_items(self, client_id: str) -> int:
+        return len(self.shard(client_id))
+
+    def num_examples(self, client_id: str) -> int:
+        return len(self.shard(client_id))
+
+    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
+        return self.train.batch(self.shard(client_id)[items], self.device)
+
+    def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
+        inputs, labels = batch
+        return self.objective(model(**inputs).logits, labels), {}
+
+    def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:
+        """With save_clients: keep this client's adapter of this round (peft format, under adapters/)."""
+        if self.cfg.save_clients and self.lora and self.ctx.run_dir is not None:
+            keys = set(self.shared_keys(model))
+            state = {k: v for k, v in model.state_dict().items() if k in keys}
+            self.save_adapter(state, self.ctx.run_dir.adapter_dir(server_round, client_id), rank=self.cfg.lora_r)
+
+    def round_end(self, server_round: int, global_state: dict[str, torch.Tensor]) -> None:
+        """LoRA: save the round's fused adapter (peft format, under adapters/round_NNN/fused)."""
+        if self.lora and self.ctx.run_dir is not None:
+            rank = self.svd_rank if self.cfg.merge == "svd" else self.cfg.lora_r
+            self.save_adapter(global_state, self.ctx.run_dir.adapter_dir(server_round), rank=rank)
 
     # ------------------------------------------------------------------------------ evaluation
 
@@ -359,7 +338,7 @@ class GlueTask:
             for idx in rows.split(self.cfg.eval_batch_size):
                 inputs, labels = data.batch(idx, self.device)
                 out = model(**inputs).logits.float()
-                loss += float(self.loss(out, labels, reduction="sum"))
+                loss += float(self.objective(out, labels, reduction="sum"))
                 logits.append(out.cpu())
         finally:
             model.train(was_training)
@@ -386,11 +365,15 @@ class GlueTask:
 
     # ------------------------------------------------------------------------------ client statistics
 
-    def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
-        """The last `max_examples` examples of the client's shard (deterministic), trimmed to their longest."""
+    def supports_client_stats(self) -> bool:
         if self.spec.is_regression:
             raise FedctlError(f"{self.spec.name} is a regression task: entropy and Fisher of a class distribution do "
                               "not apply", "use a strategy without client statistics (e.g. fedavg)")
+        return True
+
+    def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
+        """The last `max_examples` examples of the client's shard (deterministic), trimmed to their longest."""
+        self.supports_client_stats()
         rows = self.shard(client_id)[-max_examples:]
         inputs, labels = self.train.batch(rows, self.device)
         return {**inputs, "labels": labels}
@@ -407,15 +390,6 @@ class GlueTask:
         return model(**features).logits, inputs["labels"]
 
     # ------------------------------------------------------------------------------ artefacts
-
-    def _round_dir(self, server_round: int) -> Path:
-        assert self.ctx.run_dir is not None
-        return Path(self.ctx.run_dir) / "adapters" / f"round_{server_round:03d}"
-
-    def _save_round(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
-        if self.ctx.run_dir is not None:
-            rank = self.svd_rank if self.cfg.merge == "svd" else self.cfg.lora_r
-            self.save_adapter(state, self._round_dir(server_round) / "fused", rank=rank)
 
     def adapter_state(self, state: dict[str, torch.Tensor], rank: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """(adapter_config, tensors) in peft's saved format, LoRA factors cut to `rank` (exact when the spare
@@ -469,8 +443,7 @@ class GlueTask:
     def describe(self) -> dict[str, Any]:
         sizes = [len(s) for s in self.shards]
         c = self.cfg
-        steps = [len(batch_schedule(n, c.batch_size, torch.Generator().manual_seed(0), c.local_updates, c.local_epochs))
-                 for n in sizes]
+        steps = [self.training.steps_per_round(n) for n in sizes]
         out = {
             "glue_task": self.spec.name, "model": self.model_source, "data": self.data_source,
             "finetune": c.finetune, "num_labels": self.spec.num_labels,

@@ -1,4 +1,4 @@
-"""Federated HuBERT pretraining (issue #5): `HubertTask(HubertPretrainConfig(...), TaskContext(...))`."""
+"""Federated HuBERT pretraining: `HubertTask(HubertPretrainConfig(...), TaskContext(...))`."""
 
 from fedctl.tasks.hubert.config import HubertPretrainConfig
 from fedctl.tasks.hubert.model import HubertPretrainModel

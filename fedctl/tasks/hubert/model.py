@@ -13,6 +13,7 @@ FedFisher), and it returns the conv features' penalty, which HubertModel.forward
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedctl.data.speech.features import HUBERT_HOP, WINDOW
+from fedctl.utils.io import atomic_dir, write_json
 
 IGNORE = -100
 CONV_KERNELS = (10, 3, 3, 3, 3, 2, 2)  # HuBERT's 7-layer extractor: 400-sample receptive field, 320-sample hop
@@ -163,3 +165,28 @@ def masked_prediction_loss(logits: torch.Tensor, labels: torch.Tensor, mask: tor
         out[f"{name}_acc"] = (correct * sel).sum() / denom
         out[f"{name}_n"] = n
     return out
+
+
+HEAD_FILE = "pretrain_head.safetensors"
+HEAD_META = "fedctl_hubert.json"
+
+
+def export_pretrained(model: HubertPretrainModel, out_dir: Path, label_rate: int = 50) -> Path:
+    """HubertModel.save_pretrained into `out_dir`, plus the pretraining head (safetensors) and its sizes (json)."""
+    from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with atomic_dir(out_dir) as tmp:
+            model.hubert.save_pretrained(tmp)
+            head = {"final_proj.weight": model.final_proj.weight, "final_proj.bias": model.final_proj.bias,
+                    "label_embs_concat": model.label_embs_concat}
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(tmp / HEAD_FILE))
+            write_json(tmp / HEAD_META, {"num_classes": model.num_classes, "final_dim": model.final_proj.out_features,
+                                         "logit_temp": model.logit_temp, "label_rate": label_rate})
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return out_dir

@@ -8,9 +8,8 @@ split is predicted exactly once. Tokenised tensors are cached in memory only (pe
 from __future__ import annotations
 
 import itertools
-import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -223,39 +222,6 @@ def shard_indices(num_blocks: int, num_clients: int, mode: str) -> list[torch.Te
     raise FedctlError(f"task.shard = {mode!r} is not a sharding mode", "use contiguous or interleaved")
 
 
-def steps_per_round(num_blocks: int, batch_size: int, local_updates: int, local_epochs: float) -> int:
-    """Optimizer steps one client takes per round: `local_updates`, or enough batches for `local_epochs` passes."""
-    if local_updates > 0:
-        return local_updates
-    return max(1, round(local_epochs * math.ceil(num_blocks / batch_size)))
-
-
-def batch_schedule(
-    shard: torch.Tensor, batch_size: int, gen: torch.Generator, local_updates: int, local_epochs: float
-) -> Iterator[torch.Tensor]:
-    """Block indices of each batch of one round of local training — the one batch-drawing rule.
-
-    With `local_updates > 0`: that many batches of `batch_size` blocks drawn uniformly with replacement
-    from the shard. With `local_updates == 0`: `local_epochs` passes over the shard, each in a fresh
-    permutation (a fractional epoch stops early; an epoch's last batch may be smaller).
-    Only `gen` supplies randomness, so the same generator seed gives the same batches.
-    """
-    n = len(shard)
-    total = steps_per_round(n, batch_size, local_updates, local_epochs)
-    if local_updates > 0:
-        for _ in range(total):
-            yield shard[torch.randint(n, (batch_size,), generator=gen)]
-        return
-    done = 0
-    while done < total:
-        perm = shard[torch.randperm(n, generator=gen)]
-        for start in range(0, n, batch_size):
-            if done == total:
-                return
-            yield perm[start : start + batch_size]
-            done += 1
-
-
 # ------------------------------------------------------------------------------------------ all of it
 
 # (data identity, tokenizer settings, seq_len) -> (tokenizer, source strings, id streams); tests build many tasks.
@@ -281,9 +247,9 @@ def _data_key(cfg: MambaConfig) -> tuple:
 
 
 def load_data(
-    cfg: MambaConfig, num_clients: int, run_dir: Path | None = None, log: Callable[[str], None] = print
+    cfg: MambaConfig, num_clients: int, tokenizer_out: Path | None = None, log: Callable[[str], None] = print
 ) -> MambaData:
-    """Text → tokenizer (saved as run_dir/tokenizer.json when trained) → blocks → client shards."""
+    """Text → tokenizer (saved to `tokenizer_out` when trained) → blocks → client shards."""
     if num_clients < 1:
         raise FedctlError(f"num_clients = {num_clients} must be at least 1", "set federation.clients >= 1")
     key = _data_key(cfg)
@@ -309,9 +275,9 @@ def load_data(
     if cfg.data is None:
         log(f"no task.data given: using the {source}")
 
-    if cfg.tokenizer is None and run_dir is not None:
+    if cfg.tokenizer is None and tokenizer_out is not None:
         # Saved with the run so exports, `inspect` and later evaluation decode with the same vocabulary.
-        write_text(Path(run_dir) / "tokenizer.json", tok.to_str())
+        write_text(tokenizer_out, tok.to_str())
 
     train_blocks = make_blocks(train_ids, cfg.seq_len)
     if len(train_blocks) < num_clients:

@@ -1,4 +1,4 @@
-"""Mamba2 model presets: the research configurations of issue #2 and a tiny one for CPU demos.
+"""Mamba2 model presets: the research configurations and a tiny one for CPU demos.
 
 `pure_ssm_N_layer` is the research setting: a pure state-space stack (no attention layers) of width 768
 with N Mamba2 blocks, state size 128, 64-dim heads (24 heads at expand 2), one B/C group and 256-token

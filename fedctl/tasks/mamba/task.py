@@ -3,15 +3,12 @@
 On CPU transformers runs Mamba2's pure-torch path; on CUDA it uses the mamba-ssm kernels when that package
 is installed (`pip install fedctl[cuda]`). The full model travels between server and clients.
 
-Local training is one readable loop (`train_steps`) shared by `fit` and by `plain_train_loop`, the
-centralized reference that `train central` must match bitwise.
+Local training is the engine's one client trainer (fedctl.core.local); this task supplies blocks and the loss.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedctl.core.config import require_in_range
-from fedctl.core.task import ClientConfig, FitResult, TaskContext, client_seed, proximal_term
+from fedctl.core.local import LocalTraining
+from fedctl.core.task import Task, TaskContext
 from fedctl.errors import FedctlError
 from fedctl.tasks.mamba import data as mdata
 from fedctl.tasks.mamba.config import MambaConfig
@@ -86,7 +84,7 @@ def lm_loss(model: nn.Module, blocks: torch.Tensor, reduction: str = "mean") -> 
     return F.cross_entropy(logits.flatten(0, 1).float(), blocks[:, 1:].flatten(), reduction=reduction)
 
 
-class MambaTask:
+class MambaTask(Task):
     """The `mamba` workload. Build with `MambaTask(cfg, ctx)`; the engine drives it through the Task protocol."""
 
     name = "mamba"
@@ -97,7 +95,10 @@ class MambaTask:
         self.device = torch.device(ctx.device)
         _check_training_config(cfg)
         self.arch = resolve_architecture(cfg)  # fail fast, before any text is read
-        self.data = mdata.load_data(cfg, ctx.num_clients, ctx.run_dir, ctx.log)
+        self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                                      grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
+                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
+        self.data = mdata.load_data(cfg, ctx.num_clients, ctx.run_dir.tokenizer_path if ctx.run_dir else None, ctx.log)
         self.tokenizer = self.data.tokenizer
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.pad_token_id = mdata.pad_token_id(self.tokenizer)
@@ -165,76 +166,18 @@ class MambaTask:
 
     # ------------------------------------------------------------------------------ training
 
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+    def train_items(self, client_id: str) -> int:
+        return len(self.shard(client_id))
 
-    def steps_per_round(self, num_blocks: int) -> int:
-        c = self.cfg
-        return mdata.steps_per_round(num_blocks, c.batch_size, c.local_updates, c.local_epochs)
+    def num_examples(self, client_id: str) -> int:
+        return len(self.shard(client_id))
 
-    def batches(self, shard: torch.Tensor, seed: int) -> Iterable[torch.Tensor]:
-        """One round's batches (block indices) for a shard, drawn by a generator seeded with `seed`."""
-        c = self.cfg
-        gen = torch.Generator().manual_seed(seed)
-        return mdata.batch_schedule(shard, c.batch_size, gen, c.local_updates, c.local_epochs)
+    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The `[B, seq_len + 1]` blocks at shard positions `items`."""
+        return self.data.train_blocks[self.shard(client_id)[items]].to(self.device)
 
-    def train_steps(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        batches: Iterable[torch.Tensor],
-        *,
-        step_offset: int = 0,
-        anchor: dict[str, torch.Tensor] | None = None,
-        proximal_mu: float = 0.0,
-        base_lr: float | None = None,
-    ) -> list[float]:
-        """The local loop: for each batch, loss (+ FedProx term) → backward → clip → AdamW step.
-
-        `step_offset` is the global step of the first batch (drives the linear warmup). Returns the
-        language-model loss of every step (without the proximal term).
-        """
-        c = self.cfg
-        model.train()
-        losses = []
-        for step, idx in enumerate(batches):
-            global_step = step_offset + step
-            peak = c.lr if base_lr is None else base_lr  # a strategy may set the client lr (FedOpt's eta_l)
-            lr = peak * min(1.0, (global_step + 1) / c.warmup_steps) if c.warmup_steps > 0 else peak
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = lm_loss(model, self.data.train_blocks[idx].to(self.device))
-            total = loss + proximal_term(model, anchor, proximal_mu)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            if c.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            optimizer.step()
-            losses.append(loss.item())
-        return losses
-
-    def fit(self, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
-        """Train `model` in place on the client's shard for one round; bitwise reproducible for cfg.seed."""
-        shard = self.shard(client_id)
-        steps = self.steps_per_round(len(shard))
-        optimizer = self.make_optimizer(model)
-        if cfg.keep_optimizer_state and cfg.optimizer_state is not None:
-            # deep copy: AdamW updates its moments in place and the engine's copy must stay as it was
-            optimizer.load_state_dict(copy.deepcopy(cfg.optimizer_state))
-        losses = self.train_steps(
-            model,
-            optimizer,
-            self.batches(shard, cfg.seed),
-            step_offset=(cfg.server_round - 1) * steps,
-            anchor=cfg.anchor,
-            proximal_mu=cfg.proximal_mu,
-            base_lr=cfg.strategy.get("lr"),
-        )
-        return FitResult(
-            num_examples=len(shard),
-            metrics={"train_loss": sum(losses) / len(losses), "steps": float(len(losses))},
-            optimizer_state=optimizer.state_dict() if cfg.keep_optimizer_state else None,
-        )
+    def loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        return lm_loss(model, batch), {}
 
     # ------------------------------------------------------------------------------ evaluation
 
@@ -266,6 +209,9 @@ class MambaTask:
 
     # ------------------------------------------------------------------------------ client statistics
 
+    def supports_client_stats(self) -> bool:
+        return True
+
     def stat_examples(self, client_id: str, max_examples: int) -> dict[str, torch.Tensor]:
         """The last `max_examples` blocks of the client's shard (deterministic), for FedEntropy/FedFisher.
 
@@ -279,6 +225,9 @@ class MambaTask:
         blocks = inputs["blocks"]
         logits = model(input_ids=blocks[:, :-1], use_cache=False).logits
         return logits, blocks[:, 1:]
+
+    def sample(self, model: nn.Module) -> str:
+        return self.generate_sample(model)
 
     @torch.no_grad()
     def generate_sample(self, model: nn.Module, prompt: str | None = None, max_new_tokens: int | None = None) -> str:
@@ -339,7 +288,7 @@ class MambaTask:
             "train_blocks": len(self.data.train_blocks),
             "val_blocks": len(self.data.val_blocks),
             "blocks_per_client": shard_sizes,
-            "steps_per_round": [self.steps_per_round(n) for n in shard_sizes],
+            "steps_per_round": [self.training.steps_per_round(n) for n in shard_sizes],
             "shard": self.cfg.shard,
         }
 
@@ -351,33 +300,3 @@ class MambaTask:
             model = Mamba2ForCausalLM(self.hf_config())
         return sum(p.numel() for p in model.parameters())
 
-
-def plain_train_loop(
-    task: MambaTask,
-    model: nn.Module,
-    rounds: int,
-    seed: int,
-    *,
-    round_seed: Callable[[int], int] | None = None,
-    keep_optimizer_state: bool = True,
-) -> list[float]:
-    """Centralized reference: train `model` on ALL training blocks for `rounds` × steps_per_round steps.
-
-    It draws batches exactly as a single client holding all data would: the generator is reseeded at each
-    round boundary with `round_seed(server_round)` (default `client_seed(seed, server_round, 0)`, what the
-    engine hands client 0), and one AdamW persists across rounds (as the engine does with
-    keep_optimizer_state; pass False to restart it every round). Returns the mean loss per round.
-    """
-    round_seed = round_seed or (lambda r: client_seed(seed, r, 0))
-    everything = torch.arange(len(task.data.train_blocks))
-    steps = task.steps_per_round(len(everything))
-    optimizer = task.make_optimizer(model)
-    per_round = []
-    for server_round in range(1, rounds + 1):
-        if not keep_optimizer_state:
-            optimizer = task.make_optimizer(model)
-        losses = task.train_steps(
-            model, optimizer, task.batches(everything, round_seed(server_round)), step_offset=(server_round - 1) * steps
-        )
-        per_round.append(sum(losses) / len(losses))
-    return per_round

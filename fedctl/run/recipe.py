@@ -14,10 +14,11 @@ import torch
 from fedctl.core.config import FederationConfig, RunConfig, apply_mapping, load_yaml, parse_set, to_dict
 from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
+from fedctl.core.rundir import RunDir, check_resume
 from fedctl.core.strategies import build_strategy
 from fedctl.core.task import TaskContext
 from fedctl.errors import FedctlError
-from fedctl.tasks.registry import get_workload
+from fedctl.run.registry import get_workload
 from fedctl.utils.templates import resolve_template
 
 
@@ -34,7 +35,7 @@ class Experiment:
 class TrainOutcome:
     result: RunResult
     experiment: Experiment
-    run_dir: Path
+    run_dir: RunDir
     summary: dict[str, Any] = field(default_factory=dict)
     sample: str | None = None
 
@@ -126,19 +127,26 @@ def run_dir_of(exp: Experiment) -> Path:
     return Path(exp.run.out) if exp.run.out else Path("runs") / exp.run.name
 
 
-def load_run_config(run_dir: Path, rounds: int | None = None) -> Experiment:
-    """The experiment a run directory was started with (for --resume); only rounds may grow."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise FedctlError(f"{run_dir} has no config.yaml", "pass --out RUN_DIR of a run started by `fedctl train`")
-    data = load_yaml(path)
+def experiment_from(data: dict[str, Any]) -> Experiment:
+    """An Experiment from a resolved config mapping (config.yaml, a checkpoint's `config`)."""
     task_name = (data.get("run") or {}).get("task", "mamba")
     exp = new_experiment(task_name)
     apply_mapping(exp, data, "")
+    return exp
+
+
+def load_run_config(run_dir: Path, rounds: int | None = None) -> Experiment:
+    """The experiment a run directory was started with (for --resume); only rounds may grow. The newest
+    checkpoint's resolved config is the reference: a config.yaml edited since is refused, naming the keys."""
+    run = RunDir(run_dir)
+    exp = experiment_from(run.read_config())
     if rounds is not None:
         exp.federation.rounds = rounds
     exp.run.out = str(run_dir)
     validate(exp)
+    if run.has_checkpoints():
+        path, ckpt = run.load_checkpoint()
+        check_resume(ckpt["config"], to_dict(exp), path, int(ckpt["round"]))
     return exp
 
 
@@ -153,10 +161,16 @@ def train(
 
     `executor` decides where clients train (default in-process; fedctl.flower passes its grid's).
     """
+    run_dir = RunDir(run_dir_of(exp))
+    with run_dir.locked():
+        return _train_locked(exp, run_dir, on_event, resume, executor, resume_hint)
+
+
+def _train_locked(exp: Experiment, run_dir: RunDir, on_event: EventSink | None, resume: bool,
+                  executor: Executor | None, resume_hint: str) -> TrainOutcome:
     emit = on_event or (lambda e: None)
-    run_dir = run_dir_of(exp)
-    if not resume and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        raise FedctlError(f"run directory {run_dir} already holds checkpoints", resume_hint)
+    if not resume and run_dir.has_checkpoints():
+        raise FedctlError(f"run directory {run_dir.path} already holds checkpoints", resume_hint)
     if exp.run.threads > 0:
         torch.set_num_threads(exp.run.threads)
     ctx = TaskContext(
@@ -167,19 +181,15 @@ def train(
         log=lambda text: emit(Message(text)),
     )
     task = get_workload(exp.run.task).build(exp.task, ctx)
-    strategy = build_strategy(exp.federation.strategy, exp.federation.strategy_args)
     # A task may aggregate in its own space around the chosen strategy (glue: LoRA ΔW-space merging).
-    if hasattr(task, "wrap_strategy"):
-        strategy = task.wrap_strategy(strategy)
-    summary = task.describe() if hasattr(task, "describe") else {}
+    strategy = task.wrap_strategy(build_strategy(exp.federation.strategy, exp.federation.strategy_args))
+    summary = task.describe()
     result = run_federated(
         task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
         run_dir=run_dir, on_event=emit, resume=resume, executor=executor,
     )
-    if hasattr(task, "export"):
-        task.export(result.model, run_dir / "final" / "hf")
-    sample = task.generate_sample(result.model) if hasattr(task, "generate_sample") else None
-    return TrainOutcome(result, exp, run_dir, summary, sample)
+    task.export(result.model, run_dir.export_dir)
+    return TrainOutcome(result, exp, run_dir, summary, task.sample(result.model))
 
 
 def final_metrics(result: RunResult) -> dict[str, Any]:
@@ -189,6 +199,3 @@ def final_metrics(result: RunResult) -> dict[str, Any]:
             out = {k: v for k, v in rec.items() if k not in ("type", "scope")}
     return {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
 
-
-def experiment_fields(exp: Experiment) -> dict[str, list[str]]:
-    return {s: [f.name for f in dataclasses.fields(getattr(exp, s))] for s in ("run", "federation", "task")}

@@ -1,0 +1,1 @@
+"""What `fedctl inspect` reads and draws: checkpoint summaries, parameter deltas, run curves."""

@@ -1,0 +1,188 @@
+"""The one client trainer: every workload's local training runs here, so that a round means the same thing
+in every workload.
+
+Schedule (documented once, for every workload):
+- A client holds `n` items: examples, text blocks, or prebuilt length batches (the task says which);
+  `batch_size` items make a micro-batch and `grad_accum` micro-batches make one optimizer step.
+- Items are drawn **without replacement** from a stream of seeded permutations of the client's items,
+  one permutation after another, so within any window of `n` consecutive draws every item appears once,
+  across epoch boundaries too. The stream is seeded per (run seed, round, client).
+- `local_updates = N > 0`: exactly N optimizer steps, each of `grad_accum` full micro-batches.
+- `local_updates = 0`: `local_epochs = E` passes, i.e. round(E·n) items cut into micro-batches (the last
+  may be smaller) and grouped into steps (the last may hold fewer micro-batches; its loss is averaged
+  over the ones it has).
+
+Each step: set the learning rate (linear warmup over the global step (round − 1)·steps_per_round + step,
+then constant; a strategy may set the client lr), forward under autocast when `amp_dtype` is set, add
+FedProx's proximal term, backward (scaled by a GradScaler for fp16), unscale, clip, AdamW step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fedctl.core.task import ClientConfig, FitResult, Task, proximal_term
+
+
+@dataclass
+class LocalTraining:
+    """How a client trains in one round; every workload resolves its config to one of these."""
+
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0  # linear warmup over the global step, then constant
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+    batch_size: int = 1  # items per micro-batch
+    local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
+    local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
+    amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
+
+    def micro_batches(self, num_items: int) -> int:
+        """Micro-batches one client takes per round."""
+        if self.local_updates > 0:
+            return self.local_updates * self.grad_accum
+        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.batch_size))
+
+    def steps_per_round(self, num_items: int) -> int:
+        """Optimizer steps one client takes per round."""
+        if self.local_updates > 0:
+            return self.local_updates
+        return math.ceil(self.micro_batches(num_items) / self.grad_accum)
+
+    def lr_at(self, peak: float, global_step: int) -> float:
+        """Linear warmup to `peak` over `warmup_steps` global steps, then constant."""
+        return peak * min(1.0, (global_step + 1) / self.warmup_steps) if self.warmup_steps > 0 else peak
+
+
+def item_stream(num_items: int, gen: torch.Generator) -> Iterator[int]:
+    """Item positions from back-to-back permutations: without replacement within every window of num_items."""
+    while True:
+        yield from torch.randperm(num_items, generator=gen).tolist()
+
+
+def schedule(training: LocalTraining, num_items: int, gen: torch.Generator) -> list[list[torch.Tensor]]:
+    """One round's optimizer steps, each a list of micro-batches (tensors of item positions)."""
+    if num_items < 1:
+        raise ValueError("a client needs at least one training item")
+    stream = item_stream(num_items, gen)
+    if training.local_updates > 0:
+        sizes = [training.batch_size] * training.micro_batches(num_items)
+    else:
+        total = max(1, round(training.local_epochs * num_items))
+        sizes = [min(training.batch_size, total - start) for start in range(0, total, training.batch_size)]
+    micro = [torch.tensor([next(stream) for _ in range(size)], dtype=torch.long) for size in sizes]
+    return [micro[i : i + training.grad_accum] for i in range(0, len(micro), training.grad_accum)]
+
+
+def make_optimizer(training: LocalTraining, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=training.lr if lr is None else lr, betas=training.betas, eps=training.eps,
+                             weight_decay=training.weight_decay)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast on `device` with `dtype`, or nothing when dtype is None (full precision)."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def train_steps(
+    task: Task,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    client_id: str,
+    steps: list[list[torch.Tensor]],
+    gen: torch.Generator,
+    *,
+    peak_lr: float,
+    step_offset: int = 0,
+    anchor: dict[str, torch.Tensor] | None = None,
+    proximal_mu: float = 0.0,
+) -> dict[str, float]:
+    """The loop. Returns the mean of the task's loss (without the proximal term) and of each batch metric
+    over the micro-batches, and the number of optimizer steps taken."""
+    t = task.training
+    device = model_device(model)
+    scaler = torch.amp.GradScaler(device.type) if t.amp_dtype == torch.float16 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    sums: dict[str, float] = {"loss": 0.0}
+    n_micro = 0
+    for step, group in enumerate(steps):
+        for g in optimizer.param_groups:
+            g["lr"] = t.lr_at(peak_lr, step_offset + step)
+        for items in group:
+            batch = task.make_batch(client_id, items, gen)
+            with autocast(device, t.amp_dtype):
+                loss, metrics = task.loss(model, batch)
+            objective = (loss + proximal_term(model, anchor, proximal_mu)) / len(group)
+            (scaler.scale(objective) if scaler else objective).backward()
+            sums["loss"] += float(loss.detach())
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_micro += 1
+        if scaler:
+            scaler.unscale_(optimizer)
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return {**{k: v / max(1, n_micro) for k, v in sums.items()}, "steps": float(len(steps))}
+
+
+def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
+    """Train `model` in place on one client's data for one round; bitwise reproducible for cfg.seed."""
+    t = task.training
+    n = task.train_items(client_id)
+    peak = t.lr if cfg.instructions.client_lr is None else cfg.instructions.client_lr
+    optimizer = make_optimizer(t, model, peak)
+    if cfg.keep_optimizer_state and cfg.optimizer_state is not None:
+        # deep copy: AdamW updates its moments in place and the engine's copy must stay as it was
+        optimizer.load_state_dict(copy.deepcopy(cfg.optimizer_state))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    steps = schedule(t, n, gen)
+    m = train_steps(task, model, optimizer, client_id, steps, gen, peak_lr=peak,
+                    step_offset=(cfg.server_round - 1) * t.steps_per_round(n), anchor=cfg.anchor,
+                    proximal_mu=cfg.instructions.proximal_mu)
+    loss = m.pop("loss")
+    steps_taken = m.pop("steps")
+    return FitResult(
+        num_examples=task.num_examples(client_id),
+        metrics={"train_loss": loss, **{f"train_{k}": v for k, v in m.items()}, "steps": steps_taken},
+        optimizer_state=optimizer.state_dict() if cfg.keep_optimizer_state else None,
+    )
+
+
+def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig,
+                 keys: list[str] | None = None) -> FitResult:
+    """What every executor runs for a sampled client: local training, the task's after-training hook, and
+    the statistics the strategy asked for, measured on the trained model."""
+    from fedctl.core import client_stats
+
+    result = fit(task, model, client_id, cfg)
+    task.client_trained(model, client_id, cfg.server_round)
+    result.stats.update(client_stats.requested(task, model, client_id, cfg.instructions, cfg.seed, keys))
+    return result
+

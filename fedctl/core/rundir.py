@@ -1,0 +1,266 @@
+"""The run directory: the one object that knows its layout and makes every write into it.
+
+    runs/<name>/
+      config.yaml                     the resolved config
+      metrics.jsonl                   one JSON object per round and per evaluation
+      checkpoints/round_NNN.pt        model, strategy state, RNG states, round, config, metrics history
+      deltas/server/round_NNN.safetensors, deltas/clients/round_NNN/<client>.safetensors
+      adapters/round_NNN/{fused,clients/<client>}/      (LoRA workloads: peft adapters)
+      final/hf/                       the workload's export
+      plots/                          `fedctl inspect` figures and the JSON beside each
+      tokenizer.json, demo_data/      what a workload makes once and reuses
+
+Every file appears whole or not at all (temp file + rename). A writer holds the directory's lock for the
+whole run, so two commands cannot interleave their writes; the lock is released when the process ends,
+however it ends. Temp files left by a killed write are never taken for results and are cleared by the
+next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from fedctl.core import checkpoint as ckpt_io
+from fedctl.core.aggregate import State
+from fedctl.errors import FedctlError
+from fedctl.utils.io import atomic_path, write_text
+
+_ROUND_FILE = re.compile(r"^round_(\d+)\.pt$")
+_TEMP = re.compile(r"^\..+\.tmp$")
+LOCK_NAME = ".fedctl.lock"
+
+
+class RunDir:
+    """A run directory at `path` (created on first write)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._lock = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- layout ---------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def export_dir(self) -> Path:
+        """Where the workload's final model goes (`final/hf`)."""
+        return self.path / "final" / "hf"
+
+    @property
+    def deltas_dir(self) -> Path:
+        return self.path / "deltas"
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def demo_data_dir(self) -> Path:
+        return self.path / "demo_data"
+
+    def checkpoint_path(self, server_round: int) -> Path:
+        return self.checkpoints_dir / f"round_{server_round:03d}.pt"
+
+    def adapter_dir(self, server_round: int, client_id: str | None = None) -> Path:
+        """`adapters/round_NNN/fused` (the server's) or `adapters/round_NNN/clients/<client_id>`."""
+        base = self.path / "adapters" / f"round_{server_round:03d}"
+        return base / "fused" if client_id is None else base / "clients" / client_id
+
+    def delta_path(self, server_round: int, client_id: str | None = None) -> Path:
+        if client_id is None:
+            return self.deltas_dir / "server" / f"round_{server_round:03d}.safetensors"
+        return self.deltas_dir / "clients" / f"round_{server_round:03d}" / f"{client_id}.safetensors"
+
+    # -- the writer's lock ------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        """Hold the directory's lock (an OS file lock: released when the process dies); a second writer is
+        refused with the holder's PID. Clears temp files that a killed write left behind."""
+        from filelock import FileLock, Timeout
+
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock_file = self.path / LOCK_NAME
+        lock = FileLock(str(lock_file), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise FedctlError(
+                f"run directory {self.path} is in use by another fedctl process (PID {self._holder()})",
+                "wait for it to finish, stop it, or choose another --out / --set run.name=…",
+            ) from None
+        pid_file = self.path / f"{LOCK_NAME}.pid"
+        try:
+            pid_file.write_text(f"{os.getpid()}\n")
+            self.clear_temp()
+            yield self
+        finally:
+            lock.release()
+            if created and {p.name for p in self.path.iterdir()} <= {LOCK_NAME, pid_file.name}:
+                # a run that wrote nothing (it failed before round 1) leaves no directory behind
+                lock_file.unlink(missing_ok=True)
+                pid_file.unlink(missing_ok=True)
+                for folder in created:
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
+
+    def _holder(self) -> str:
+        try:
+            return (self.path / f"{LOCK_NAME}.pid").read_text().strip() or "unknown"
+        except OSError:
+            return "unknown"
+
+    def clear_temp(self) -> list[Path]:
+        """Remove `.NAME.*.tmp` leftovers of writes killed mid-way (only fedctl's own temp names)."""
+        removed = []
+        for folder in (self.path, self.checkpoints_dir):
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    if p.is_file() and _TEMP.match(p.name):
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        return removed
+
+    # -- config and metrics -------------------------------------------------------------------------
+    def write_config(self, config: dict[str, Any]) -> Path:
+        from fedctl.core.config import dump_yaml
+
+        return write_text(self.config_path, dump_yaml(config))
+
+    def read_config(self) -> dict[str, Any]:
+        from fedctl.core.config import load_yaml
+
+        if not self.config_path.is_file():
+            raise FedctlError(f"{self.path} has no config.yaml", "pass --out RUN_DIR of a run started by `fedctl train`")
+        return load_yaml(self.config_path)
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> Path:
+        return write_text(self.metrics_path, "".join(json.dumps(rec) + "\n" for rec in history))
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl; a damaged file is a FedctlError naming the line."""
+        path = self.metrics_path
+        if not path.is_file():
+            raise FedctlError(f"{self.path} has no metrics.jsonl", "pass run directories written by `fedctl train`")
+        records = []
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise FedctlError(f"{path} is not text", "pass run directories written by `fedctl train`") from None
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise FedctlError(f"{path} line {i} is not JSON", "the file was edited or damaged; re-run") from None
+            if not isinstance(rec, dict):
+                raise FedctlError(f"{path} line {i} is not a JSON object", "the file was edited or damaged; re-run")
+            records.append(rec)
+        return records
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def list_checkpoints(self) -> list[Path]:
+        """Round checkpoints, oldest first; temp files of killed writes never count."""
+        folder = self.checkpoints_dir
+        if not folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _ROUND_FILE.match(p.name)) and p.is_file()]
+        return [p for _, p in sorted(found)]
+
+    def has_checkpoints(self) -> bool:
+        return bool(self.list_checkpoints())
+
+    def latest_checkpoint(self) -> Path:
+        ckpts = self.list_checkpoints()
+        if not ckpts:
+            raise FedctlError(
+                f"no checkpoint to resume from in {self.checkpoints_dir}",
+                "check --out points at an existing run, or start it without --resume",
+            )
+        return ckpts[-1]
+
+    def save_checkpoint(self, server_round: int, payload: dict[str, Any], keep: int = 0) -> Path:
+        """Write round `server_round`'s checkpoint atomically; with keep > 0, delete all but the newest `keep`."""
+        path = ckpt_io.save_checkpoint(self.checkpoint_path(server_round), payload)
+        if keep > 0:
+            for old in self.list_checkpoints()[:-keep]:
+                old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, path: Path | None = None) -> tuple[Path, dict[str, Any]]:
+        path = path or self.latest_checkpoint()
+        return path, ckpt_io.load_checkpoint(path)
+
+    # -- deltas ---------------------------------------------------------------------------------------
+    def save_delta(self, server_round: int, client_id: str | None, new: State, old: State,
+                   meta: dict[str, Any]) -> Path:
+        """new − old for every floating tensor, as safetensors (atomic)."""
+        from safetensors.torch import save_file
+
+        delta = {k: (new[k].float() - old[k].float()).contiguous().cpu() for k in new if new[k].is_floating_point()}
+        path = self.delta_path(server_round, client_id)
+        with atomic_path(path) as tmp:
+            save_file(delta, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+        return path
+
+
+def config_changes(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (nested dicts)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current), key=str):
+            out += config_changes(saved.get(key), current.get(key), f"{prefix}{key}.")
+        return out
+    if isinstance(saved, float) and isinstance(current, (int, float)) and not isinstance(current, bool):
+        return [] if float(current) == saved else [prefix.rstrip(".")]
+    return [] if saved == current else [prefix.rstrip(".")]
+
+
+def check_resume(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path, checkpoint_round: int) -> None:
+    """Refuse to resume unless `current` equals the checkpoint's resolved config except for a round count that
+    leaves rounds to train (RunConfig keys that only choose where/how fast it runs may change)."""
+    volatile = {"run.out", "run.threads", "run.workers", "run.device", "federation.rounds"}
+    changed = [k for k in config_changes(saved, current) if k not in volatile]
+    if changed:
+        raise FedctlError(
+            f"config.yaml differs from the checkpoint {checkpoint} in {', '.join(changed)}; --resume continues the "
+            "run as it was started",
+            "restore those values in config.yaml (the checkpoint holds the original), or start a new run with --out",
+        )
+    rounds = int((current.get("federation") or {}).get("rounds", 0))
+    if rounds <= checkpoint_round:
+        raise FedctlError(
+            f"the run already finished round {checkpoint_round} and --rounds is {rounds}: nothing left to train",
+            f"pass a larger --rounds (e.g. --rounds {checkpoint_round + 10}) to train further",
+        )
+
