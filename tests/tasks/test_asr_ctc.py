@@ -112,16 +112,20 @@ def test_gradcheck_and_gradgradcheck(reduction):
         return ctc_loss(lp, targets, input_lengths, target_lengths, reduction=reduction, zero_infinity=True)
 
     assert torch.autograd.gradcheck(fn, (log_probs,), eps=1e-6, atol=1e-8)
-    assert torch.autograd.gradgradcheck(fn, (log_probs,), eps=1e-6, atol=1e-7)
+    if reduction == "mean":  # the second-order check is the slow one; the reductions share the recursion
+        assert torch.autograd.gradgradcheck(fn, (log_probs,), eps=1e-6, atol=1e-7)
 
 
-def test_second_derivative_through_ds1_matches_finite_difference():
-    """d/dx ||dL/dθ||² on a tiny float64 DS1: the quantity a gradient-matching attack differentiates."""
+@pytest.mark.parametrize("arch", ["ds1", "ds2"])
+def test_second_derivative_through_model_matches_finite_difference(arch):
+    """d/dx ||dL/dθ||² on a tiny float64 model (DS2 in train mode: batch-statistics BatchNorm), the quantity
+    a gradient-matching attack differentiates."""
     torch.manual_seed(0)
-    model = build_asr_model("ds1", "tiny").double()
+    model = build_asr_model(arch, "tiny").double()
     params = [p for p in model.parameters()]
-    feats = torch.randn(8, 1, 26, dtype=torch.float64)
-    lengths, targets, target_lengths = torch.tensor([8]), torch.tensor([[2, 3, 3]]), torch.tensor([3])
+    steps, dim = (8, 26) if arch == "ds1" else (24, 257)
+    feats = torch.randn(steps, 1, dim, dtype=torch.float64)
+    lengths, targets, target_lengths = torch.tensor([steps]), torch.tensor([[2, 3, 3]]), torch.tensor([3])
 
     def objective(x: torch.Tensor, create_graph: bool) -> torch.Tensor:
         log_probs, out_lengths = model(x, lengths)
@@ -153,3 +157,10 @@ def test_too_short_utterance_is_refused_by_name():
         check_feasible("19-198-0001", [9, 6, 13, 13, 16], 5)
     assert "19-198-0001" in err.value.message and "5 output frames" in err.value.message
     assert "at least 6" in err.value.message
+
+
+def test_blank_or_out_of_range_targets_are_rejected():
+    log_probs = torch.randn(5, 1, 4).log_softmax(-1)
+    for bad in ([[1, 0]], [[1, 4]]):
+        with pytest.raises(ValueError):
+            ctc_loss(log_probs, torch.tensor(bad), [5], [2])

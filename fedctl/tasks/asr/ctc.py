@@ -97,6 +97,9 @@ def ctc_loss(
 
     # Extended sequence l' = blank, l1, blank, l2, ..., lS, blank (positions 0..2S); padding labels -> blank.
     valid_label = torch.arange(s_max, device=device) < target_lengths[:, None]
+    used = labels[valid_label]
+    if used.numel() and (bool((used == blank).any()) or int(used.min()) < 0 or int(used.max()) >= _classes):
+        raise ValueError(f"target labels must lie in 0..{_classes - 1} and never be the blank ({blank})")
     labels = torch.where(valid_label, labels, torch.full_like(labels, blank))
     ext = torch.full((batch, 2 * s_max + 1), blank, dtype=torch.long, device=device)
     ext[:, 1::2] = labels
