@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 
 import pytest
@@ -69,6 +70,26 @@ def test_padding_does_not_change_a_shorter_utterance(arch):
     assert torch.allclose(lp[:n, 1], lp_short[:, 0], atol=1e-5, rtol=0)
     assert torch.allclose(lp[:, 0], lp_long[:, 0], atol=1e-5, rtol=0)
     assert torch.allclose(lp.exp().sum(-1), torch.ones(()), atol=1e-5)
+
+
+def test_ds2_train_mode_ignores_what_the_padding_holds():
+    """In train mode the statistics are the batch's, but over valid frames only: padding content changes
+    neither the outputs nor the running statistics."""
+    torch.manual_seed(0)
+    model = build_asr_model("ds2", "tiny").train()
+    batch = torch.randn(60, 2, 257)
+    batch[37:, 1] = 0.0
+    other = batch.clone()
+    other[37:, 1] = 5.0 * torch.randn(23, 257)
+    lengths = torch.tensor([60, 37])
+    twin = copy.deepcopy(model)
+    lp, out = model(batch, lengths)
+    lp_other, _ = twin(other, lengths)
+    for name, buf in model.named_buffers():
+        assert torch.allclose(buf.float(), dict(twin.named_buffers())[name].float(), atol=1e-6), name
+    n = int(out[1])
+    assert torch.allclose(lp[:, 0], lp_other[:, 0], atol=1e-6, rtol=0)
+    assert torch.allclose(lp[:n, 1], lp_other[:n, 1], atol=1e-6, rtol=0)
 
 
 def test_masked_batch_norm_uses_valid_frames_only():
