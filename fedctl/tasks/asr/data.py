@@ -1,0 +1,177 @@
+"""Utterances for ASR: from a partition folder or a LibriSpeech-layout tree, features, feasibility, batches.
+
+Sources:
+- a partition folder written by `fedctl data partition librispeech` (`load_partition`: per-client lists,
+  read through `fedctl.data.speech.partition.read_partition`);
+- a LibriSpeech-layout tree such as `fedctl data synth` output (`load_corpus`, indexed with
+  `fedctl.data.speech.librispeech.index_librispeech`).
+
+Durations are whole milliseconds (floor of samples / 16), the unit of the attack's duration buckets; the
+`min_dur`/`max_dur` filters keep min_dur <= duration < max_dur, the reference's half-open rule.
+Audio is read as int16 (the scale both reference feature pipelines expect).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from fedctl.errors import FedctlError
+from fedctl.tasks.asr.ctc import min_frames_for
+from fedctl.tasks.asr.features import SAMPLE_RATE, ds1_features, ds1_num_frames, ds2_features, ds2_num_frames
+from fedctl.tasks.asr.models import output_lengths
+from fedctl.tasks.asr.text import encode, normalize_transcript
+
+ARCHS = ("ds1", "ds2")
+
+
+@dataclass(frozen=True)
+class AsrUtterance:
+    """One utterance: `target` are class ids of the normalized `transcript`; `duration_ms` whole milliseconds."""
+
+    id: str
+    speaker: str
+    path: str
+    transcript: str
+    target: tuple[int, ...]
+    duration_ms: int
+    num_samples: int
+    split: str = "train"
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise FedctlError(f"unknown ASR architecture {arch!r}", f"use one of: {', '.join(ARCHS)}")
+
+
+def _from_row(row: dict, source: str, drop_unknown: bool) -> AsrUtterance:
+    try:
+        utt_id, num_samples, rate = str(row["id"]), int(row["num_samples"]), int(row.get("sample_rate", SAMPLE_RATE))
+        transcript = normalize_transcript(str(row["transcript"]), f"{utt_id} ({source})", drop_unknown=drop_unknown)
+        path, speaker, split = str(row["path"]), str(row.get("speaker", "")), str(row.get("split", "train"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FedctlError(f"manifest row in {source} lacks a usable {exc} field: {row}",
+                          "re-run `fedctl data partition librispeech` to rewrite the manifests") from exc
+    if rate != SAMPLE_RATE:
+        raise FedctlError(f"{utt_id} ({source}) is {rate} Hz; the ASR features need {SAMPLE_RATE} Hz",
+                          "convert the audio to 16 kHz and re-partition")
+    return AsrUtterance(id=utt_id, speaker=speaker, path=path, transcript=transcript, target=tuple(encode(transcript)),
+                        duration_ms=num_samples * 1000 // SAMPLE_RATE, num_samples=num_samples, split=split)
+
+
+def filter_duration(utts: Sequence[AsrUtterance], min_dur: int = 0, max_dur: int | None = None) -> list[AsrUtterance]:
+    """Utterances with min_dur <= duration_ms < max_dur (milliseconds; no upper bound when max_dur is None)."""
+    if max_dur is not None and max_dur <= min_dur:
+        raise FedctlError(f"max_dur {max_dur} ms must exceed min_dur {min_dur} ms", "e.g. min_dur=1000, max_dur=2000")
+    return [u for u in utts if u.duration_ms >= min_dur and (max_dur is None or u.duration_ms < max_dur)]
+
+
+def load_partition(parts: str | Path, *, min_dur: int = 0, max_dur: int | None = None,
+                   drop_unknown: bool = False) -> dict[str, list[AsrUtterance]]:
+    """Each client's utterances (manifest order, train and val; see `AsrUtterance.split`) of a partition
+    folder, filtered by duration in milliseconds."""
+    from fedctl.data.speech.partition import read_partition
+
+    _summary, manifests = read_partition(parts)
+    return {client_id: filter_duration([_from_row(r, f"{parts}/{client_id}", drop_unknown) for r in rows], min_dur, max_dur)
+            for client_id, rows in manifests.items()}
+
+
+def load_corpus(roots: str | Path | Sequence[str | Path], *, min_dur: int = 0, max_dur: int | None = None,
+                drop_unknown: bool = False) -> list[AsrUtterance]:
+    """Every usable utterance (sorted by id) of LibriSpeech-layout trees, e.g. `fedctl data synth` output;
+    unreadable files are skipped as `index_librispeech` reports them."""
+    from fedctl.data.speech.librispeech import index_librispeech
+
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    index = index_librispeech(roots)
+    utts = [_from_row(u.to_json(), str(Path(u.path).parent), drop_unknown) for u in index.utterances]
+    return filter_duration(utts, min_dur, max_dur)
+
+
+def read_audio(path: str) -> np.ndarray:
+    """16 kHz mono samples as int16 (the reference feature pipelines' scale)."""
+    try:
+        audio, rate = sf.read(path, dtype="int16", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise FedctlError(f"cannot read audio {path} ({str(exc).splitlines()[0][:100]})",
+                          "the file changed since it was indexed: re-run `fedctl data partition librispeech`") from exc
+    if rate != SAMPLE_RATE or audio.ndim != 1:
+        raise FedctlError(f"{path}: {rate} Hz {audio.ndim}-D audio; the ASR features need 16 kHz mono",
+                          "convert it and re-partition")
+    return audio
+
+
+def num_frames(arch: str, num_samples: int) -> int:
+    """Feature frames of `arch` for `num_samples` samples (DS1 MFCC, DS2 STFT)."""
+    _check_arch(arch)
+    return ds1_num_frames(num_samples) if arch == "ds1" else ds2_num_frames(num_samples)
+
+
+def too_short(utts: Sequence[AsrUtterance], arch: str) -> list[tuple[AsrUtterance, int, int]]:
+    """(utterance, output frames, frames needed) for every utterance `arch` cannot align with its transcript."""
+    frames = torch.tensor([num_frames(arch, u.num_samples) for u in utts], dtype=torch.long)
+    outs = output_lengths(arch, frames).tolist() if len(utts) else []
+    return [(u, o, min_frames_for(u.target)) for u, o in zip(utts, outs) if o < min_frames_for(u.target)]
+
+
+def check_utterances(utts: Sequence[AsrUtterance], arch: str) -> None:
+    """Refuse, naming them, utterances too short for their transcript under `arch`: they have no CTC
+    alignment, and are not trained on as infinite losses."""
+    bad = too_short(utts, arch)
+    if bad:
+        names = "; ".join(f"{u.id} ({u.duration_ms} ms, {o} output frames, needs {n})" for u, o, n in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise FedctlError(
+            f"{len(bad)} utterance(s) too short for their transcript under {arch}: {names}{more}",
+            "leave them out with a minimum duration (min_dur, in ms) or filter with data.too_short",
+        )
+
+
+class FeatureCache:
+    """Features [T, F] (float32) of `arch` per utterance, computed once and kept in memory."""
+
+    def __init__(self, arch: str):
+        _check_arch(arch)
+        self.arch = arch
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __call__(self, utt: AsrUtterance) -> torch.Tensor:
+        feats = self._cache.get(utt.path)
+        if feats is None:
+            audio = read_audio(utt.path)
+            feats = ds1_features(audio, utt.id) if self.arch == "ds1" else ds2_features(audio, utt.id)
+            self._cache[utt.path] = feats
+        return feats
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def collate(features: Sequence[torch.Tensor], targets: Sequence[Sequence[int]]
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Zero-padded batch: (features [T, B, F] time-major, lengths [B], targets [B, S] padded with 0,
+    target_lengths [B]), the arguments the models and `ctc_loss` take."""
+    if not features or len(features) != len(targets):
+        raise FedctlError(f"collate got {len(features)} feature matrices and {len(targets)} targets",
+                          "pass one target per utterance, at least one utterance")
+    lengths = torch.tensor([f.shape[0] for f in features], dtype=torch.long)
+    batch = features[0].new_zeros(int(lengths.max()), len(features), features[0].shape[1])
+    for b, f in enumerate(features):
+        batch[: f.shape[0], b] = f
+    target_lengths = torch.tensor([len(t) for t in targets], dtype=torch.long)
+    padded = torch.zeros(len(targets), max(int(target_lengths.max()), 1), dtype=torch.long)
+    for b, t in enumerate(targets):
+        padded[b, : len(t)] = torch.as_tensor(list(t), dtype=torch.long)
+    return batch, lengths, padded, target_lengths
+
+
+def make_batch(utts: Sequence[AsrUtterance], cache: FeatureCache
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`collate` of `utts`' cached features and targets."""
+    return collate([cache(u) for u in utts], [u.target for u in utts])
