@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,21 +27,11 @@ from fedctl.cli.options import (
     parse_save_deltas,
 )
 from fedctl.cli.render import RunRenderer
+from fedctl.core.config import Flag
 from fedctl.errors import FedctlError
+from fedctl.run.registry import Workload
 
 app = typer.Typer(help="Train models federatedly (or centrally, as a baseline).", no_args_is_help=True)
-
-DataOpt = Annotated[
-    str | None,
-    typer.Option("--data", help="Text file, directory (wiki.train.raw / train.txt …) or 'wikitext-2'. Default: demo corpus."),
-]
-PresetOpt = Annotated[str | None, typer.Option("--preset", help="tiny, pure_ssm_1_layer, pure_ssm_2_layer, pure_ssm_4_layer.")]
-LocalUpdatesOpt = Annotated[int | None, typer.Option("--local-updates", help="Optimizer steps per client per round.")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Client learning rate.")]
-BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Sequences per step.")]
-SeqLenOpt = Annotated[int | None, typer.Option("--seq-len", help="Tokens per sequence.")]
-TokenizerOpt = Annotated[str | None, typer.Option("--tokenizer", help="tokenizer.json or a HF tokenizer dir.")]
-
 
 def _run(
     task_name: str,
@@ -89,50 +81,84 @@ def _run(
 
 TrainCommand = multi_value_command("--save-deltas", "--target-modules")
 
+# The flags every workload command shares, as (config key, parameter name, Annotated type).
+SHARED = (
+    ("federation.rounds", "rounds", RoundsOpt),
+    ("federation.clients", "clients", ClientsOpt),
+    ("federation.fraction", "fraction", FractionOpt),
+    ("federation.strategy", "strategy", StrategyOpt),
+    ("run.seed", "seed", SeedOpt),
+    ("run.out", "out_dir", OutDirOpt),
+    ("run.device", "device", DeviceOpt),
+)
 
-@app.command("mamba", cls=TrainCommand, epilog="Examples:\n\n  fedctl train mamba\n\n  fedctl train mamba --config pure_ssm_2_layer --data wikitext-2 --rounds 50\n\n  fedctl train mamba --strategy fedavgm --set federation.strategy_args.server_momentum=0.9\n\n  fedctl train mamba --out runs/mamba --resume --rounds 20")
-def mamba(
-    config: ConfigOpt = None,
-    sets: SetOpt = None,
-    rounds: RoundsOpt = None,
-    clients: ClientsOpt = None,
-    fraction: FractionOpt = None,
-    strategy: StrategyOpt = None,
-    seed: SeedOpt = None,
-    out_dir: OutDirOpt = None,
-    device: DeviceOpt = None,
-    data: DataOpt = None,
-    preset: PresetOpt = None,
-    local_updates: LocalUpdatesOpt = None,
-    lr: LrOpt = None,
-    batch_size: BatchOpt = None,
-    seq_len: SeqLenOpt = None,
-    tokenizer: TokenizerOpt = None,
-    save_deltas: SaveDeltasOpt = None,
-    resume: ResumeOpt = False,
-    as_json: JsonOpt = False,
-) -> None:
-    """Federated Mamba2 language model (transformers Mamba2ForCausalLM)."""
-    _run(
-        "mamba", config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
-        fed_flags={"rounds": rounds, "clients": clients, "fraction": fraction, "strategy": strategy},
-        task_flags={"data": data, "preset": preset, "local_updates": local_updates, "lr": lr,
-                    "batch_size": batch_size, "seq_len": seq_len, "tokenizer": tokenizer},
-        resume=resume, as_json=as_json, save_deltas=save_deltas,
-    )
+
+def _annotation(flag: Flag) -> Any:
+    """The Typer annotation of a workload flag (all default to None: unset flags leave the config alone)."""
+    if flag.type is bool and flag.const is not None:
+        return Annotated[bool, typer.Option(flag.flag, help=flag.help)]
+    if flag.type is bool:
+        name = flag.flag.removeprefix("--")
+        return Annotated[bool | None, typer.Option(f"{flag.flag}/--no-{name}", help=flag.help, show_default=False)]
+    if flag.type is list:
+        return Annotated[list[str] | None, typer.Option(flag.flag, help=flag.help)]
+    return Annotated[flag.type | None, typer.Option(flag.flag, help=flag.help)]
+
+
+def _flag_value(flag: Flag, value: Any) -> Any:
+    if flag.type is bool and flag.const is not None:
+        return flag.const if value else None
+    if flag.type is list:
+        return value or None
+    return value
+
+
+def workload_command(workload: Workload) -> None:
+    """Register `fedctl train <command>` for a workload: shared flags, its own flags, --set/--config/--resume."""
+    flags = workload.flags
+    params = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=ConfigOpt, default=None),
+        inspect.Parameter("sets", inspect.Parameter.KEYWORD_ONLY, annotation=SetOpt, default=None),
+        *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=opt, default=None) for _, name, opt in SHARED),
+        *(inspect.Parameter(f"w_{i}", inspect.Parameter.KEYWORD_ONLY, annotation=_annotation(f),
+                            default=False if (f.type is bool and f.const is not None) else None)
+          for i, f in enumerate(flags)),
+        inspect.Parameter("save_deltas", inspect.Parameter.KEYWORD_ONLY, annotation=SaveDeltasOpt, default=None),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=ResumeOpt, default=False),
+        inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=JsonOpt, default=False),
+    ]
+
+    def command(**kwargs: Any) -> None:
+        values: dict[str, Any] = {key: kwargs[name] for key, name, _ in SHARED}
+        if values["run.out"] is not None:
+            values["run.out"] = str(values["run.out"])
+        for i, f in enumerate(flags):
+            values[f.key] = _flag_value(f, kwargs[f"w_{i}"])
+        values = workload.adjust_flags(values, config_given=kwargs["config"] is not None, resume=kwargs["resume"])
+        sections: dict[str, dict[str, Any]] = {"run": {}, "federation": {}, "task": {}}
+        for key, value in values.items():
+            section, name = key.split(".", 1)
+            sections[section][name] = value
+        _run(workload.name, config=kwargs["config"], sets=kwargs["sets"], run_flags=sections["run"],
+             fed_flags=sections["federation"], task_flags=sections["task"], resume=kwargs["resume"],
+             as_json=kwargs["as_json"], save_deltas=kwargs["save_deltas"])
+
+    command.__signature__ = inspect.Signature(params)
+    command.__doc__ = workload.summary
+    epilog = "Examples:\n\n" + "\n\n".join(f"  {e}" for e in workload.examples)
+    app.command(workload.command, cls=TrainCommand, epilog=epilog)(command)
 
 
 @app.command("central", cls=TrainCommand, epilog="Examples:\n\n  fedctl train central --task mamba\n\n  fedctl train central --task mamba --config pure_ssm_1_layer --data wikitext-2 --rounds 50")
 def central(
-    task: Annotated[str, typer.Option("--task", help="Workload: mamba, glue, hubert, distill.")] = "mamba",
+    task: Annotated[str, typer.Option("--task", help="Workload: mamba, glue, hubert, distill, asr.")] = "mamba",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     rounds: RoundsOpt = None,
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
-    data: DataOpt = None,
+    data: Annotated[str | None, typer.Option("--data", help="The workload's data (mamba: text; see its command).")] = None,
     full: Annotated[bool | None, typer.Option("--full/--lora", help="glue: full fine-tuning or LoRA.", show_default=False)] = None,
     save_deltas: SaveDeltasOpt = None,
     resume: ResumeOpt = False,
@@ -173,17 +199,12 @@ def templates(as_json: JsonOpt = False) -> None:
     out.print(table)
 
 
-def _register_workload_commands() -> None:
-    # Each workload's `train` command lives in its own module (fedctl/cli/train_<workload>.py) and
-    # registers itself on `app`; a module appears only once its workload works.
-    import importlib
+def _register_commands() -> None:
+    from fedctl.run.registry import WORKLOADS
 
-    for name in ("lora", "hubert", "flower"):
-        try:
-            importlib.import_module(f"fedctl.cli.train_{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"fedctl.cli.train_{name}":
-                raise
+    for workload in WORKLOADS.values():
+        workload_command(workload)
+    importlib.import_module("fedctl.cli.train_flower")  # `fedctl train flower-app`
 
 
-_register_workload_commands()
+_register_commands()

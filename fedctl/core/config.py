@@ -32,7 +32,7 @@ class FederationConfig:
     clients: int = 4  # clients the training data is split across
     fraction: float = 1.0  # fraction of clients sampled each round, in (0, 1]
     min_fit_clients: int = 1  # fewest clients sampled, and fewest successful updates for a round to count
-    strategy: str = "fedavg"  # fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedmedian, fedtrimmedavg, krum
+    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum fedentropy fedfisher
     strategy_args: dict = field(default_factory=dict)  # options of the strategy, Flower's names (e.g. server_momentum)
     eval_every: int = 1  # evaluate the global model every N rounds (and after the last)
     eval_clients: bool = False  # also evaluate on each client's data (slower)
@@ -41,6 +41,21 @@ class FederationConfig:
     keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (memory: K optimizer states)
     save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
     save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag of a workload command, declared next to the config key it sets.
+
+    `key` is `section.name` (e.g. `task.lr`, `federation.eval_clients`); `type` is str, int, float, bool
+    (an on/off pair `--x/--no-x`) or list (several values after one flag); `const` makes a bool flag a switch
+    that sets `key` to that value when given."""
+
+    key: str
+    flag: str
+    help: str
+    type: type = str
+    const: Any = None
 
 
 def _field_types(cls: type) -> dict[str, Any]:

@@ -192,9 +192,11 @@ class Task(ABC):
     # Artefacts and reporting.
     def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:
         """Called after a client's local training, before its update is taken (e.g. to save its adapter)."""
+        return None
 
     def round_end(self, server_round: int, global_state: dict[str, torch.Tensor]) -> None:
         """Called with the new global state after each round's server step (e.g. to save the fused adapter)."""
+        return None
 
     def export(self, model: nn.Module, out_dir: Path) -> Path | None:
         """Write the final model in its field's format; None when the workload has no export."""

@@ -4,49 +4,41 @@ The ground of the gradient-inversion attacks (`fedctl attack ds1|ds2`); see
 /work/shared/reference/gradient-inversion.md for what the reference victims did and why.
 """
 
-from fedctl.tasks.asr.ctc import check_feasible, ctc_loss, min_frames_for
-from fedctl.tasks.asr.data import (
-    AsrUtterance,
-    FeatureCache,
-    check_utterances,
-    collate,
-    filter_duration,
-    load_corpus,
-    load_partition,
-    make_batch,
-    too_short,
-)
-from fedctl.tasks.asr.features import (
-    ds1_features,
-    ds1_num_frames,
-    ds2_features,
-    ds2_num_frames,
-    stack_context,
-)
-from fedctl.tasks.asr.models import (
-    PRESETS,
-    DeepSpeech1,
-    DeepSpeech2,
-    DS1Config,
-    DS2Config,
-    build_asr_model,
-    double_backward_safe,
-    output_lengths,
-)
-from fedctl.tasks.asr.text import (
-    BLANK,
-    NUM_CLASSES,
-    decode,
-    encode,
-    error_rates,
-    greedy_decode,
-    normalize_transcript,
-)
+from fedctl.utils.lazy import lazy_exports
 
-__all__ = [
-    "AsrUtterance", "BLANK", "DS1Config", "DS2Config", "DeepSpeech1", "DeepSpeech2", "FeatureCache", "NUM_CLASSES",
-    "PRESETS", "build_asr_model", "check_feasible", "check_utterances", "collate", "ctc_loss", "decode",
-    "double_backward_safe", "ds1_features", "ds1_num_frames", "ds2_features", "ds2_num_frames", "encode",
-    "error_rates", "filter_duration", "greedy_decode", "load_corpus", "load_partition", "make_batch",
-    "min_frames_for", "normalize_transcript", "output_lengths", "stack_context", "too_short",
-]
+_EXPORTS = {
+    "AsrUtterance": "data",
+    "BLANK": "text",
+    "DS1Config": "models",
+    "DS2Config": "models",
+    "DeepSpeech1": "models",
+    "DeepSpeech2": "models",
+    "FeatureCache": "data",
+    "NUM_CLASSES": "text",
+    "PRESETS": "models",
+    "build_asr_model": "models",
+    "check_feasible": "ctc",
+    "check_utterances": "data",
+    "collate": "data",
+    "ctc_loss": "ctc",
+    "decode": "text",
+    "double_backward_safe": "models",
+    "ds1_features": "features",
+    "ds1_num_frames": "features",
+    "ds2_features": "features",
+    "ds2_num_frames": "features",
+    "encode": "text",
+    "error_rates": "text",
+    "filter_duration": "data",
+    "greedy_decode": "text",
+    "load_corpus": "data",
+    "load_partition": "data",
+    "make_batch": "data",
+    "min_frames_for": "ctc",
+    "normalize_transcript": "text",
+    "output_lengths": "models",
+    "stack_context": "features",
+    "too_short": "data",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

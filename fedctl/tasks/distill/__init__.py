@@ -1,7 +1,14 @@
 """Federated HuBERT distillation: `DistillTask(DistillConfig(...), TaskContext(...))`."""
 
-from fedctl.tasks.distill.config import DistillConfig
-from fedctl.tasks.distill.model import DistilHubertStudent, build_distilhubert, build_kd_student, load_teacher
-from fedctl.tasks.distill.task import DistillTask
+from fedctl.utils.lazy import lazy_exports
 
-__all__ = ["DistilHubertStudent", "DistillConfig", "DistillTask", "build_distilhubert", "build_kd_student", "load_teacher"]
+_EXPORTS = {
+    "DistilHubertStudent": "model",
+    "DistillConfig": "config",
+    "DistillTask": "task",
+    "build_distilhubert": "model",
+    "build_kd_student": "model",
+    "load_teacher": "model",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

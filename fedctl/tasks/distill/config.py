@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedctl.core.config import Flag
+from fedctl.tasks.hubert.config import SPEECH_FLAGS
+
 
 @dataclass
 class DistillConfig:
@@ -54,3 +57,18 @@ class DistillConfig:
     # ---- evaluation and client statistics
     eval_batches: int = 0  # cap on validation batches per evaluation (0 = all)
     stat_seconds: float = 2.0  # crop of held-out utterances for FedEntropy/FedFisher (kd only)
+
+
+# ---- the workload command: `fedctl train distill` (shared flags: fedctl/cli/options.py)
+COMMAND = "distill"
+SUMMARY = "Federated distillation of a HuBERT teacher into a student; only the student travels."
+EXAMPLES = (
+    "fedctl train distill --teacher runs/hubert-tiny/final/hf --config distill_distilhubert",
+    "fedctl train distill --teacher runs/hubert/final/hf --recipe kd --parts parts/ --labels labels/",
+    "fedctl train distill --teacher runs/hubert/final/hf --recipe distilhubert --rounds 50 --strategy fedavgm",
+)
+FLAGS = (
+    Flag("task.teacher", "--teacher", "Teacher: RUN/final/hf of `fedctl train hubert` (a HubertModel dir)."),
+    Flag("task.recipe", "--recipe", "distilhubert (2-layer student, layer-prediction heads) or kd (smaller HuBERT, soft labels)."),
+    *SPEECH_FLAGS,
+)

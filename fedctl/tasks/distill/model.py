@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedctl.errors import FedctlError
-from fedctl.tasks.hubert.model import HubertPretrainModel, encode
-from fedctl.tasks.hubert.model import HEAD_FILE, HEAD_META
+from fedctl.tasks.hubert.model import HEAD_FILE, HEAD_META, HubertPretrainModel, encode
 
 TEACHER_HINT = "pass --teacher RUN/final/hf from `fedctl train hubert` (a folder with a HubertModel config.json)"
 

@@ -1,8 +1,13 @@
 """The GLUE workload: federated LoRA or full fine-tuning of a sequence classifier,
 `GlueTask(GlueConfig(...), TaskContext(...))`; the LoRA aggregation space lives in `aggregation`."""
 
-from fedctl.tasks.glue.aggregation import LoraSpaceStrategy, svd_space_mean
-from fedctl.tasks.glue.config import GlueConfig
-from fedctl.tasks.glue.task import GlueTask
+from fedctl.utils.lazy import lazy_exports
 
-__all__ = ["GlueConfig", "GlueTask", "LoraSpaceStrategy", "svd_space_mean"]
+_EXPORTS = {
+    "GlueConfig": "config",
+    "GlueTask": "task",
+    "LoraSpaceStrategy": "aggregation",
+    "svd_space_mean": "aggregation",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from fedctl.core.config import Flag
 
 
 @dataclass
@@ -39,3 +42,57 @@ class GlueConfig:
     local_epochs: float = 1.0  # passes over the client's shard per round (when local_updates = 0)
     local_updates: int = 0  # optimizer steps per client per round; 0: use local_epochs
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+
+# ---- the workload command: `fedctl train lora` (shared flags: fedctl/cli/options.py)
+COMMAND = "lora"
+SUMMARY = "Federated LoRA on a GLUE task: adapters + head travel, the base stays frozen; svd or naive merging."
+EXAMPLES = (
+    "fedctl train lora   (the offline demo: MiniLM on generated sentiment data, 3 clients)",
+    "fedctl data shard glue --task sst2 --clients 5 --mode iid --seed 123 --out shards/",
+    "fedctl train lora --model roberta-base --task sst2 --shards shards/ --rounds 5 --local-epochs 1 "
+    "--lora-r 8 --lora-alpha 8 --lora-dropout 0 --target-modules query value --merge svd --svd-rank 8",
+    "fedctl train lora --task mrpc --data-dir glue_data/ --merge naive --strategy fedprox --eval-clients",
+    "fedctl train lora --config lora_roberta_sst2 --init-adapter runs/prev/final/hf --save-clients",
+)
+FLAGS = (
+    Flag("task.model", "--model", "Base model: a local folder or a HF id in the cache. Default: demo MiniLM, or roberta-base with --task."),
+    Flag("task.glue_task", "--task", "GLUE task: cola sst2 mrpc qqp stsb mnli qnli rte wnli. Default: the demo sentiment task."),
+    Flag("task.data_dir", "--data-dir", "Local GLUE files (TSV layout, csv/json/parquet). Default: the datasets cache."),
+    Flag("task.shards", "--shards", "Folder from `fedctl data shard glue` (sets --clients). Default: stratified IID."),
+    Flag("task.local_epochs", "--local-epochs", "Passes over each client's shard per round.", float),
+    Flag("task.local_updates", "--local-updates", "Optimizer steps per client per round (overrides --local-epochs).", int),
+    Flag("task.lora_r", "--lora-r", "LoRA rank the clients train at.", int),
+    Flag("task.lora_alpha", "--lora-alpha", "LoRA alpha (scale = alpha / r).", float),
+    Flag("task.lora_dropout", "--lora-dropout", "Dropout on the LoRA input.", float),
+    Flag("task.target_modules", "--target-modules", "Linear layers to adapt: query value (several values after one flag).", list),
+    Flag("task.merge", "--merge", "LoRA aggregation space: svd (mean of ΔW, refactored) or naive (average A and B)."),
+    Flag("task.svd_rank", "--svd-rank", "Rank of the fused adapter with --merge svd (≤ --lora-r).", int),
+    Flag("task.init_adapter", "--init-adapter", "Warm start from a peft adapter folder."),
+    Flag("task.lr", "--lr", "Client AdamW learning rate.", float),
+    Flag("task.batch_size", "--batch-size", "Training examples per step.", int),
+    Flag("task.eval_batch_size", "--eval-batch-size", "Examples per evaluation forward pass.", int),
+    Flag("task.max_length", "--max-length", "Tokens per example.", int),
+    Flag("federation.eval_every", "--eval-each-round", "Evaluate the global model after every round.", bool, const=1),
+    Flag("federation.eval_clients", "--eval-clients", "Also evaluate on every client's data.", bool, const=True),
+    Flag("task.save_clients", "--save-clients", "Keep every client's adapter of every round.", bool, const=True),
+)
+
+
+def command_flags(values: dict[str, Any], *, config_given: bool, resume: bool) -> dict[str, Any]:
+    """`train lora` fine-tunes with LoRA; without a config, model or task it is the offline demo (3 clients,
+    3 rounds reach ≥ 80% validation accuracy in about a minute on 2 cores); --shards sets --clients."""
+    values = dict(values)
+    if not resume:
+        values["task.finetune"] = "lora"
+        demo = not config_given and values.get("task.model") is None and values.get("task.glue_task") is None
+        if demo:
+            if values.get("federation.clients") is None and values.get("task.shards") is None:
+                values["federation.clients"] = 3
+            if values.get("federation.rounds") is None:
+                values["federation.rounds"] = 3
+        if values.get("task.shards") is not None and values.get("federation.clients") is None:
+            from fedctl.data.glue.shard import count_shards
+
+            values["federation.clients"] = count_shards(values["task.shards"])
+    return values

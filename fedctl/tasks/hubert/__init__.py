@@ -1,8 +1,12 @@
 """Federated HuBERT pretraining: `HubertTask(HubertPretrainConfig(...), TaskContext(...))`."""
 
-from fedctl.tasks.hubert.config import HubertPretrainConfig
-from fedctl.tasks.hubert.model import HubertPretrainModel
-from fedctl.tasks.hubert.presets import PRESETS
-from fedctl.tasks.hubert.task import HubertTask
+from fedctl.utils.lazy import lazy_exports
 
-__all__ = ["HubertPretrainConfig", "HubertPretrainModel", "HubertTask", "PRESETS"]
+_EXPORTS = {
+    "HubertPretrainConfig": "config",
+    "HubertPretrainModel": "model",
+    "HubertTask": "task",
+    "PRESETS": "presets",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

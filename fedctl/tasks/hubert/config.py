@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedctl.core.config import Flag
+
 
 @dataclass
 class HubertPretrainConfig:
@@ -56,3 +58,24 @@ class HubertPretrainConfig:
     # ---- evaluation and client statistics
     eval_batches: int = 0  # cap on validation batches per evaluation (0 = all)
     stat_seconds: float = 2.0  # crop of each held-out utterance used for FedEntropy/FedFisher statistics
+
+
+# ---- the workload command: `fedctl train hubert` (shared flags: fedctl/cli/options.py)
+COMMAND = "hubert"
+SUMMARY = "Federated HuBERT pretraining: masked prediction of k-means labels (transformers HubertModel)."
+EXAMPLES = (
+    "fedctl train hubert --preset tiny",
+    "fedctl train hubert --config hubert_tiny",
+    "fedctl train hubert --parts parts/ --labels labels/ --rounds 100 --strategy fedadam",
+    "fedctl train hubert --config hubert-base --parts parts/ --labels labels/ --eval-clients",
+    "fedctl train hubert --out runs/hubert --resume --rounds 200",
+)
+SPEECH_FLAGS = (
+    Flag("task.parts", "--parts", "Partition folder (`fedctl data partition librispeech`). Default: synth demo."),
+    Flag("task.labels", "--labels", "k-means label folder (`fedctl data kmeans`) for the same partition."),
+    Flag("task.local_updates", "--local-updates", "Optimizer steps per client per round.", int),
+    Flag("task.lr", "--lr", "Client AdamW peak learning rate.", float),
+    Flag("task.max_batch_seconds", "--max-batch-seconds", "Audio seconds per micro-batch.", float),
+    Flag("federation.eval_clients", "--eval-clients", "Also evaluate on each client's held-out audio.", bool),
+)
+FLAGS = (Flag("task.preset", "--preset", "base (HuBERT Base, default) or tiny (CPU demo)."), *SPEECH_FLAGS)

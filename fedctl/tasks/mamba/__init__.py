@@ -1,7 +1,11 @@
 """The Mamba2 language-model workload: `MambaTask(MambaConfig(...), TaskContext(...))`."""
 
-from fedctl.tasks.mamba.config import MambaConfig
-from fedctl.tasks.mamba.presets import PRESETS
-from fedctl.tasks.mamba.task import MambaTask
+from fedctl.utils.lazy import lazy_exports
 
-__all__ = ["MambaConfig", "MambaTask", "PRESETS"]
+_EXPORTS = {
+    "MambaConfig": "config",
+    "MambaTask": "task",
+    "PRESETS": "presets",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fedctl.core.config import Flag
+
 
 @dataclass
 class MambaConfig:
@@ -39,3 +41,23 @@ class MambaConfig:
     eval_batches: int = 16  # cap on validation batches per evaluation (0 = the whole validation set)
     sample_tokens: int = 40  # length of the generated sample printed at the end
     sample_prompt: str = "the"  # prompt of that sample
+
+
+# ---- the workload command: `fedctl train mamba` (shared flags: fedctl/cli/options.py)
+COMMAND = "mamba"
+SUMMARY = "Federated Mamba2 language model (transformers Mamba2ForCausalLM)."
+EXAMPLES = (
+    "fedctl train mamba",
+    "fedctl train mamba --config pure_ssm_2_layer --data wikitext-2 --rounds 50",
+    "fedctl train mamba --strategy fedavgm --set federation.strategy_args.server_momentum=0.9",
+    "fedctl train mamba --out runs/mamba --resume --rounds 20",
+)
+FLAGS = (
+    Flag("task.data", "--data", "Text file, directory (wiki.train.raw / train.txt …) or 'wikitext-2'. Default: demo corpus."),
+    Flag("task.preset", "--preset", "tiny, pure_ssm_1_layer, pure_ssm_2_layer, pure_ssm_4_layer."),
+    Flag("task.local_updates", "--local-updates", "Optimizer steps per client per round.", int),
+    Flag("task.lr", "--lr", "Client learning rate.", float),
+    Flag("task.batch_size", "--batch-size", "Sequences per step.", int),
+    Flag("task.seq_len", "--seq-len", "Tokens per sequence.", int),
+    Flag("task.tokenizer", "--tokenizer", "tokenizer.json or a HF tokenizer dir."),
+)
