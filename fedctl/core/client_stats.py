@@ -104,6 +104,9 @@ def diagonal_fisher(
     Per-example gradients are vectorised with torch.func `vmap(grad)` over chunks of `chunk`
     examples; `mode` "true" samples y from the model, "empirical" uses the observed labels.
     """
+    if not task.vmap_safe:
+        return diagonal_fisher_loop(task, model, client_id, mode=mode, max_examples=max_examples, seed=seed,
+                                    chunk=chunk, keys=keys)
     inputs = task.stat_examples(client_id, max_examples)
     was_training = model.training
     model.eval()
@@ -133,11 +136,13 @@ def diagonal_fisher(
     return {n[len("inner."):]: f.div_(n_total) for n, f in fisher.items()}
 
 
-def diagonal_fisher_loop(task, model, client_id, *, mode="true", max_examples=64, seed=0, chunk=8):
-    """Reference: the same Fisher with one backward pass per example (for tests and the benchmark)."""
+def diagonal_fisher_loop(task, model, client_id, *, mode="true", max_examples=64, seed=0, chunk=8, keys=None):
+    """The same Fisher with one backward pass per example: the reference for tests and the benchmark, and the
+    path for tasks whose forward cannot run under vmap (`Task.vmap_safe` false)."""
     inputs = task.stat_examples(client_id, max_examples)
+    was_training = model.training
     model.eval()
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and (keys is None or n in keys)]
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params}
     n_total = 0
     for i, batch in enumerate(_batches(inputs, chunk)):
@@ -151,6 +156,9 @@ def diagonal_fisher_loop(task, model, client_id, *, mode="true", max_examples=64
                 fisher[n].add_(p.grad.float().pow(2))
             n_total += 1
     model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    if n_total == 0:
+        raise FedctlError(f"client {client_id} has no examples to estimate the Fisher on", "give every client data")
     return {n: f / n_total for n, f in fisher.items()}
 
 

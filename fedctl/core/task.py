@@ -137,6 +137,7 @@ class Task(ABC):
     """
 
     name: ClassVar[str]
+    vmap_safe: ClassVar[bool] = True  # forward_logits runs under torch.func.vmap (else: per-example Fisher loop)
     training: LocalTraining
 
     # -- the model and its clients

@@ -58,6 +58,7 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("glue", "fedctl.tasks.glue", "GlueConfig", "GlueTask", prepare_flags="command_flags"),
     Workload("hubert", "fedctl.tasks.hubert", "HubertPretrainConfig", "HubertTask"),
     Workload("distill", "fedctl.tasks.distill", "DistillConfig", "DistillTask"),
+    Workload("asr", "fedctl.tasks.asr", "AsrConfig", "AsrTask"),
 )}
 
 

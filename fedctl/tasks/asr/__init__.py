@@ -7,6 +7,9 @@ The ground of the gradient-inversion attacks (`fedctl attack ds1|ds2`); see
 from fedctl.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "AsrConfig": "config",
+    "AsrTask": "task",
+    "load_asr_model": "task",
     "AsrUtterance": "data",
     "BLANK": "text",
     "DS1Config": "models",
