@@ -1,0 +1,141 @@
+"""The one client trainer: its schedule, and that `local_updates` / `local_epochs` mean the same in every workload."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from fedctl.core import local
+from fedctl.core.local import LocalTraining, schedule
+from fedctl.core.task import ClientConfig, TaskContext
+
+CPU = torch.device("cpu")
+
+
+def windows_without_repeats(draws: list[int], n: int) -> bool:
+    """Every run of n consecutive draws (epoch 1, epoch 2, …) holds each item at most once."""
+    return all(len(set(draws[i : i + n])) == len(draws[i : i + n]) for i in range(0, len(draws), n))
+
+
+# ---------------------------------------------------------------------------------- the schedule
+
+
+def test_local_updates_take_full_batches_without_replacement_across_epochs():
+    t = LocalTraining(lr=1.0, batch_size=4, local_updates=7, grad_accum=2)
+    steps = schedule(t, 10, torch.Generator().manual_seed(0))
+    assert len(steps) == 7 == t.steps_per_round(10)
+    assert all(len(group) == 2 and all(len(mb) == 4 for mb in group) for group in steps)
+    draws = [int(i) for group in steps for mb in group for i in mb]
+    assert len(draws) == 56 and windows_without_repeats(draws, 10)
+    assert sorted(draws[:10]) == list(range(10)) and sorted(draws[40:50]) == list(range(10))
+    # the same seed draws the same schedule, another seed another one
+    again = schedule(t, 10, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for ga, gb in zip(steps, again) for a, b in zip(ga, gb))
+    other = [int(i) for g in schedule(t, 10, torch.Generator().manual_seed(1)) for mb in g for i in mb]
+    assert other != draws
+
+
+def test_local_epochs_visit_every_item_once_per_epoch():
+    t = LocalTraining(lr=1.0, batch_size=8, local_updates=0, local_epochs=2.0)
+    steps = schedule(t, 20, torch.Generator().manual_seed(0))
+    sizes = [len(mb) for group in steps for mb in group]
+    assert sizes == [8, 8, 8, 8, 8] and len(steps) == 5 == t.steps_per_round(20)  # 40 items, batches cross epochs
+    draws = [int(i) for group in steps for mb in group for i in mb]
+    assert sorted(draws[:20]) == list(range(20)) and sorted(draws[20:]) == list(range(20))
+    half = LocalTraining(lr=1.0, batch_size=8, local_updates=0, local_epochs=0.5, grad_accum=2)
+    steps = schedule(half, 20, torch.Generator().manual_seed(0))
+    assert [len(mb) for g in steps for mb in g] == [8, 2] and len(steps) == 1 == half.steps_per_round(20)
+
+
+def test_warmup_is_linear_over_the_global_step():
+    t = LocalTraining(lr=0.4, warmup_steps=4)
+    assert [t.lr_at(0.4, s) for s in range(6)] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
+    assert LocalTraining(lr=0.4).lr_at(0.4, 0) == 0.4
+
+
+# ------------------------------------------------------------------------- every workload, one meaning
+
+
+def _mamba(tmp):
+    from fedctl.tasks.mamba import MambaConfig, MambaTask
+
+    cfg = MambaConfig(preset="tiny", demo_sentences=100, seq_len=16, vocab_size=300, batch_size=8, chunk_size=16)
+    return MambaTask(cfg, TaskContext(num_clients=2, seed=0, device=CPU, log=lambda _: None))
+
+
+def _glue(tmp):
+    from fedctl.tasks.glue import GlueConfig, GlueTask
+
+    cfg = GlueConfig(demo_train_examples=60, demo_val_examples=10, max_length=16, batch_size=4)
+    return GlueTask(cfg, TaskContext(num_clients=2, seed=0, device=CPU, log=lambda _: None))
+
+
+def _speech(tmp):
+    from fedctl.tasks.hubert import data as hdata
+
+    return hdata.demo_data(tmp, 2, 4, 4, 8, lambda _: None)
+
+
+def _hubert(tmp):
+    from fedctl.tasks.hubert import HubertPretrainConfig, HubertTask
+
+    parts, labels = _speech(tmp)
+    cfg = HubertPretrainConfig(preset="tiny", parts=str(parts), labels=str(labels), max_batch_seconds=3.0)
+    return HubertTask(cfg, TaskContext(num_clients=2, seed=0, device=CPU, run_dir=tmp, log=lambda _: None))
+
+
+def _distill(tmp):
+    from fedctl.tasks.distill import DistillConfig, DistillTask
+    from fedctl.tasks.hubert.model import export_pretrained
+
+    teacher_task = _hubert(tmp)
+    hf = export_pretrained(teacher_task.build_model().eval(), tmp / "teacher")
+    parts, labels = _speech(tmp)
+    cfg = DistillConfig(teacher=str(hf), parts=str(parts), labels=str(labels), student_layers=1, max_batch_seconds=3.0)
+    return DistillTask(cfg, TaskContext(num_clients=2, seed=0, device=CPU, run_dir=tmp, log=lambda _: None))
+
+
+def _asr(tmp):
+    from fedctl.tasks.asr import AsrConfig, AsrTask
+    from fedctl.tasks.asr.task import demo_partition
+
+    parts = demo_partition(tmp, 2, 2, 5, lambda _: None)
+    return AsrTask(AsrConfig(parts=str(parts), batch_size=3), TaskContext(num_clients=2, seed=0, device=CPU, log=lambda _: None))
+
+
+@pytest.mark.parametrize("build", [_mamba, _glue, _hubert, _distill, _asr], ids=lambda f: f.__name__[1:])
+def test_every_workload_takes_exactly_its_steps_and_sees_each_item_once_per_epoch(build, tmp_path, monkeypatch):
+    task = build(tmp_path)
+    cid = task.client_ids()[0]
+    n = task.train_items(cid)
+    drawn: list[int] = []
+    make_batch = task.make_batch
+    monkeypatch.setattr(task, "make_batch", lambda c, items, gen: (drawn.extend(items.tolist()), make_batch(c, items, gen))[1])
+    steps_taken = []
+    make_optimizer = local.make_optimizer
+
+    def counting_optimizer(*args, **kwargs):
+        opt = make_optimizer(*args, **kwargs)
+        step = opt.step
+        opt.step = lambda *a, **k: (steps_taken.append(1), step(*a, **k))[1]
+        return opt
+
+    monkeypatch.setattr(local, "make_optimizer", counting_optimizer)
+    per_micro = task.training.batch_size
+    for mode in (dict(local_updates=3, grad_accum=2), dict(local_updates=0, local_epochs=1.0, grad_accum=1)):
+        task.training = dataclasses.replace(task.training, **mode)
+        drawn.clear()
+        steps_taken.clear()
+        model = task.build_model()
+        result = local.fit(task, model, cid, ClientConfig(server_round=1, client_index=0, seed=5))
+        expected = task.training.steps_per_round(n)
+        assert len(steps_taken) == expected == result.metrics["steps"], (task.name, mode)
+        if mode["local_updates"]:
+            assert expected == 3 and len(drawn) == 3 * 2 * per_micro  # full micro-batches, 2 per step
+        else:
+            assert sorted(drawn) == list(range(n))  # one epoch: every item exactly once
+        assert windows_without_repeats(drawn, n), (task.name, mode)
+        assert result.num_examples == task.num_examples(cid) and math.isfinite(result.metrics["train_loss"])
