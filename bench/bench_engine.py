@@ -150,12 +150,21 @@ def bench_overhead(clients: int = 4, local_updates: int = 8, rounds: int = 3, re
             run_federated(task, build_strategy("fedavg"), fed, seed=0)
 
         def plain():
-            # the same K × E steps on the same batches: no broadcast, aggregation or evaluation
-            model = task.build_model()
+            # the same K × E steps on the same batches (the trainer's documented schedule), written out:
+            # no broadcast, aggregation or evaluation
+            from fedctl.core.local import schedule
+
+            model, t = task.build_model(), task.training
             for r in range(1, rounds + 1):
                 for k, cid in enumerate(task.client_ids()):
-                    opt = task.make_optimizer(model)
-                    task.train_steps(model, opt, task.batches(task.shard(cid), client_seed(0, r, k)))
+                    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+                    gen = torch.Generator().manual_seed(client_seed(0, r, k))
+                    for group in schedule(t, task.train_items(cid), gen):
+                        for items in group:
+                            task.loss(model, task.make_batch(cid, items, gen))[0].backward()
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                        opt.step()
+                        opt.zero_grad(set_to_none=True)
 
         engine()  # warm-up (allocator, kernels)
         t_plain, t_engine = float("inf"), float("inf")

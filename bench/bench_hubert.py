@@ -33,23 +33,32 @@ def _task(root: Path, local_updates: int, **arch):
     return HubertTask(cfg, TaskContext(num_clients=1, seed=0, device=device, run_dir=root, log=lambda _: None))
 
 
+def batches(task, server_round: int):
+    """Client 0's micro-batches of a round as the engine's trainer draws them (its documented schedule)."""
+    from fedctl.core.local import schedule
+    from fedctl.core.task import client_seed
+
+    gen = torch.Generator().manual_seed(client_seed(0, server_round, 0))
+    for group in schedule(task.training, task.train_items("client_000"), gen):
+        for items in group:
+            yield task.make_batch("client_000", items, gen)
+
+
 def plain_loop(task, rounds: int) -> tuple[float, float]:
     """A plain loop: the same model, micro-batches (client 0's per-round seeds) and objective (task.loss),
     a fresh AdamW each round as the engine's client gets; no broadcast, aggregation, checkpoints or events."""
-    from fedctl.core.task import client_seed
-
     model = task.build_model()
     seconds, start = 0.0, time.perf_counter()
     for r in range(1, rounds + 1):
         opt = torch.optim.AdamW(model.parameters(), lr=task.train_cfg["lr"], betas=(0.9, 0.98), eps=1e-6,
                                 weight_decay=0.01)
-        for audio, labels, mask in task.micro_batches("client_000", client_seed(0, r, 0)):
-            loss, _ = task.loss(model, audio, labels, mask)
+        for batch in batches(task, r):
+            loss, _ = task.loss(model, batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
-            seconds += audio.numel() / 16000
+            seconds += batch[0].numel() / 16000
     return seconds, time.perf_counter() - start
 
 
@@ -66,14 +75,8 @@ def engine_run(task, rounds: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     task.evaluate(task.build_model())
     elapsed -= time.perf_counter() - t0
-    steps = task.steps_per_round(len(task.batches.train["client_000"]))
-    seconds = 0.0
-    for r in range(1, rounds + 1):  # the same batches the engine drew (recomputed, not timed)
-        from fedctl.core.task import client_seed
-
-        for audio, _, _ in task.micro_batches("client_000", client_seed(0, r, 0)):
-            seconds += audio.numel() / 16000
-    assert steps > 0
+    # the same batches the engine drew (recomputed, not timed)
+    seconds = sum(batch[0].numel() / 16000 for r in range(1, rounds + 1) for batch in batches(task, r))
     return seconds, elapsed
 
 
