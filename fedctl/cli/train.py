@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from pathlib import Path
 from typing import Annotated, Any
@@ -204,7 +203,9 @@ def _register_commands() -> None:
 
     for workload in WORKLOADS.values():
         workload_command(workload)
-    importlib.import_module("fedctl.cli.train_flower")  # `fedctl train flower-app`
+    from fedctl.cli import train_flower
+
+    app.command("flower-app", epilog=train_flower.EPILOG)(train_flower.flower_app)
 
 
 _register_commands()

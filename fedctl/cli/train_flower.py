@@ -18,7 +18,6 @@ from fedctl.cli.options import (
     SetOpt,
     StrategyOpt,
 )
-from fedctl.cli.train import app
 
 AppDirOpt = Annotated[Path | None, typer.Option("--app", help="Flower App directory to write (default: RUN_DIR/flower-app).")]
 TaskOpt = Annotated[str | None, typer.Option("--task", help="Workload when --config does not name one (default mamba).")]
@@ -26,10 +25,12 @@ PortOpt = Annotated[int, typer.Option("--superlink-port", help="Port of the Supe
 NodePortOpt = Annotated[int, typer.Option("--supernode-port", help="Runtime API port of SuperNode 0 (node k: +k).")]
 
 
-@app.command("flower-app", epilog=(
+EPILOG = (
     "Examples:\n\n  fedctl train flower-app --config mamba_tiny --out runs/mamba-flower\n\n"
     "  fedctl train flower-app --config mamba_tiny --clients 2 --rounds 3 --app flower-app/\n\n"
-    "  fedctl train flower-app --config ssm_study_fedfisher --set federation.clients=2"))
+    "  fedctl train flower-app --config ssm_study_fedfisher --set federation.clients=2")
+
+
 def flower_app(
     config: ConfigOpt = None,
     sets: SetOpt = None,

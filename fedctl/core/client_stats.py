@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedctl.core.task import ClientInstructions, Task
+from fedctl.core.instructions import ClientInstructions
+from fedctl.core.task import Task
 from fedctl.errors import FedctlError
 
 IGNORE = -100

@@ -26,9 +26,10 @@ from fedctl.core import client_stats, local
 from fedctl.core.aggregate import State, all_finite, state_nbytes
 from fedctl.core.config import FederationConfig
 from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
+from fedctl.core.instructions import ClientInstructions
 from fedctl.core.rundir import RunDir
 from fedctl.core.strategies import ClientUpdate, Strategy
-from fedctl.core.task import ClientConfig, ClientInstructions, Task, client_seed
+from fedctl.core.task import ClientConfig, Task, client_seed
 from fedctl.errors import FedctlError
 
 EventSink = Callable[[object], None]

@@ -8,19 +8,20 @@ says the workload has nothing to add (no export, no description) — never a sil
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
+from fedctl.core.instructions import ClientInstructions
 from fedctl.errors import FedctlError
 
 if TYPE_CHECKING:
-    from fedctl.core.local import LocalTraining
     from fedctl.core.rundir import RunDir
     from fedctl.core.strategies.base import Strategy
 
@@ -47,50 +48,37 @@ class TaskContext:
         return None if self.run_dir is None else self.run_dir.path
 
 
-# ----------------------------------------------------------------------------------- instructions
+@dataclass
+class LocalTraining:
+    """How a client trains in one round; every workload resolves its config to one of these."""
 
+    lr: float
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0  # linear warmup over the global step, then constant
+    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+    batch_size: int = 1  # items per micro-batch
+    local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
+    local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
+    amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
 
-@dataclass(frozen=True)
-class EntropyRequest:
-    """FedEntropy asks each client for its model's mean predictive entropy on up to `max_examples`."""
+    def micro_batches(self, num_items: int) -> int:
+        """Micro-batches one client takes per round."""
+        if self.local_updates > 0:
+            return self.local_updates * self.grad_accum
+        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.batch_size))
 
-    max_examples: int = 64
+    def steps_per_round(self, num_items: int) -> int:
+        """Optimizer steps one client takes per round."""
+        if self.local_updates > 0:
+            return self.local_updates
+        return math.ceil(self.micro_batches(num_items) / self.grad_accum)
 
-
-@dataclass(frozen=True)
-class FisherRequest:
-    """FedFisher asks each client for the diagonal Fisher of its trained parameters."""
-
-    mode: str = "true"  # "true": labels sampled from the model; "empirical": observed labels
-    max_examples: int = 64
-    chunk: int = 8  # examples per vmap(grad) call
-
-
-@dataclass(frozen=True)
-class ClientInstructions:
-    """What a strategy tells every sampled client for one round (Flower's fit config, typed)."""
-
-    proximal_mu: float = 0.0  # FedProx: add (mu/2)·||w − w_global||² to the local loss
-    client_lr: float | None = None  # FedOpt's eta_l: overrides the workload's learning rate
-    entropy: EntropyRequest | None = None  # statistics to measure after training
-    fisher: FisherRequest | None = None
-
-    @property
-    def wants_stats(self) -> bool:
-        return self.entropy is not None or self.fisher is not None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (Flower messages carry them as text)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClientInstructions:
-        return cls(
-            proximal_mu=float(data.get("proximal_mu", 0.0)),
-            client_lr=None if data.get("client_lr") is None else float(data["client_lr"]),
-            entropy=EntropyRequest(**data["entropy"]) if data.get("entropy") else None,
-            fisher=FisherRequest(**data["fisher"]) if data.get("fisher") else None,
-        )
+    def lr_at(self, peak: float, global_step: int) -> float:
+        """Linear warmup to `peak` over `warmup_steps` global steps, then constant."""
+        return peak * min(1.0, (global_step + 1) / self.warmup_steps) if self.warmup_steps > 0 else peak
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fedctl.core.task import ClientInstructions
+from fedctl.core.instructions import ClientInstructions
 
 CLIENT_FAILED = 7001  # flwr Error code: the client's task raised; the server leaves the client out
 BAD_INSTRUCTION = 7002  # flwr Error code: the message does not fit this node (wrong partition, bad config)

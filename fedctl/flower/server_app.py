@@ -33,8 +33,8 @@ from fedctl.core.config import dump_yaml
 from fedctl.core.engine import ClientOutcome, Run
 from fedctl.core.events import CheckpointSaved, ClientFailed, RoundFinished, RunFinished, RunStarted
 from fedctl.core.events import Message as EventMessage
+from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies import ClientUpdate
-from fedctl.core.task import ClientInstructions
 from fedctl.errors import FedctlError
 from fedctl.flower import codec
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from fedctl.core.aggregate import WeightedMean, coordinate_median, krum_scores, trimmed_mean
+from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies import ClientUpdate, build_strategy
-from fedctl.core.task import ClientInstructions
 from fedctl.errors import FedctlError
 
 

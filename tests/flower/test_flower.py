@@ -22,8 +22,8 @@ from typer.testing import CliRunner  # noqa: E402
 from fedctl.core.config import FederationConfig  # noqa: E402
 from fedctl.core.engine import run_federated  # noqa: E402
 from fedctl.core.events import ClientFailed  # noqa: E402
+from fedctl.core.instructions import ClientInstructions  # noqa: E402
 from fedctl.core.strategies import build_strategy  # noqa: E402
-from fedctl.core.task import ClientInstructions  # noqa: E402
 from fedctl.errors import FedctlError  # noqa: E402
 from fedctl.flower import codec  # noqa: E402
 from fedctl.flower.client_app import make_client_app  # noqa: E402

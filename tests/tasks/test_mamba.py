@@ -10,7 +10,8 @@ import torch
 from tokenizers import Tokenizer
 
 from fedctl.core import local
-from fedctl.core.task import ClientConfig, ClientInstructions, TaskContext, proximal_term
+from fedctl.core.instructions import ClientInstructions
+from fedctl.core.task import ClientConfig, TaskContext, proximal_term
 from fedctl.errors import FedctlError
 from fedctl.tasks.mamba import MambaConfig, MambaTask
 from fedctl.tasks.mamba import data as mdata

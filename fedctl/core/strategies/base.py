@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedctl.core.aggregate import State, WeightedMean
-from fedctl.core.task import ClientInstructions
+from fedctl.core.instructions import ClientInstructions
 
 
 @dataclass

@@ -16,8 +16,8 @@ import math
 from typing import Any
 
 from fedctl.core.aggregate import State, WeightedMean
+from fedctl.core.instructions import ClientInstructions, EntropyRequest
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
-from fedctl.core.task import ClientInstructions, EntropyRequest
 
 
 class EntropyWeightedMean(Aggregator):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 
 from fedctl.core.aggregate import State, WeightedMean
+from fedctl.core.instructions import ClientInstructions, FisherRequest
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
-from fedctl.core.task import ClientInstructions, FisherRequest
 
 
 class FisherWeightedMean(Aggregator):

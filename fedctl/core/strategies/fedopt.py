@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from fedctl.core.aggregate import State
+from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies.base import Strategy
-from fedctl.core.task import ClientInstructions
 
 
 class FedOpt(Strategy):

@@ -6,8 +6,8 @@ the server aggregates like FedAvg.
 
 from __future__ import annotations
 
+from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies.base import Strategy
-from fedctl.core.task import ClientInstructions
 
 
 class FedProx(Strategy):

@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from fedctl.core.aggregate import State
+from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
-from fedctl.core.task import ClientInstructions, client_seed
+from fedctl.core.task import client_seed
 from fedctl.errors import FedctlError
 
 MERGES = ("svd", "naive")
