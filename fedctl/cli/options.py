@@ -26,6 +26,10 @@ StrategyOpt = Annotated[
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (sampling, init, data order).")]
 OutDirOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace --out if it holds an earlier fedctl output (never anything else)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 SaveDeltasOpt = Annotated[

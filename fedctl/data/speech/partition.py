@@ -25,7 +25,7 @@ import numpy as np
 
 from fedctl.data.speech.librispeech import BadFile, Utterance, index_librispeech
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_dir
+from fedctl.utils.io import atomic_dir, check_not_input, check_out_dir
 
 SCHEMES = ("speaker", "iid", "dirichlet")
 MAX_DIRICHLET_DRAWS = 100
@@ -137,6 +137,7 @@ def partition_librispeech(
     val_fraction: float = 0.2,
     seed: int = 0,
     strict: bool = False,
+    overwrite: bool = False,
 ) -> PartitionResult:
     """Index `roots`, split across `clients`, write manifests + summary.json to `out` (atomically)."""
     if by not in SCHEMES:
@@ -145,6 +146,8 @@ def partition_librispeech(
         raise FedctlError(f"--clients must be >= 1, got {clients}", "e.g. --clients 10")
     if not 0 <= val_fraction < 1:
         raise FedctlError(f"--val-fraction must be in [0, 1), got {val_fraction}", "e.g. --val-fraction 0.2")
+    check_not_input(out, list(roots), "--out")
+    check_out_dir(out, overwrite=overwrite)
     index = index_librispeech(list(roots))
     bad = index.bad_files
     if bad and strict:
@@ -197,7 +200,7 @@ def partition_librispeech(
         "bad_files": [{"path": b.path, "reason": b.reason} for b in bad],
     }
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         for k, part in enumerate(parts):
             (tmp / f"{client_name(k)}.jsonl").write_text(
                 "".join(json.dumps(u.to_json()) + "\n" for u in part), encoding="utf-8"
