@@ -17,6 +17,7 @@ duration, num_samples, sample_rate, speaker, chapter, transcript, split, and pho
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,13 +222,38 @@ def read_partition(parts: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         manifests = {}
+        if not isinstance(summary, dict) or not isinstance(summary.get("per_client"), list):
+            raise ValueError("summary.json has no per_client list")
         for c in summary["per_client"]:
+            if not isinstance(c, dict) or not isinstance(c.get("manifest"), str) or not isinstance(c.get("client_id"), str):
+                raise ValueError(f"summary.json per_client entry {c!r:.80} lacks client_id / manifest names")
             path = parts / c["manifest"]
             manifests[c["client_id"]] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
                                          if line.strip()]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        for client_id, rows in manifests.items():
+            for number, row in enumerate(rows, 1):
+                problem = _row_problem(row)
+                if problem:
+                    raise ValueError(f"{client_id} manifest line {number}: {problem}")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise FedctlError(
-            f"partition folder {parts} is damaged ({type(exc).__name__}: {exc})",
+            f"partition folder {parts} is damaged ({type(exc).__name__}: {str(exc)[:200]})",
             "re-run `fedctl data partition librispeech` to rewrite it",
-        ) from exc
+        ) from None
     return summary, manifests
+
+
+def _row_problem(row) -> str | None:
+    """What is wrong with one manifest row as later stages read it, or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("path"), str) or not os.path.isabs(row["path"]):
+        return f"'path' = {row.get('path')!r:.80} is not an absolute path"
+    n = row.get("num_samples")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return f"'num_samples' = {n!r:.40} is not a positive integer"
+    if row.get("phones") is not None and not isinstance(row["phones"], str):
+        return f"'phones' = {row['phones']!r:.40} is not a path"
+    if row.get("split", "train") not in ("train", "val"):
+        return f"'split' = {row.get('split')!r:.40} is not train or val"
+    return None
