@@ -16,5 +16,7 @@ class LinearConfig:
 
 
 class LinearWorkloadTask(LinearTask):
+    name = "mamba"  # it stands in for the mamba workload (see the linear_cli fixture)
+
     def __init__(self, cfg: LinearConfig, ctx) -> None:
         super().__init__(num_clients=ctx.num_clients, steps=cfg.steps, lr=cfg.lr, seed=ctx.seed, optimizer="sgd")

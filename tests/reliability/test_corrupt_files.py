@@ -22,6 +22,7 @@ from tests.reliability.helpers import assert_ok_or_user_error, assert_user_error
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FEW = settings(SETTINGS, max_examples=8)
+PLOTTING = settings(SETTINGS, max_examples=10)  # a readable input costs a matplotlib figure (~0.5 s)
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -128,7 +129,7 @@ def _deltas_run(root: Path) -> Path:
     return root
 
 
-@SETTINGS
+@PLOTTING
 @given(data=st.data())
 def test_inspect_deltas_damaged_file(data):
     with tempfile.TemporaryDirectory() as tmp:
@@ -161,7 +162,7 @@ def _metrics_lines() -> list[dict]:
         {"type": "eval", "scope": "global", "round": r, "val_loss": 1.2 / r} for r in (1, 2)]
 
 
-@SETTINGS
+@PLOTTING
 @given(lines=st.lists(json_values, min_size=1, max_size=5), metric=st.sampled_from([None, "val_loss", "x"]))
 def test_inspect_run_metrics_of_any_json_shape(lines, metric):
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,7 +174,7 @@ def test_inspect_run_metrics_of_any_json_shape(lines, metric):
         check_unchanged_on_error(res, before, run)
 
 
-@SETTINGS
+@PLOTTING
 @given(data=st.data())
 def test_inspect_run_damaged_bytes(data):
     good = "".join(json.dumps(v) + "\n" for v in _metrics_lines()).encode()
@@ -226,7 +227,7 @@ def test_merge_lora_alpha_eight_is_one_error(tmp_path):
     assert tree_state(tmp_path) == before
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=15)
 @given(data=st.data(), which=st.sampled_from(["adapter_model.safetensors", "adapter_config.json"]))
 def test_merge_damaged_adapter_files(data, which):
     with tempfile.TemporaryDirectory() as tmp:
