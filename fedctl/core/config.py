@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import types
 import typing
@@ -50,6 +51,20 @@ def check_plain_name(value: str, key: str) -> None:
         )
 
 
+def check_out_path(value: str, key: str) -> None:
+    """A run directory must be a folder or not exist yet, and no folder above it may be a file."""
+    if "\0" in value:
+        raise FedctlError(f"config key '{key}' = {value!r} holds a NUL byte", "pass a plain path, e.g. --out runs/exp1")
+    probe = Path(value).expanduser()
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if os.path.lexists(probe) and not probe.is_dir():
+        raise FedctlError(
+            f"config key '{key}' = {value!r}: {probe} is a file, not a folder",
+            "choose an --out folder that is not a file and does not lie under one",
+        )
+
+
 def check_seed(value: int, key: str) -> None:
     if not 0 <= value < SEED_LIMIT:
         raise FedctlError(f"config key '{key}' = {value} is out of range", f"use a seed between 0 and 2**63 - 1, e.g. --seed 0")
@@ -58,7 +73,7 @@ def check_seed(value: int, key: str) -> None:
 @dataclass
 class RunConfig:
     name: str = field(default="run", metadata={"check": check_plain_name})  # run name; the run directory defaults to runs/<name>
-    out: str | None = None  # run directory (overrides runs/<name>)
+    out: str | None = field(default=None, metadata={"check": check_out_path})  # run directory (overrides runs/<name>)
     seed: int = field(default=0, metadata={"check": check_seed})  # seeds model init, client sampling and every client's data order
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     threads: int = 0  # CPU threads for torch ops (0 = torch's default, all cores); 1 is fastest for tiny models

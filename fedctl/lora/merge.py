@@ -474,6 +474,12 @@ def merge_adapter_dirs(
             svd_rank if svd_rank is not None else max(a.shape[0] for c in clients for _, a in c.lora.values())
         )
         _check_svd_rank(r_out)
+        largest = max(max(b.shape[0], a.shape[1]) for c in clients for b, a in c.lora.values())
+        if r_out > largest:  # the padded factors would be allocated at this size (2**70 → crash)
+            raise FedctlError(
+                f"--svd-rank {r_out} exceeds the largest adapted dimension ({largest})",
+                f"use at most {largest}; a rank above min(d_out, d_in) of a module only adds zero padding",
+            )
         alpha_out = float(alpha) if alpha is not None else float(r_out)
         out_scale: Scale = alpha_out / r_out
         config.update(

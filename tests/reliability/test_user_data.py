@@ -204,3 +204,17 @@ def test_torch_write_failure_is_one_error(tmp_path, monkeypatch):
     with pytest.raises(FedctlError, match="cannot write"):
         io.torch_save({"x": 1}, tmp_path / "round_001.pt")
     assert (tmp_path / "round_001.pt").read_bytes() == b"old" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_train_out_that_is_a_file_or_under_one(linear_cli, tmp_path):
+    (tmp_path / "f.txt").write_text("precious\n")
+    before = tree_state(tmp_path)
+    for out in (tmp_path / "f.txt", tmp_path / "f.txt" / "run"):
+        assert "f.txt" in assert_user_error(linear_cli("train", "mamba", "--out", out))
+    assert tree_state(tmp_path) == before
+
+
+def test_svd_rank_beyond_the_module_is_one_error(tmp_path):
+    for rank in ("7", str(2**70)):
+        assert "--svd-rank" in assert_user_error(_merge(tmp_path, tmp_path / "out", "--svd-rank", rank))
+    assert not (tmp_path / "out").exists()

@@ -96,8 +96,8 @@ def category_shards(categories: Sequence[Any], num_clients: int, rng: np.random.
 def dirichlet_shards(keys: Sequence[Any], num_clients: int, alpha: float, rng: np.random.Generator,
                      max_tries: int = 100) -> list[list[int]]:
     """Per key, split its examples by proportions ~ Dir(alpha·1_K); redrawn until no client is empty."""
-    if not alpha > 0:
-        raise FedctlError(f"--alpha {alpha} must be > 0", "e.g. --alpha 0.5 (smaller: more label skew)")
+    if not (alpha > 0 and alpha != float("inf")):  # nan fails `> 0`; Dir(inf) is undefined
+        raise FedctlError(f"--alpha {alpha} must be a finite number > 0", "e.g. --alpha 0.5 (smaller: more label skew)")
     groups = list(_groups(keys).values())
     for _ in range(max_tries):
         shards: list[list[int]] = [[] for _ in range(num_clients)]

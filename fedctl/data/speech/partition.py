@@ -76,8 +76,8 @@ def split_dirichlet(
 ) -> list[list[Utterance]]:
     """Per speaker, proportions over clients ~ Dir(alpha); redraw until no client is empty."""
     _need_utterances(utterances, clients)
-    if alpha <= 0:
-        raise FedctlError(f"--alpha must be > 0, got {alpha}", "typical values: 0.1 (very skewed) to 100 (near iid)")
+    if not (alpha > 0 and alpha != float("inf")):  # nan fails `> 0`; Dir(inf) is undefined
+        raise FedctlError(f"--alpha must be a finite number > 0, got {alpha}", "typical values: 0.1 (very skewed) to 100 (near iid)")
     by_speaker: dict[str, list[int]] = defaultdict(list)
     for i, u in enumerate(utterances):
         by_speaker[u.speaker].append(i)
