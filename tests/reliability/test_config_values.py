@@ -53,8 +53,11 @@ def test_scientific_notation_through_the_cli(linear_cli, tmp_path):
     assert res.exit_code == 0, res.output
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["task"]["lr"] == 2e-3 and saved["federation"]["rounds"] == 1
-    res = linear_cli("train", "mamba", "--config", cfg, "--lr", "5e-4", "--out", tmp_path / "run2", "--json")
+    res = linear_cli("train", "mamba", "--config", cfg, "--lr", "5e-4", "--rounds", "2e0", "--clients", "3E0",
+                     "--out", tmp_path / "run2", "--json")
     assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())
+    assert saved["task"]["lr"] == 5e-4 and saved["federation"]["rounds"] == 2 and saved["federation"]["clients"] == 3
 
 
 # ------------------------------------------------------------------------------ class 9: finite at config time
