@@ -67,7 +67,7 @@ def check_out_path(value: str, key: str) -> None:
 
 def check_seed(value: int, key: str) -> None:
     if not 0 <= value < SEED_LIMIT:
-        raise FedctlError(f"config key '{key}' = {value} is out of range", f"use a seed between 0 and 2**63 - 1, e.g. --seed 0")
+        raise FedctlError(f"config key '{key}' = {value} is out of range", "use a seed between 0 and 2**63 - 1, e.g. --seed 0")
 
 
 @dataclass

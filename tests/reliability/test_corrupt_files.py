@@ -22,7 +22,8 @@ from tests.reliability.helpers import assert_ok_or_user_error, assert_user_error
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 FEW = settings(SETTINGS, max_examples=8)
-PLOTTING = settings(SETTINGS, max_examples=10)  # a readable input costs a matplotlib figure (~0.5 s)
+PLOTTING = settings(SETTINGS, max_examples=8)  # a readable input costs a matplotlib figure (~0.5 s)
+TYPES = settings(SETTINGS, max_examples=15)
 
 json_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
@@ -96,7 +97,7 @@ def test_inspect_ckpt_damaged_bytes(good_checkpoint, data):
         assert tree_state(Path(tmp)) == before  # inspect only reads
 
 
-@SETTINGS
+@TYPES
 @given(field=st.sampled_from(["round", "task", "strategy", "model", "strategy_state", "config", "metrics"]),
        value=torch_values, as_json=st.booleans())
 def test_inspect_ckpt_fields_of_wrong_type(field, value, as_json):
@@ -208,7 +209,7 @@ def _adapter(path: Path, seed: int, **config) -> Path:
     return path
 
 
-@SETTINGS
+@TYPES
 @given(field=st.sampled_from(["r", "lora_alpha", "use_rslora", "alpha_pattern", "rank_pattern", "peft_type",
                               "use_dora"]),
        value=json_values, method=st.sampled_from(["svd", "naive"]))
@@ -227,7 +228,7 @@ def test_merge_lora_alpha_eight_is_one_error(tmp_path):
     assert tree_state(tmp_path) == before
 
 
-@settings(SETTINGS, max_examples=15)
+@TYPES
 @given(data=st.data(), which=st.sampled_from(["adapter_model.safetensors", "adapter_config.json"]))
 def test_merge_damaged_adapter_files(data, which):
     with tempfile.TemporaryDirectory() as tmp:
