@@ -317,3 +317,20 @@ def test_kmeans_with_damaged_partition(parts, data):
         assert tree_state(p) == before
         if res.exit_code != 0:
             assert not (Path(tmp) / "labels").exists()
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("fmt", ["FLAC", "WAV"])
+def test_probe_detects_truncated_audio_of_both_formats(tmp_path, fraction, fmt):
+    import numpy as np
+    import soundfile as sf
+
+    from fedctl.data.speech.librispeech import _probe
+
+    path = tmp_path / f"u.{fmt.lower()}"
+    sf.write(path, (np.random.default_rng(0).standard_normal(16000) * 0.1).astype("float32"), 16000, format=fmt,
+             subtype="PCM_16")
+    assert _probe(path) == (16000, 16000, 1)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    assert "truncated" in _probe(path)
