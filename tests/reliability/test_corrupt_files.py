@@ -109,6 +109,16 @@ def test_inspect_ckpt_fields_of_wrong_type(field, value, as_json):
         assert_ok_or_user_error(res)
 
 
+def test_inspect_ckpt_json_of_crafted_fields(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"format": FORMAT, **_checkpoint_payload(), "config": {"x": torch.ones(2), "y": (1, 2), 3: "z"},
+                "metrics": [{"type": "fit", "v": torch.ones(3), "w": float("nan")}], "round": torch.tensor(7)}, path)
+    res = cli("inspect", "ckpt", path, "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["round"] == 7 and info["config"]["x"] == [1.0, 1.0] and info["last_fit"]["w"] is None
+
+
 def test_inspect_ckpt_crafted_model_field_is_an_error(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"format": FORMAT, **_checkpoint_payload(), "model": {"w": "not a tensor"}}, path)
