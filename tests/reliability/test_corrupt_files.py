@@ -344,3 +344,14 @@ def test_probe_detects_truncated_audio_of_both_formats(tmp_path, fraction, fmt):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     assert "truncated" in _probe(path)
+
+
+@pytest.mark.parametrize("config", [b"[1", b"\xff\xfe", b"[1, 2]", b'{"model_type": 5}'])
+def test_kmeans_hubert_model_folder_damaged(parts, tmp_path, config):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_bytes(config)
+    before = tree_state(tmp_path)
+    res = cli("data", "kmeans", "--parts", parts, "--features", "hubert", "--model", tmp_path / "m", "--out",
+              tmp_path / "labels")
+    assert "--model" in assert_user_error(res)
+    assert tree_state(tmp_path) == before
