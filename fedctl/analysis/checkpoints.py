@@ -21,6 +21,37 @@ def _tensor_rows(tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     return rows
 
 
+def _field(obj: dict, key: str, kind: type, path: Path, default: Any) -> Any:
+    """obj[key] if it has the expected type; a crafted or damaged checkpoint is a FedctlError."""
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, kind):
+        raise FedctlError(
+            f"checkpoint {path}: field '{key}' is a {type(value).__name__}, expected a {kind.__name__}",
+            "the file was not written by `fedctl train` or was altered; use another checkpoint of the run",
+        )
+    return value
+
+
+def _check_tensors(tensors: dict, path: Path, what: str) -> None:
+    for name, value in tensors.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise FedctlError(
+                f"checkpoint {path}: {what} entry {name!r} is a {type(value).__name__}, expected a tensor",
+                "the file was not written by `fedctl train` or was altered; use another checkpoint of the run",
+            )
+
+
+def _scalar(value: Any) -> Any:
+    """A value fit for a table cell: numbers and strings as they are, anything else as short text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return repr(value)[:60]
+
+
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
@@ -52,24 +83,30 @@ def summarize_checkpoint(path: str | Path) -> dict[str, Any]:
     else:
         obj = torch_load(path, what="checkpoint")
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
-            tensors = obj.get("model", {})
-            fits = [m for m in obj.get("metrics", []) if m.get("type") == "fit"]
-            evals = [m for m in obj.get("metrics", []) if m.get("type") == "eval" and m.get("scope") == "global"]
-            cfg = obj.get("config", {})
+            tensors = _field(obj, "model", dict, path, {})
+            _check_tensors(tensors, path, "model")
+            metrics = [m for m in _field(obj, "metrics", list, path, []) if isinstance(m, dict)]
+            fits = [m for m in metrics if m.get("type") == "fit"]
+            evals = [m for m in metrics if m.get("type") == "eval" and m.get("scope") == "global"]
+            cfg = _field(obj, "config", dict, path, {})
+            fed = cfg.get("federation") if isinstance(cfg.get("federation"), dict) else {}
+            strategy_state = _field(obj, "strategy_state", dict, path, {})
             info.update(
                 kind="fedctl checkpoint",
-                round=obj.get("round"),
-                task=obj.get("task"),
-                strategy=obj.get("strategy"),
-                strategy_state=sorted((obj.get("strategy_state") or {}).keys()),
-                rounds_planned=(cfg.get("federation") or {}).get("rounds"),
-                clients=(cfg.get("federation") or {}).get("clients"),
-                last_fit={k: v for k, v in (fits[-1] if fits else {}).items() if k != "type"},
-                last_eval={k: v for k, v in (evals[-1] if evals else {}).items() if k not in ("type", "scope")},
+                round=_scalar(obj.get("round")),
+                task=_scalar(obj.get("task")),
+                strategy=_scalar(obj.get("strategy")),
+                strategy_state=sorted(str(k) for k in strategy_state),
+                rounds_planned=_scalar(fed.get("rounds")),
+                clients=_scalar(fed.get("clients")),
+                last_fit={str(k): _scalar(v) for k, v in (fits[-1] if fits else {}).items() if k != "type"},
+                last_eval={str(k): _scalar(v) for k, v in (evals[-1] if evals else {}).items()
+                           if k not in ("type", "scope")},
                 config=cfg,
             )
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             tensors = obj
+            _check_tensors(tensors, path, "state dict")
             info.update(kind="state dict")
         else:
             raise FedctlError(

@@ -48,9 +48,11 @@ def delta_files(run_dir: Path, entity: str, client: str | None = None) -> tuple[
     """(round, file) pairs of saved deltas for an entity, oldest first; and the client used."""
     base = Path(run_dir) / "deltas"
     if entity == "server":
-        files = [(int(_ROUND.search(p.name).group(1)), p) for p in sorted((base / "server").glob("round_*.safetensors"))]
+        files = [(int(m.group(1)), p) for p in sorted((base / "server").glob("round_*.safetensors"))
+                 if (m := _ROUND.match(p.name))]
     elif entity == "client":
-        rounds = sorted((base / "clients").glob("round_*")) if (base / "clients").is_dir() else []
+        rounds = [r for r in sorted((base / "clients").glob("round_*")) if _ROUND.match(r.name) and r.is_dir()] \
+            if (base / "clients").is_dir() else []
         clients = sorted({p.stem for r in rounds for p in r.glob("*.safetensors")})
         if client is None and clients:
             client = clients[0]
@@ -59,7 +61,7 @@ def delta_files(run_dir: Path, entity: str, client: str | None = None) -> tuple[
                 f"no deltas of client '{client}' in {base / 'clients'}",
                 f"clients with deltas: {', '.join(clients) or '(none)'}",
             )
-        files = [(int(_ROUND.search(r.name).group(1)), r / f"{client}.safetensors") for r in rounds
+        files = [(int(_ROUND.match(r.name).group(1)), r / f"{client}.safetensors") for r in rounds
                  if (r / f"{client}.safetensors").is_file()]
     else:
         raise FedctlError(f"unknown entity '{entity}'", "use --entity server or --entity client")
@@ -98,6 +100,24 @@ def _downsample(m: torch.Tensor, size: int = 64) -> torch.Tensor:
     return pooled[0, 0]
 
 
+def _load_delta(path: Path) -> dict[str, torch.Tensor]:
+    """One saved delta; a truncated or foreign file is a FedctlError naming it."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises SafetensorError, OSError or ValueError on damaged files
+        raise FedctlError(
+            f"delta file {path} is unreadable or truncated ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})",
+            "delete it (the other rounds are still analysed) or re-train with --save-deltas",
+        ) from None
+    bad = [k for k, t in tensors.items() if not t.is_floating_point()]
+    if bad:
+        raise FedctlError(f"delta file {path}: tensor '{bad[0]}' is not floating point",
+                          "delta files hold float tensors written by `fedctl train --save-deltas`")
+    return tensors
+
+
 def rank_for_energy(singular_values: torch.Tensor, share: float = 0.95) -> int:
     energy = singular_values.double().pow(2)
     total = float(energy.sum())
@@ -111,11 +131,12 @@ def analyse_deltas(run_dir: str | Path, entity: str = "server", client: str | No
                    heatmap_rounds: int = 4, max_matrices: int = 0) -> dict[str, Any]:
     """Per weight matrix: singular values of its delta per round, the rank reaching 95% energy,
     downsampled heatmaps; writes one PNG per matrix, a summary PNG and deltas_<entity>.json into plots/."""
-    from safetensors.torch import load_file
-
+    if top_k < 1 or max_matrices < 0 or heatmap_rounds < 1:
+        raise FedctlError(f"--top-k must be >= 1 and --max-matrices >= 0 (got {top_k}, {max_matrices})",
+                          "e.g. --top-k 5 --max-matrices 0 (all)")
     run_dir = Path(run_dir)
     files, client = delta_files(run_dir, entity, client)
-    loaded = [(r, load_file(str(p))) for r, p in files]
+    loaded = [(r, _load_delta(p)) for r, p in files]
     names = [n for n, t in loaded[-1][1].items() if t.ndim == 2 and min(t.shape) > 1]  # weight matrices
     if max_matrices > 0:
         names = names[:max_matrices]
@@ -128,6 +149,11 @@ def analyse_deltas(run_dir: str | Path, entity: str = "server", client: str | No
         for r, tensors in loaded:
             if name not in tensors:
                 continue
+            if tensors[name].shape != loaded[-1][1][name].shape or not bool(torch.isfinite(tensors[name]).all()):
+                raise FedctlError(
+                    f"delta '{name}' of round {r} in {run_dir / 'deltas'} is non-finite or changes shape across rounds",
+                    "the delta files are damaged or from different runs; re-train with --save-deltas",
+                )
             m = _as_matrix(tensors[name])
             spectrum = torch.linalg.svdvals(m)
             rounds.append(r)
@@ -203,13 +229,30 @@ def rank_figure(series: list[MatrixSeries], entity: str):
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl: one JSON object per line, `round` an integer where given."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FedctlError(f"{run_dir} has no metrics.jsonl", "pass run directories written by `fedctl train`")
+    damaged = "the file was edited or damaged; re-run, or resume the run to rewrite it"
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise FedctlError(f"{path} is not valid JSON lines (line {exc.lineno})", "the file was edited or damaged") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedctlError(f"{path} is not UTF-8 text (byte {exc.start})", damaged) from None
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            raise FedctlError(f"{path} is not valid JSON lines (line {number})", damaged) from None
+        if not isinstance(record, dict):
+            raise FedctlError(f"{path} line {number} is a JSON {type(record).__name__}, not an object", damaged)
+        rnd = record.get("round")
+        if rnd is not None and (not isinstance(rnd, int) or isinstance(rnd, bool)):
+            raise FedctlError(f"{path} line {number}: 'round' = {rnd!r} is not an integer", damaged)
+        records.append(record)
+    return records
 
 
 def run_label(run_dir: Path) -> str:
@@ -218,9 +261,15 @@ def run_label(run_dir: Path) -> str:
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
         return Path(run_dir).name
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    fed, task = cfg.get("federation") or {}, cfg.get("task") or {}
-    parts = [(cfg.get("run") or {}).get("name") or Path(run_dir).name]
+    try:
+        cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        cfg = {}  # only a label: a damaged config.yaml falls back to the folder name
+    if not isinstance(cfg, dict):
+        cfg = {}
+    sections = {k: (cfg.get(k) if isinstance(cfg.get(k), dict) else {}) for k in ("run", "federation", "task")}
+    fed, task = sections["federation"], sections["task"]
+    parts = [str(sections["run"].get("name") or Path(run_dir).name)]
     if fed.get("clients") == 1:
         parts.append("central")
     else:
@@ -228,6 +277,10 @@ def run_label(run_dir: Path) -> str:
     if "local_updates" in task:
         parts.append(f"LU={task['local_updates']}")
     return " · ".join(parts)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def numeric_metrics(records: list[dict[str, Any]]) -> list[str]:
@@ -254,7 +307,8 @@ def analyse_runs(run_dirs: list[str | Path], metric: str | None = None, out: str
             metric = "train_loss"
     series = []
     for d, records in runs:
-        points = [r for r in records if metric in r and (r.get("type") != "eval" or r.get("scope", "global") == "global")]
+        points = [r for r in records if _number(r.get(metric)) and "round" in r
+                  and (r.get("type") != "eval" or r.get("scope", "global") == "global")]
         if not points:
             raise FedctlError(
                 f"metric '{metric}' is not logged in {d / 'metrics.jsonl'}",
@@ -263,8 +317,8 @@ def analyse_runs(run_dirs: list[str | Path], metric: str | None = None, out: str
         steps_by_round, total = {}, 0
         for r in records:
             if r.get("type") == "fit":
-                total += int(r.get("local_steps") or 0)
-                steps_by_round[r["round"]] = total
+                total += int(r.get("local_steps") or 0) if _number(r.get("local_steps")) else 0
+                steps_by_round[r.get("round")] = total
         rounds = [p["round"] for p in points]
         series.append({
             "run_dir": str(d), "label": run_label(d), "rounds": rounds,

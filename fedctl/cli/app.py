@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from typing import Annotated
 
@@ -19,16 +21,53 @@ from fedctl.errors import FedctlError  # noqa: E402
 
 
 class _FedctlGroup(TyperGroup):
-    """Root group: any FedctlError below becomes `Error:` / `Hint:` on stderr and exit 1, no traceback."""
+    """Root group: every error a user can cause is printed as `Error:` / `Hint:` on stderr, no traceback
+    (`FEDCTL_DEBUG=1` shows it). FedctlError and OSError (full disk, no permission, read-only disk) exit 1;
+    argument-parser usage errors (unknown option, bad value, missing option) keep click's exit code 2, the
+    POSIX convention that tells "you called it wrong" from "it ran and failed"."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _user_errors():  # options of `fedctl` itself (e.g. `fedctl --bogus`)
+            return super().make_context(info_name, args, parent=parent, **extra)
 
     def invoke(self, ctx):
-        try:
+        with _user_errors():
             return super().invoke(ctx)
-        except FedctlError as exc:
-            if os.environ.get("FEDCTL_DEBUG"):
-                raise
-            report_error(exc)
-            raise typer.Exit(1) from None
+
+
+@contextlib.contextmanager
+def _user_errors():
+    import click
+
+    try:
+        yield
+    except FedctlError as exc:
+        if os.environ.get("FEDCTL_DEBUG"):
+            raise
+        report_error(exc)
+        raise typer.Exit(1) from None
+    except click.exceptions.NoArgsIsHelpError:
+        raise  # `fedctl data` alone: click prints the group's help
+    except click.ClickException as exc:
+        if os.environ.get("FEDCTL_DEBUG"):
+            raise
+        report_error(_usage_error(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if os.environ.get("FEDCTL_DEBUG") or exc.errno == errno.EPIPE:
+            raise
+        from fedctl.utils.io import os_error
+
+        report_error(os_error(exc, doing="read or write"))
+        raise typer.Exit(1) from None
+
+
+def _usage_error(exc) -> FedctlError:
+    """click's usage message on one line, and where to find the valid options."""
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "fedctl"
+    return FedctlError(message, f"see `{command} --help` for the options and their values")
 
 
 app = typer.Typer(

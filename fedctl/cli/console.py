@@ -29,9 +29,11 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item):
         try:
-            return obj.item()
+            return _jsonable(obj.item())
         except (ValueError, RuntimeError):
             pass
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # tensors and arrays (e.g. inside a crafted checkpoint)
+        return _jsonable(obj.tolist())
     if hasattr(obj, "__fspath__"):
         return str(obj)
     return obj
@@ -39,4 +41,4 @@ def _jsonable(obj: Any) -> Any:
 
 def print_json(obj: Any) -> None:
     """Machine-readable result on stdout (plain print: no Rich markup or wrapping)."""
-    print(json.dumps(_jsonable(obj), indent=2))
+    print(json.dumps(_jsonable(obj), indent=2, default=repr))  # anything else JSON lacks: its repr, not a crash

@@ -9,14 +9,15 @@ import typer
 from rich.table import Table
 
 from fedctl.cli.console import err, out, print_json, saved, warn
-from fedctl.cli.options import JsonOpt
+from fedctl.cli.options import JsonOpt, OverwriteOpt
 
 app = typer.Typer(help="Prepare data: demo corpora, client partitions, k-means targets.", no_args_is_help=True)
 partition_app = typer.Typer(help="Split a dataset across simulated clients.", no_args_is_help=True)
 app.add_typer(partition_app, name="partition")
 
 # ---------------------------------------------------------------- speech options
-SpeechSeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (voices, sentences, splits, k-means).")]
+# numpy's and scikit-learn's legacy seeding takes 32-bit seeds: refuse others at parse time
+SpeechSeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed (voices, sentences, splits, k-means).")]
 SpeechOutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written atomically).")]
 RootOpt = Annotated[
     list[Path], typer.Option("--root", help="A LibriSpeech tree or subset folder (repeatable).")
@@ -45,12 +46,13 @@ def synth(
     speakers: Annotated[int, typer.Option("--speakers", help="Distinct eSpeak voices.")] = 24,
     utterances: Annotated[int, typer.Option("--utterances", help="Utterances per speaker (0.5-4 s each).")] = 40,
     seed: SpeechSeedOpt = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Synthesize a LibriSpeech-layout corpus (16 kHz FLAC + transcripts + phone alignments) with eSpeak NG."""
     from fedctl.data.speech.synth import synth_corpus
 
     err.print(f"Synthesizing {speakers} speakers x {utterances} utterances with eSpeak NG ...")
-    result = synth_corpus(out_dir, speakers=speakers, utterances=utterances, seed=seed)
+    result = synth_corpus(out_dir, speakers=speakers, utterances=utterances, seed=seed, overwrite=overwrite)
     out.print(
         f"{result.utterances} utterances, {result.speakers} speakers, {result.seconds / 60:.1f} min of audio "
         f"({result.min_duration:.2f}-{result.max_duration:.2f} s each) in {result.elapsed:.1f} s"
@@ -73,13 +75,14 @@ def partition_librispeech(
     val_fraction: ValFractionOpt = 0.2,
     seed: SpeechSeedOpt = 0,
     strict: StrictOpt = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Split LibriSpeech-layout trees across clients: per-client manifests + summary.json."""
     from fedctl.data.speech.partition import partition_librispeech as run
 
     result = run(roots, out_dir, clients=clients, by=by, alpha=alpha, val_fraction=val_fraction, seed=seed,
-                 strict=strict)
+                 strict=strict, overwrite=overwrite)
     _bad_files_warning(result.bad_files, str(Path(out_dir) / "summary.json"))
     summary = result.summary
     if json_out:
@@ -115,6 +118,7 @@ def kmeans(
     model: Annotated[Path | None, typer.Option("--model", help="--features hubert: RUN/final/hf of `fedctl train hubert`.")] = None,
     layer: Annotated[int, typer.Option("--layer", help="--features hubert: transformer layer whose output is clustered.")] = 6,
     seed: SpeechSeedOpt = 0,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Fit k-means on MFCCs (HuBERT iteration 1) or a HuBERT layer (iteration 2), per client or globally."""
@@ -133,7 +137,7 @@ def kmeans(
     elif features != "mfcc":
         raise FedctlError(f"--features {features!r} is not valid", "use mfcc or hubert")
     result = learn_kmeans_labels(parts, out_dir, cfg, progress=lambda msg: err.print(msg, highlight=False),
-                                 extractor=extractor)
+                                 extractor=extractor, overwrite=overwrite)
     for message in result.warnings:
         warn(message)
     summary = result.summary
@@ -180,14 +184,15 @@ def shard_glue(
     category_key: Annotated[str, typer.Option("--category-key", help="category: label, or genre (MNLI files that have it).")] = "label",
     alpha: Annotated[float, typer.Option("--alpha", help="dirichlet: concentration (smaller: more label skew).")] = 0.5,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Local GLUE files; default: the datasets cache.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed of the split.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed of the split.")] = 0,
+    overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Shard a GLUE task's training split: per-client index files + label histograms."""
     from fedctl.data.glue.shard import shard_glue as run
 
     summary = run(task, clients, mode, out_dir, seed=seed, overlap_ratio=overlap_ratio, category_key=category_key,
-                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False))
+                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False), overwrite=overwrite)
     if json_out:
         print_json(summary)
         return

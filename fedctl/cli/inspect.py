@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedctl.cli.console import out, print_json
@@ -25,7 +26,7 @@ def _human_bytes(n: int) -> str:
 @app.command("ckpt", epilog="Examples:\n\n  fedctl inspect ckpt runs/mamba-tiny/checkpoints/round_012.pt\n\n  fedctl inspect ckpt runs/mamba-tiny/final/hf/model.safetensors --json")
 def ckpt(
     path: Annotated[Path, typer.Argument(help="A checkpoint (.pt), a .safetensors file, or a run directory.")],
-    limit: Annotated[int, typer.Option("--limit", help="Tensors shown in the table (0 = all).")] = 40,
+    limit: Annotated[int, typer.Option("--limit", min=0, help="Tensors shown in the table (0 = all).")] = 40,
     as_json: JsonOpt = False,
 ) -> None:
     """Summary of a checkpoint: round, task, strategy, metrics, parameters, tensor table."""
@@ -38,21 +39,21 @@ def ckpt(
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("file", info["path"])
+    head.add_row("file", escape(info["path"]))
     head.add_row("kind", info["kind"])
     for key in ("task", "strategy", "round"):
         if info.get(key) is not None:
             value = str(info[key])
             if key == "round" and info.get("rounds_planned"):
                 value += f" of {info['rounds_planned']}"
-            head.add_row(key, value)
+            head.add_row(key, escape(value))
     if info.get("strategy_state"):
-        head.add_row("server state", ", ".join(info["strategy_state"]))
+        head.add_row("server state", escape(", ".join(info["strategy_state"])))
     for key in ("last_fit", "last_eval"):
         if info.get(key):
-            head.add_row(key.replace("_", " "), "  ".join(
+            head.add_row(key.replace("_", " "), escape("  ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info[key].items()
-                if k not in ("failed",)))
+                if k not in ("failed",))))
     head.add_row("parameters", f"{info['num_parameters']:,} in {info['num_tensors']} tensors ({_human_bytes(info['bytes'])})")
     out.print(head)
     table = Table(show_edge=False, header_style="bold")
@@ -60,7 +61,7 @@ def ckpt(
         table.add_column(col, justify=justify)
     rows = info["tensors"] if limit == 0 else info["tensors"][:limit]
     for r in rows:
-        table.add_row(r["name"], "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
+        table.add_row(escape(r["name"]), "×".join(map(str, r["shape"])) or "scalar", r["dtype"],
                       "–" if r["norm"] is None else f"{r['norm']:.4g}")
     out.print(table)
     if len(rows) < len(info["tensors"]):
@@ -72,8 +73,8 @@ def deltas(
     run_dir: Annotated[Path, typer.Argument(help="Run directory trained with --save-deltas.")],
     entity: Annotated[str, typer.Option("--entity", help="server or client.")] = "server",
     client: Annotated[str | None, typer.Option("--client", help="Which client (entity client); default the first.")] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="Singular values traced across rounds.")] = 5,
-    max_matrices: Annotated[int, typer.Option("--max-matrices", help="Analyse at most N matrices (0 = all).")] = 0,
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Singular values traced across rounds.")] = 5,
+    max_matrices: Annotated[int, typer.Option("--max-matrices", min=0, help="Analyse at most N matrices (0 = all).")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
     """Heatmaps, singular-value evolution and effective ranks of saved parameter deltas."""
@@ -90,11 +91,11 @@ def deltas(
     for col in ("matrix", "shape", "‖Δ‖ last", "σ1 last", "rank95 first", "rank95 last", "full rank"):
         table.add_column(col, justify="left" if col == "matrix" else "right", overflow="fold")
     for m in result["matrices"]:
-        table.add_row(m["name"], "×".join(map(str, m["shape"])), f"{m['norms'][-1]:.4g}",
+        table.add_row(escape(m["name"]), "×".join(map(str, m["shape"])), f"{m['norms'][-1]:.4g}",
                       f"{m['top_singular_values'][-1][0]:.4g}" if m["top_singular_values"][-1] else "–",
                       str(m["rank95_per_round"][0]), str(m["rank95"]), str(len(m["final_spectrum"])))
     out.print(table)
-    out.print(f"[green]✓[/] Saved {len(result['plots'])} plots to {Path(result['plots'][0]).parent}")
+    out.print(f"[green]✓[/] Saved {len(result['plots'])} plots to {escape(str(Path(result['plots'][0]).parent))}")
 
 
 @app.command("run", epilog="Examples:\n\n  fedctl inspect run runs/central runs/fedavg runs/fedavgm\n\n  fedctl inspect run runs/a runs/b --metric val_loss --out cmp.png")
@@ -111,10 +112,10 @@ def run(
     if as_json:
         print_json(result)
         return
-    table = Table(show_edge=False, header_style="bold", title=result["metric"])
+    table = Table(show_edge=False, header_style="bold", title=escape(result["metric"]))
     for col in ("run", "rounds", "local steps", "final", "best"):
         table.add_column(col, justify="left" if col == "run" else "right", overflow="fold")
     for s in result["runs"]:
-        table.add_row(s["label"], str(s["rounds"][-1]), str(s["total_steps"]), f"{s['final']:.4g}", f"{s['best']:.4g}")
+        table.add_row(escape(s["label"]), str(s["rounds"][-1]), str(s["total_steps"]), f"{s['final']:.4g}", f"{s['best']:.4g}")
     out.print(table)
-    out.print(f"[green]✓[/] Saved {result['plot']}")
+    out.print(f"[green]✓[/] Saved {escape(result['plot'])}")

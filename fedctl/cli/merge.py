@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fedctl.cli.console import out, print_json, saved
-from fedctl.cli.options import JsonOpt, multi_value_command
+from fedctl.cli.options import JsonOpt, OverwriteOpt, multi_value_command
 
 app = typer.Typer(
     help="Combine LoRA adapters into one: exact weighted mean of the ΔW refactored by SVD, or naive A/B averaging.",
@@ -73,10 +74,11 @@ def svd(
     weights: WeightsOpt = None,
     shard_manifests: ShardsOpt = None,
     alpha: AlphaOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Exact weighted mean of the clients' ΔW, truncated to --svd-rank (exact when it is ≥ the sum of ranks)."""
-    _run("svd", adapters, weights, shard_manifests, svd_rank, alpha, out_dir, json_)
+    _run("svd", adapters, weights, shard_manifests, svd_rank, alpha, out_dir, json_, overwrite)
 
 
 @app.command(cls=_MultiValueCommand, epilog=_EPILOG_NAIVE)
@@ -86,13 +88,14 @@ def naive(
     weights: WeightsOpt = None,
     shard_manifests: ShardsOpt = None,
     alpha: AlphaOpt = None,
+    overwrite: OverwriteOpt = False,
     json_: JsonOpt = False,
 ) -> None:
     """Average the A's and the B's separately (FedAvg on LoRA factors; needs equal ranks, biased)."""
-    _run("naive", adapters, weights, shard_manifests, None, alpha, out_dir, json_)
+    _run("naive", adapters, weights, shard_manifests, None, alpha, out_dir, json_, overwrite)
 
 
-def _run(method, adapters, weights, shard_manifests, svd_rank, alpha, out_dir, json_) -> None:
+def _run(method, adapters, weights, shard_manifests, svd_rank, alpha, out_dir, json_, overwrite=False) -> None:
     from fedctl.errors import FedctlError
     from fedctl.lora.merge import merge_adapter_dirs
 
@@ -106,12 +109,13 @@ def _run(method, adapters, weights, shard_manifests, svd_rank, alpha, out_dir, j
         svd_rank=svd_rank,
         alpha=alpha,
         out=out_dir,
+        overwrite=overwrite,
     )
     if json_:
         print_json(manifest)
         return
     _render(manifest)
-    saved(out_dir)
+    saved(escape(str(out_dir)))
 
 
 def _render(manifest: dict[str, Any]) -> None:
@@ -127,7 +131,7 @@ def _render(manifest: dict[str, Any]) -> None:
     for m in manifest["modules"]:
         energy = m["retained_energy"]
         table.add_row(
-            m["module"].removeprefix("base_model.model."),
+            escape(m["module"].removeprefix("base_model.model.")),
             "×".join(map(str, m["shape"])),
             ",".join(map(str, m["ranks_in"])),
             str(m["rank_out"]),

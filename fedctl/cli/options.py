@@ -5,8 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from typer.core import TyperCommand
+
+
+class WholeNumber(click.ParamType):
+    """An int flag that also takes an integral number in scientific notation (`--rounds 1e3`)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        text = str(value).strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            number = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a valid integer", param, ctx)
+        if not number.is_integer():
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        return int(number)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config (see `templates/`); flags override it.")
@@ -15,17 +38,25 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override any config key: --set section.key=value (repeatable)."),
 ]
-RoundsOpt = Annotated[int | None, typer.Option("--rounds", help="Federated rounds.")]
-ClientsOpt = Annotated[int | None, typer.Option("--clients", help="Number of clients the data is split across.")]
+RoundsOpt = Annotated[int | None, typer.Option("--rounds", click_type=WholeNumber(), help="Federated rounds.")]
+ClientsOpt = Annotated[
+    int | None, typer.Option("--clients", click_type=WholeNumber(), help="Number of clients the data is split across.")
+]
 FractionOpt = Annotated[
     float | None, typer.Option("--fraction", help="Fraction of clients sampled per round, in (0, 1].")
 ]
 StrategyOpt = Annotated[
     str | None, typer.Option("--strategy", help="Aggregation strategy, e.g. fedavg, fedavgm, fedadam, krum.")
 ]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (sampling, init, data order).")]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", click_type=WholeNumber(), help="Random seed (sampling, init, data order).")
+]
 OutDirOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace --out if it holds an earlier fedctl output (never anything else)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 SaveDeltasOpt = Annotated[

@@ -15,6 +15,7 @@ _FIXED = ("round", "clients", "train_loss")
 _TAIL = ("mb_down", "mb_up", "seconds")
 _HEAD = {"round": "round", "clients": "clients", "train_loss": "train loss", "mb_down": "MB ↓",
          "mb_up": "MB ↑", "seconds": "s"}
+_COMMANDS = {"glue": "lora"}  # task name → its `fedctl train` command, where they differ
 _SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id"}
 
 
@@ -43,14 +44,36 @@ class RunRenderer:
         self.rows: list[dict[str, Any]] = []
         self.total = 0
         self.live: Live | None = None
+        self.started: RunStarted | None = None
+        self.saved: CheckpointSaved | None = None  # the newest checkpoint of this run, for Ctrl-C
+        self.saved_round = 0
 
     def __enter__(self) -> RunRenderer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, exc=None, tb=None) -> None:
         if self.live is not None:
             self.live.stop()
             self.live = None
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.interrupted()
+
+    def interrupted(self) -> None:
+        """Ctrl-C: say what is safe on disk and how to continue (the CLI then exits 130)."""
+        start = self.started
+        if start is None or start.run_dir is None:
+            err.print("[yellow]Interrupted[/] before the run started; nothing was saved.", highlight=False)
+            return
+        if self.saved_round < 1:
+            err.print(f"[yellow]Interrupted[/]: no checkpoint saved yet in {start.run_dir}; start the run again.",
+                      highlight=False)
+            return
+        command = _COMMANDS.get(start.task, start.task)
+        where = self.saved.path if self.saved is not None else f"{start.run_dir}/checkpoints"
+        err.print(f"[yellow]Interrupted[/]: round {self.saved_round} of {self.total} is saved ({where}).",
+                  highlight=False)
+        err.print(f"Resume with: fedctl train {command} --out {start.run_dir} --resume", highlight=False,
+                  markup=False)
 
     def columns(self) -> list[str]:
         extra: list[str] = []
@@ -73,6 +96,7 @@ class RunRenderer:
 
     def __call__(self, event: object) -> None:
         if isinstance(event, RunStarted):
+            self.started, self.saved_round = event, event.start_round - 1
             self.total = event.rounds
             mb = event.shared_bytes / 1e6
             where = f" → {event.run_dir}" if event.run_dir else ""
@@ -99,6 +123,6 @@ class RunRenderer:
             style = "yellow" if event.level == "warning" else "dim"
             err.print(f"[{style}]{event.text}[/]", highlight=False)
         elif isinstance(event, CheckpointSaved):
-            pass  # listed at the end; one line per round would drown the table
+            self.saved, self.saved_round = event, event.server_round  # shown on Ctrl-C; per round it would drown the table
         elif isinstance(event, RunFinished):
             self.__exit__()

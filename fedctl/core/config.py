@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,12 +18,63 @@ import yaml
 
 from fedctl.errors import FedctlError
 
+INT_LIMIT = 2**63  # any int setting beyond int64 is a typo, and torch/numpy would overflow on it
+SEED_LIMIT = 2**63  # torch.manual_seed takes at most a 64-bit seed; negative seeds are refused as typos
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: `1e-3` and `5E+2` are floats.
+
+    YAML 1.1 (what PyYAML implements) reads a float only with a dot (`1.0e-3`), so `lr: 1e-3`
+    arrived as the string '1e-3' and was refused as "not a valid float"."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with fedctl's loader (safe; YAML 1.2 numbers)."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
+
+
+def check_plain_name(value: str, key: str) -> None:
+    """A run name becomes a folder under runs/: no path separators, no '..', nothing hidden or empty."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
+            or value.startswith(".")):
+        raise FedctlError(
+            f"config key '{key}' = {value!r} is not a plain name",
+            "use letters, digits, '-' or '_' (the run goes to runs/<name>); to write elsewhere use --out DIR",
+        )
+
+
+def check_out_path(value: str, key: str) -> None:
+    """A run directory must be a folder or not exist yet, and no folder above it may be a file."""
+    if "\0" in value:
+        raise FedctlError(f"config key '{key}' = {value!r} holds a NUL byte", "pass a plain path, e.g. --out runs/exp1")
+    probe = Path(value).expanduser()
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if os.path.lexists(probe) and not probe.is_dir():
+        raise FedctlError(
+            f"config key '{key}' = {value!r}: {probe} is a file, not a folder",
+            "choose an --out folder that is not a file and does not lie under one",
+        )
+
+
+def check_seed(value: int, key: str) -> None:
+    if not 0 <= value < SEED_LIMIT:
+        raise FedctlError(f"config key '{key}' = {value} is out of range", "use a seed between 0 and 2**63 - 1, e.g. --seed 0")
+
 
 @dataclass
 class RunConfig:
-    name: str = "run"  # run name; the run directory defaults to runs/<name>
-    out: str | None = None  # run directory (overrides runs/<name>)
-    seed: int = 0  # seeds model init, client sampling and every client's data order
+    name: str = field(default="run", metadata={"check": check_plain_name})  # run name; the run directory defaults to runs/<name>
+    out: str | None = field(default=None, metadata={"check": check_out_path})  # run directory (overrides runs/<name>)
+    seed: int = field(default=0, metadata={"check": check_seed})  # seeds model init, client sampling and every client's data order
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     threads: int = 0  # CPU threads for torch ops (0 = torch's default, all cores); 1 is fastest for tiny models
     task: str = "mamba"  # workload: set by the command (`train mamba`, `train central --task …`)
@@ -94,12 +148,25 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise _type_error(key, value, tp)
     if tp is int:
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            value = int(value)  # `1e3` (a YAML 1.2 float) where a count is expected
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= INT_LIMIT:
+                raise FedctlError(f"config key '{key}' = {value} is out of range", "use a value below 2**63")
             return value
         raise _type_error(key, value, tp)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                value = math.inf
+            if not math.isfinite(value):
+                raise FedctlError(
+                    f"config key '{key}' = {value} is not a finite number",
+                    f"give a finite number, e.g. --set {key}=0.1",
+                )
+            return value
         raise _type_error(key, value, tp)
     if tp is str:
         if isinstance(value, str):
@@ -129,7 +196,14 @@ def _type_error(key: str, value: Any, tp: Any) -> FedctlError:
 def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
     """Set fields of dataclass `obj` from `mapping`, strictly (unknown key or wrong type → FedctlError)."""
     types_ = _field_types(type(obj))
+    checks = {f.name: f.metadata.get("check") for f in dataclasses.fields(obj)}
     for key, value in mapping.items():
+        if not isinstance(key, str):  # YAML reads `1:` or `true:` as an int / bool key
+            where = f" in '{prefix}'" if prefix else ""
+            raise FedctlError(
+                f"config key {key!r}{where} is not a name (a {type(key).__name__})",
+                f"valid keys{where}: {', '.join(types_)}",
+            )
         full = f"{prefix}.{key}" if prefix else key
         if key not in types_:
             raise unknown_key_error(full, list(types_), prefix)
@@ -141,7 +215,10 @@ def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
         elif types_[key] is dict and isinstance(value, dict) and isinstance(current, dict):
             setattr(obj, key, {**current, **value} if prefix else dict(value))
         else:
-            setattr(obj, key, coerce(value, types_[key], full))
+            value = coerce(value, types_[key], full)
+            if checks.get(key) is not None and value is not None:
+                checks[key](value, full)
+            setattr(obj, key, value)
 
 
 def unknown_key_error(full: str, valid: list[str], prefix: str) -> FedctlError:
@@ -172,7 +249,7 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
             raise FedctlError(f"--set '{item}' is not KEY=VALUE", "write e.g. --set federation.fraction=0.5")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = yaml_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         parts = key.strip().split(".")
@@ -190,7 +267,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FedctlError(f"config file not found: {path}", "check the path; shipped templates: `fedctl train templates`")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FedctlError(
+            f"config file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+            "is it a YAML file? save it as UTF-8 text",
+        ) from None
+    except OSError as exc:
+        raise FedctlError(f"cannot read config file {path}: {exc.strerror or exc}", "check the path and its permissions") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -267,6 +267,13 @@ class Run:
             )
         old = self.global_state
         self.global_state = self.strategy.step(server_round, old, aggregator.result(old))
+        if not all_finite(self.global_state):  # a diverged server step: keep the last good global state
+            self.global_state = old
+            raise FedctlError(
+                f"round {server_round}: the {self.strategy.name} server step made the global model non-finite "
+                f"(NaN or Inf); stopped, the newest checkpoint holds the last good state",
+                "lower the server step (federation.strategy_args, e.g. eta or server_learning_rate) or task.lr",
+            )
         self.task.round_end(server_round, self.global_state)
         if self.deltas_for("server", server_round):
             self.run_dir.save_delta(server_round, None, self.global_state, old,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedctl.core.config import dump_yaml, to_dict
+from fedctl.errors import FedctlError
 from fedctl.utils.io import write_text
 
 CONNECTION = "fedctl-local"
@@ -34,6 +35,24 @@ def _toml_str(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def check_ports(superlink_port: int, supernode_port: int, clients: int) -> None:
+    """The SuperLink's port and SuperNode k's port (supernode_port + k) must be valid TCP ports and distinct."""
+    if not 1 <= superlink_port <= 65535:
+        raise FedctlError(f"--superlink-port {superlink_port} is not a TCP port", "use a port in 1-65535, e.g. 9092")
+    last = supernode_port + clients - 1
+    if not (1 <= supernode_port and last <= 65535):
+        raise FedctlError(
+            f"--supernode-port {supernode_port} gives SuperNode ports {supernode_port}-{last} for {clients} clients, "
+            "outside 1-65535",
+            "use a port in 1-65535 with room for one port per client, e.g. 9094",
+        )
+    if supernode_port <= superlink_port <= last:
+        raise FedctlError(
+            f"--superlink-port {superlink_port} collides with the SuperNode ports {supernode_port}-{last}",
+            f"use different ports, e.g. --superlink-port 9092 --supernode-port {max(superlink_port + 2, 9094)}",
+        )
+
+
 def write_flower_app(exp, app_dir: str | Path, *, superlink_port: int = 9092, supernode_port: int = 9094,
                      min_nodes: int = 0, round_timeout: float = 3600.0) -> FlowerApp:
     """Write the Flower App for `exp` (a resolved fedctl Experiment) into `app_dir`.
@@ -43,6 +62,7 @@ def write_flower_app(exp, app_dir: str | Path, *, superlink_port: int = 9092, su
     """
     from fedctl.run import recipe
 
+    check_ports(superlink_port, supernode_port, exp.federation.clients)
     app_dir = Path(app_dir).resolve()
     run_dir = recipe.run_dir_of(exp).resolve()
     exp.run.out = str(run_dir)

@@ -107,6 +107,30 @@ def module_scale(config: Mapping[str, Any], module: str, r: int) -> float:
     return float(alpha) / (math.sqrt(r) if config.get("use_rslora") else r)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_adapter_config(config: Mapping[str, Any], where: str | Path) -> None:
+    """The fields merging reads must have peft's types: r a positive int, lora_alpha a finite number > 0,
+    use_rslora a bool, rank_pattern / alpha_pattern mappings of module patterns to such numbers."""
+    fix = "edit the field or re-save the adapter with PeftModel.save_pretrained"
+    r = config.get("r", 8)
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise FedctlError(f"{where}: r = {r!r} is not a positive integer", fix)
+    alpha = config.get("lora_alpha", 8)
+    if not _is_number(alpha) or alpha <= 0:
+        raise FedctlError(f"{where}: lora_alpha = {alpha!r} is not a positive number", fix)
+    if not isinstance(config.get("use_rslora", False), bool):
+        raise FedctlError(f"{where}: use_rslora = {config.get('use_rslora')!r} is not true or false", fix)
+    for key in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, Mapping) or not all(
+            isinstance(k, str) and _is_number(v) and v > 0 for k, v in pattern.items()
+        ):
+            raise FedctlError(f"{where}: {key} must map module names to positive numbers, got {pattern!r:.80}", fix)
+
+
 def read_adapter_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Load (config, state dict) from a peft adapter directory; any defect is a FedctlError naming the file."""
     path = Path(path)
@@ -119,7 +143,7 @@ def read_adapter_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
         raise FedctlError(f"adapter {path}: {CONFIG_NAME} is missing", "is this a peft adapter directory?")
     try:
         config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise FedctlError(
             f"adapter {path}: {CONFIG_NAME} is not valid JSON ({exc})", "re-save the adapter with peft"
         ) from None
@@ -130,6 +154,7 @@ def read_adapter_dir(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.
         )
     if config.get("use_dora"):
         raise FedctlError(f"adapter {path} is a DoRA adapter", "fedctl merges plain LoRA (use_dora=False)")
+    check_adapter_config(config, config_path)
     weights = path / WEIGHTS_NAME
     try:
         if weights.is_file():

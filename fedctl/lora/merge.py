@@ -417,6 +417,7 @@ def merge_adapter_dirs(
     svd_rank: int | None = None,
     alpha: float | None = None,
     out: str | Path,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Merge peft adapter directories into `out` (a peft adapter dir + fuse_manifest.json); return the manifest.
 
@@ -424,7 +425,8 @@ def merge_adapter_dirs(
     has r = svd_rank (default: largest client rank) and lora_alpha = `alpha` (default svd_rank, so its scale is
     1 — peft's add_weighted_adapter convention; pass the clients' alpha to keep training with their scale).
     For naive, r is the clients' common rank and lora_alpha defaults to the first client's config.
-    The output directory appears whole or not at all.
+    The output directory appears whole or not at all; it never replaces an input, a file, or a folder fedctl
+    did not write, and replaces an earlier fedctl output only with `overwrite`.
     """
     t_start = time.perf_counter()
     if method not in METHODS:
@@ -449,6 +451,12 @@ def merge_adapter_dirs(
         w = normalize_weights(raw, len(paths))
     if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
         raise FedctlError(f"--alpha must be a positive number, got {alpha}", "e.g. --alpha 16")
+    if svd_rank is not None:
+        _check_svd_rank(svd_rank)
+    from fedctl.utils.io import check_not_input, check_out_dir
+
+    check_not_input(out, [*paths, *(shard_manifests or [])])
+    check_out_dir(out, overwrite=overwrite)  # before the work: never replace what fedctl did not write
 
     loaded = [read_adapter_dir(p) for p in paths]
     configs = [c for c, _ in loaded]
@@ -466,6 +474,12 @@ def merge_adapter_dirs(
             svd_rank if svd_rank is not None else max(a.shape[0] for c in clients for _, a in c.lora.values())
         )
         _check_svd_rank(r_out)
+        largest = max(max(b.shape[0], a.shape[1]) for c in clients for b, a in c.lora.values())
+        if r_out > largest:  # the padded factors would be allocated at this size (2**70 → crash)
+            raise FedctlError(
+                f"--svd-rank {r_out} exceeds the largest adapted dimension ({largest})",
+                f"use at most {largest}; a rank above min(d_out, d_in) of a module only adds zero padding",
+            )
         alpha_out = float(alpha) if alpha is not None else float(r_out)
         out_scale: Scale = alpha_out / r_out
         config.update(
@@ -521,7 +535,7 @@ def merge_adapter_dirs(
         "modules": [asdict(s) for s in module_stats],
         "averaged_tensors": sorted(clients[0].extra),
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         write_adapter_dir(tmp, config, merged)
         t_saved = time.perf_counter()
         manifest["timings_s"] = {

@@ -23,6 +23,9 @@ def test_synth_partition_kmeans_end_to_end(tmp_path):
 
     r = runner.invoke(app, ["data", "partition", "librispeech", "--root", str(corpus), "--clients", "2",
                             "--out", str(parts)])
+    assert r.exit_code == 1 and "--overwrite" in r.output  # an earlier fedctl output: replaced only on request
+    r = runner.invoke(app, ["data", "partition", "librispeech", "--root", str(corpus), "--clients", "2",
+                            "--out", str(parts), "--overwrite"])
     assert r.exit_code == 0 and "client_001" in r.stdout and "Saved partition" in r.stdout
 
     r = runner.invoke(app, ["data", "kmeans", "--parts", str(parts), "--clusters", "8", "--scope", "global",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import typing
 from typing import Any
 
@@ -72,11 +73,22 @@ def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy
                 f"give a number, e.g. --set federation.strategy_args.{key}={valid[key]!r}",
             )
         if expected in (float, float | None) and isinstance(value, int) and not isinstance(value, bool):
-            options[key] = float(value)
+            try:
+                value = options[key] = float(value)
+            except OverflowError:
+                value = math.inf
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FedctlError(
+                f"strategy option {cls.name}.{key} = {value} is not a finite number",
+                f"give a finite number, e.g. --set federation.strategy_args.{key}={valid[key]!r}",
+            )
     try:
         return cls(**options)
     except ValueError as exc:
-        raise FedctlError(f"strategy {cls.name}: {exc}", "fix the option in federation.strategy_args") from None
+        raise FedctlError(
+            f"strategy {cls.name}: {exc}",
+            f"fix federation.strategy_args (defaults: {', '.join(f'{k}={v!r}' for k, v in valid.items()) or 'none'})",
+        ) from None
 
 
 def _type_ok(value: Any, expected: Any) -> bool:

@@ -9,6 +9,7 @@ With server_momentum = 0 and server_learning_rate = 1 this is FedAvg.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fedctl.core.aggregate import State
@@ -19,6 +20,10 @@ class FedAvgM(Strategy):
     name = "fedavgm"
 
     def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
+        if not (math.isfinite(server_learning_rate) and server_learning_rate > 0):
+            raise ValueError(f"server_learning_rate = {server_learning_rate} must be a finite number > 0")
+        if not 0.0 <= server_momentum < 1.0:  # momentum >= 1 makes the server step grow without bound
+            raise ValueError(f"server_momentum = {server_momentum} must be in [0, 1)")
         self.server_learning_rate = server_learning_rate
         self.server_momentum = server_momentum
         self.momentum: State | None = None

@@ -10,6 +10,7 @@ family exactly, so configs carry over:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -17,6 +18,17 @@ import torch
 from fedctl.core.aggregate import State
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies.base import Strategy
+
+
+def check_fedopt_options(*, eta: float, eta_l: float | None, beta_1: float, beta_2: float, tau: float) -> None:
+    """Ranges in which the update stays finite and means what the paper says (ValueError otherwise)."""
+    for key, value in (("eta", eta), ("tau", tau)) + ((("eta_l", eta_l),) if eta_l is not None else ()):
+        if not (math.isfinite(value) and value > 0):
+            # tau = 0 divides by √v = 0 wherever a coordinate did not move: NaN
+            raise ValueError(f"{key} = {value} must be a finite number > 0")
+    for key, value in (("beta_1", beta_1), ("beta_2", beta_2)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{key} = {value} must be in [0, 1)")
 
 
 class FedOpt(Strategy):
@@ -31,6 +43,7 @@ class FedOpt(Strategy):
         beta_2: float = 0.0,
         tau: float = 1e-9,
     ) -> None:
+        check_fedopt_options(eta=eta, eta_l=eta_l, beta_1=beta_1, beta_2=beta_2, tau=tau)
         self.eta = eta
         self.eta_l = eta_l
         self.beta_1 = beta_1

@@ -96,8 +96,8 @@ def category_shards(categories: Sequence[Any], num_clients: int, rng: np.random.
 def dirichlet_shards(keys: Sequence[Any], num_clients: int, alpha: float, rng: np.random.Generator,
                      max_tries: int = 100) -> list[list[int]]:
     """Per key, split its examples by proportions ~ Dir(alpha·1_K); redrawn until no client is empty."""
-    if not alpha > 0:
-        raise FedctlError(f"--alpha {alpha} must be > 0", "e.g. --alpha 0.5 (smaller: more label skew)")
+    if not (alpha > 0 and alpha != float("inf")):  # nan fails `> 0`; Dir(inf) is undefined
+        raise FedctlError(f"--alpha {alpha} must be a finite number > 0", "e.g. --alpha 0.5 (smaller: more label skew)")
     groups = list(_groups(keys).values())
     for _ in range(max_tries):
         shards: list[list[int]] = [[] for _ in range(num_clients)]
@@ -159,13 +159,16 @@ def shard_glue(
     alpha: float = 0.5,
     data_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Load a GLUE task's training split, shard it, write client_<k>.json + summary.json to `out`
     (atomically); return the summary."""
     from fedctl.data.glue.load import load_glue
     from fedctl.data.glue.tasks import get_spec
-    from fedctl.utils.io import atomic_dir
+    from fedctl.utils.io import atomic_dir, check_not_input, check_out_dir
 
+    check_not_input(out, [data_dir] if data_dir is not None else [], "--out")
+    check_out_dir(out, overwrite=overwrite)
     spec = get_spec(task)
     train = load_glue(task, data_dir, log=log)["train"]
     if mode == "category" and category_key not in spec.categories:
@@ -197,7 +200,7 @@ def shard_glue(
         "labels": histogram(keys),
         "per_client": per_client,
     }
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         for k, idx in enumerate(shards):
             manifest = {"client_id": f"client_{k}", "task": spec.name, "mode": mode, "seed": seed, "indices": idx}
             (tmp / f"client_{k}.json").write_text(json.dumps(manifest) + "\n")

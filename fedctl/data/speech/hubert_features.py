@@ -26,15 +26,23 @@ class HubertLayerExtractor:
     def __init__(self, model_dir: str | Path, layer: int, device: str = "cpu", max_seconds: float = 100.0):
         import json
 
-        from transformers import HubertModel
-
         hint = "pass --model RUN/final/hf written by `fedctl train hubert` (a HubertModel folder)"
         config = Path(model_dir) / "config.json"
         if not config.is_file():
             raise FedctlError(f"--model {model_dir} is not a model folder (no config.json)", hint)
-        if json.loads(config.read_text(encoding="utf-8")).get("model_type") != "hubert":
+        try:
+            meta = json.loads(config.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise FedctlError(f"--model {model_dir}: config.json is not valid JSON", hint) from None
+        if not isinstance(meta, dict) or meta.get("model_type") != "hubert":
             raise FedctlError(f"--model {model_dir} is not a HuBERT model", hint)
-        self.model = HubertModel.from_pretrained(str(model_dir), local_files_only=True)
+        from transformers import HubertModel  # after the cheap checks: importing it costs seconds
+
+        try:
+            self.model = HubertModel.from_pretrained(str(model_dir), local_files_only=True)
+        except Exception as exc:  # transformers raises OSError, ValueError, SafetensorError … on damaged folders
+            first = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise FedctlError(f"--model {model_dir} cannot be loaded ({first})", hint) from None
         n = self.model.config.num_hidden_layers
         if not 1 <= layer <= n:
             raise FedctlError(f"--layer {layer} is outside the model's layers 1..{n}", f"HuBERT iteration 2 uses layer {min(6, n)}")

@@ -47,7 +47,7 @@ from fedctl.data.speech.features import (
 )
 from fedctl.data.speech.partition import read_partition
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_dir
+from fedctl.utils.io import atomic_dir, check_not_input, check_out_dir
 
 SCOPES = ("client", "global")
 MIN_FRAMES_PER_CLUSTER = 10  # below this many fit frames per cluster, lower the cluster count
@@ -247,6 +247,7 @@ def learn_kmeans_labels(
     cfg: KmeansConfig | None = None,
     progress: Callable[[str], None] | None = None,
     extractor=None,
+    overwrite: bool = False,
 ) -> KmeansResult:
     """Extract MFCCs for every utterance of a partition, fit k-means per `cfg.scope`, write labels to `out`."""
     cfg = cfg or KmeansConfig()
@@ -257,6 +258,8 @@ def learn_kmeans_labels(
         raise FedctlError(f"--clusters must be >= 2, got {cfg.clusters}", "HuBERT uses 100 for MFCC targets")
     if not 0 < cfg.fit_fraction <= 1:
         raise FedctlError(f"--fit-fraction must be in (0, 1], got {cfg.fit_fraction}", "e.g. 0.1 on large data")
+    check_not_input(out, [parts], "--out")
+    check_out_dir(out, overwrite=overwrite)
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     _summary, manifests = read_partition(parts)
@@ -313,7 +316,7 @@ def learn_kmeans_labels(
         "warnings": warnings,
     }
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         for name, m in models.items():
             (tmp / name).mkdir(exist_ok=True)
             np.save(tmp / name / "centroids.npy", m["centroids"])

@@ -17,6 +17,7 @@ duration, num_samples, sample_rate, speaker, chapter, transcript, split, and pho
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ import numpy as np
 
 from fedctl.data.speech.librispeech import BadFile, Utterance, index_librispeech
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_dir
+from fedctl.utils.io import atomic_dir, check_not_input, check_out_dir
 
 SCHEMES = ("speaker", "iid", "dirichlet")
 MAX_DIRICHLET_DRAWS = 100
@@ -75,8 +76,8 @@ def split_dirichlet(
 ) -> list[list[Utterance]]:
     """Per speaker, proportions over clients ~ Dir(alpha); redraw until no client is empty."""
     _need_utterances(utterances, clients)
-    if alpha <= 0:
-        raise FedctlError(f"--alpha must be > 0, got {alpha}", "typical values: 0.1 (very skewed) to 100 (near iid)")
+    if not (alpha > 0 and alpha != float("inf")):  # nan fails `> 0`; Dir(inf) is undefined
+        raise FedctlError(f"--alpha must be a finite number > 0, got {alpha}", "typical values: 0.1 (very skewed) to 100 (near iid)")
     by_speaker: dict[str, list[int]] = defaultdict(list)
     for i, u in enumerate(utterances):
         by_speaker[u.speaker].append(i)
@@ -137,6 +138,7 @@ def partition_librispeech(
     val_fraction: float = 0.2,
     seed: int = 0,
     strict: bool = False,
+    overwrite: bool = False,
 ) -> PartitionResult:
     """Index `roots`, split across `clients`, write manifests + summary.json to `out` (atomically)."""
     if by not in SCHEMES:
@@ -145,6 +147,8 @@ def partition_librispeech(
         raise FedctlError(f"--clients must be >= 1, got {clients}", "e.g. --clients 10")
     if not 0 <= val_fraction < 1:
         raise FedctlError(f"--val-fraction must be in [0, 1), got {val_fraction}", "e.g. --val-fraction 0.2")
+    check_not_input(out, list(roots), "--out")
+    check_out_dir(out, overwrite=overwrite)
     index = index_librispeech(list(roots))
     bad = index.bad_files
     if bad and strict:
@@ -197,7 +201,7 @@ def partition_librispeech(
         "bad_files": [{"path": b.path, "reason": b.reason} for b in bad],
     }
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         for k, part in enumerate(parts):
             (tmp / f"{client_name(k)}.jsonl").write_text(
                 "".join(json.dumps(u.to_json()) + "\n" for u in part), encoding="utf-8"
@@ -218,13 +222,38 @@ def read_partition(parts: str | Path) -> tuple[dict, dict[str, list[dict]]]:
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         manifests = {}
+        if not isinstance(summary, dict) or not isinstance(summary.get("per_client"), list):
+            raise ValueError("summary.json has no per_client list")
         for c in summary["per_client"]:
+            if not isinstance(c, dict) or not isinstance(c.get("manifest"), str) or not isinstance(c.get("client_id"), str):
+                raise ValueError(f"summary.json per_client entry {c!r:.80} lacks client_id / manifest names")
             path = parts / c["manifest"]
             manifests[c["client_id"]] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
                                          if line.strip()]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        for client_id, rows in manifests.items():
+            for number, row in enumerate(rows, 1):
+                problem = _row_problem(row)
+                if problem:
+                    raise ValueError(f"{client_id} manifest line {number}: {problem}")
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise FedctlError(
-            f"partition folder {parts} is damaged ({type(exc).__name__}: {exc})",
+            f"partition folder {parts} is damaged ({type(exc).__name__}: {str(exc)[:200]})",
             "re-run `fedctl data partition librispeech` to rewrite it",
-        ) from exc
+        ) from None
     return summary, manifests
+
+
+def _row_problem(row) -> str | None:
+    """What is wrong with one manifest row as later stages read it, or None."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    if not isinstance(row.get("path"), str) or not os.path.isabs(row["path"]):
+        return f"'path' = {row.get('path')!r:.80} is not an absolute path"
+    n = row.get("num_samples")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return f"'num_samples' = {n!r:.40} is not a positive integer"
+    if row.get("phones") is not None and not isinstance(row["phones"], str):
+        return f"'phones' = {row['phones']!r:.40} is not a path"
+    if row.get("split", "train") not in ("train", "val"):
+        return f"'split' = {row.get('split')!r:.40} is not train or val"
+    return None

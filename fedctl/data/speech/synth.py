@@ -29,7 +29,7 @@ from scipy.signal import resample_poly
 from fedctl.data.speech.espeak import Espeak, Synthesis
 from fedctl.data.textgen import generate_sentences
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_dir
+from fedctl.utils.io import atomic_dir, check_out_dir
 
 SAMPLE_RATE = 16000
 MIN_SECONDS = 0.5
@@ -211,7 +211,8 @@ def _chunks(num_speakers: int) -> list[range]:
 
 
 def synth_corpus(
-    out: str | Path, *, speakers: int = 24, utterances: int = 40, seed: int = 0, workers: int | None = None
+    out: str | Path, *, speakers: int = 24, utterances: int = 40, seed: int = 0, workers: int | None = None,
+    overwrite: bool = False,
 ) -> SynthResult:
     """Write a LibriSpeech-layout corpus of `speakers` x `utterances` eSpeak utterances to `out` (atomically).
 
@@ -229,12 +230,13 @@ def synth_corpus(
     if speakers > 9000:
         raise FedctlError(f"--speakers {speakers} is too many (speaker ids are 4 digits)", "use at most 9000")
     out = Path(out)
+    check_out_dir(out, overwrite=overwrite)  # before minutes of synthesis: never replace the user's files
     started = time.perf_counter()
     voices = speaker_voices(speakers, seed)
     chunks = _chunks(speakers)
     workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(chunks)))
     results: list[dict] = []
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         for wave in range(0, len(chunks), workers):
             # A fresh single-worker pool per chunk: fork is cheap (no re-import of torch as with spawn) and
             # the parent never touches eSpeak, so every child starts from the library's pristine state.

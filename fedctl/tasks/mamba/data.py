@@ -54,8 +54,22 @@ class MambaData:
 # ------------------------------------------------------------------------------------------- text
 
 
+MAX_UNDECODABLE = 0.01  # share of bytes that are not UTF-8 above which a "text" file is binary
+
+
 def _read_lines(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace")
+    # A few stray bytes in a real corpus are tolerated (replaced); NUL bytes or many undecodable bytes
+    # mean a binary file (an archive, a checkpoint), which would otherwise train a tokenizer on noise.
+    bad = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    nul = b"\0" in raw
+    if nul or bad > MAX_UNDECODABLE * max(1, len(raw)):
+        why = "it holds NUL bytes" if nul else f"{bad} of its {len(raw)} bytes are not UTF-8"
+        raise FedctlError(
+            f"data file {path} is not text ({why})",
+            "point task.data at a UTF-8 text file (e.g. wiki.train.raw), not an archive or binary file",
+        )
     if not text.strip():
         raise FedctlError(f"data file {path} is empty", "point task.data at a file with text in it")
     return text.splitlines(keepends=True)
