@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,18 +217,6 @@ def length_batches(utts: list[Utterance], max_batch_seconds: float, max_frames: 
     if current:
         batches.append(current)
     return batches
-
-
-def schedule(num_batches: int, gen: torch.Generator, local_updates: int, local_epochs: float) -> Iterator[int]:
-    """Batch indices of one round: `local_updates` of them (or `local_epochs` passes), each pass freshly shuffled."""
-    total = local_updates if local_updates > 0 else max(1, round(local_epochs * num_batches))
-    done = 0
-    while done < total:
-        for b in torch.randperm(num_batches, generator=gen).tolist():
-            if done == total:
-                return
-            yield b
-            done += 1
 
 
 def collate(store: AudioStore, utts: list[Utterance], max_frames: int, gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
