@@ -99,8 +99,8 @@ def _distill(tmp):
 
 
 def _asr(tmp):
+    from fedctl.data.speech.demo import demo_partition
     from fedctl.tasks.asr import AsrConfig, AsrTask
-    from fedctl.tasks.asr.task import demo_partition
 
     parts = demo_partition(tmp, 2, 2, 5, lambda _: None)
     return AsrTask(AsrConfig(parts=str(parts), batch_size=3), TaskContext(num_clients=2, seed=0, device=CPU, log=lambda _: None))

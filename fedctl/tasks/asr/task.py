@@ -25,6 +25,7 @@ from torch import nn
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining
 from fedctl.core.task import Task, TaskContext
+from fedctl.data.speech.demo import demo_partition
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.config import AsrConfig
 from fedctl.tasks.asr.data import (
@@ -39,7 +40,6 @@ from fedctl.tasks.asr.models import ARCHITECTURES, build_asr_model
 from fedctl.tasks.asr.text import error_rates, greedy_decode
 from fedctl.utils.io import atomic_dir
 
-DEMO_SEED = 1234  # the demo corpus is fixed, independent of the run seed, so numbers compare across runs
 CONFIG_FILE = "asr_config.json"
 WEIGHTS_FILE = "model.safetensors"
 OVERRIDE_KEYS = {"ds1": ("activation", "n_hidden"), "ds2": ("n_hidden", "rnn_layers", "conv_channels")}
@@ -106,25 +106,6 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, so
                 f"{source} ({source_arch}) does not fit this {arch} model: tensor '{key}' is {detail}",
                 "initialise from weights of the same architecture and sizes (--model / --preset as that run)")
     model.load_state_dict(state)
-
-
-def demo_partition(root: Path, num_clients: int, speakers: int, utterances: int, log) -> Path:
-    """Synthesize (once) the demo corpus under `root` and partition it by speaker across the clients."""
-    from fedctl.data.speech.partition import partition_librispeech
-    from fedctl.data.speech.synth import synth_corpus
-
-    if speakers < num_clients:
-        raise FedctlError(f"task.demo_speakers = {speakers} is fewer than the {num_clients} clients",
-                          f"raise --set task.demo_speakers={num_clients} or lower --clients")
-    tag = f"synth-s{speakers}-u{utterances}-seed{DEMO_SEED}"
-    corpus, parts = root / tag, root / f"{tag}-parts{num_clients}"
-    if not (corpus / "SPEAKERS.TXT").is_file():
-        log(f"demo data: synthesizing {speakers} speakers x {utterances} utterances with eSpeak NG into {corpus}")
-        synth_corpus(corpus, speakers=speakers, utterances=utterances, seed=DEMO_SEED)
-    if not (parts / "summary.json").is_file():
-        log(f"demo data: partitioning by speaker across {num_clients} clients into {parts}")
-        partition_librispeech([corpus], parts, clients=num_clients, by="speaker", val_fraction=0.2, seed=DEMO_SEED)
-    return parts
 
 
 class AsrTask(Task):

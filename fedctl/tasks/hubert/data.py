@@ -23,10 +23,10 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from fedctl.data.speech.demo import demo_partition
 from fedctl.data.speech.features import HUBERT_HOP, SAMPLE_RATE, WINDOW, hubert_num_frames
 from fedctl.errors import FedctlError
 
-DEMO_SEED = 1234  # the demo corpus is fixed, independent of the run seed, so runs compare
 AUDIO_CACHE_SECONDS = 3 * 3600  # below this much audio everything is kept in memory after the first read
 
 
@@ -54,23 +54,11 @@ class SpeechData:
 
 def demo_data(root: Path, num_clients: int, speakers: int, utterances: int, clusters: int,
               log: Callable[[str], None]) -> tuple[Path, Path]:
-    """Synthesize (once) the demo corpus under `root`, partition it by speaker, fit global MFCC k-means labels."""
+    """The speech demo partition (see fedctl.data.speech.demo) and its global MFCC k-means labels (made once)."""
     from fedctl.data.speech.kmeans import KmeansConfig, learn_kmeans_labels
-    from fedctl.data.speech.partition import partition_librispeech
-    from fedctl.data.speech.synth import synth_corpus
 
-    if speakers < num_clients:
-        raise FedctlError(f"task.demo_speakers = {speakers} is fewer than the {num_clients} clients",
-                          f"raise --set task.demo_speakers={num_clients} or lower --clients")
-    tag = f"synth-s{speakers}-u{utterances}-seed{DEMO_SEED}"
-    corpus, parts = root / tag, root / f"{tag}-parts{num_clients}"
-    labels = root / f"{tag}-parts{num_clients}-km{clusters}"
-    if not (corpus / "SPEAKERS.TXT").is_file():
-        log(f"demo data: synthesizing {speakers} speakers x {utterances} utterances with eSpeak NG into {corpus}")
-        synth_corpus(corpus, speakers=speakers, utterances=utterances, seed=DEMO_SEED)
-    if not (parts / "summary.json").is_file():
-        log(f"demo data: partitioning by speaker across {num_clients} clients into {parts}")
-        partition_librispeech([corpus], parts, clients=num_clients, by="speaker", val_fraction=0.2, seed=DEMO_SEED)
+    parts = demo_partition(root, num_clients, speakers, utterances, log)
+    labels = parts.with_name(f"{parts.name}-km{clusters}")
     if not (labels / "summary.json").is_file():
         log(f"demo data: fitting {clusters}-cluster MFCC k-means (global, 50 Hz) into {labels}")
         learn_kmeans_labels(parts, labels, KmeansConfig(clusters=clusters, scope="global", label_rate=50, seed=0))
