@@ -23,6 +23,7 @@ class AsrConfig:
     min_dur: int = 0  # keep utterances of at least this many milliseconds
     max_dur: int | None = None  # ... and shorter than this (ms); None: no upper bound
     drop_unknown: bool = False  # drop transcript characters outside a-z, space, apostrophe (else they are errors)
+    skip_too_short: bool = False  # leave out (and list) utterances too short for their transcript (else an error)
     demo_speakers: int = 8  # synth demo corpus (used without parts)
     demo_utterances: int = 24  # utterances per demo speaker
 

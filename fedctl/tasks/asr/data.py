@@ -129,7 +129,7 @@ def check_utterances(utts: Sequence[AsrUtterance], arch: str) -> None:
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
         raise FedctlError(
             f"{len(bad)} utterance(s) too short for their transcript under {arch}: {names}{more}",
-            "leave short utterances out with a minimum duration in ms, e.g. --set task.min_dur=1000",
+            "leave them out with --set task.skip_too_short=true (they are listed), or set a minimum duration in ms",
         )
 
 

@@ -35,6 +35,7 @@ from fedctl.tasks.asr.data import (
     check_utterances,
     load_partition,
     make_batch,
+    too_short,
 )
 from fedctl.tasks.asr.models import ARCHITECTURES, build_asr_model
 from fedctl.tasks.asr.text import error_rates, greedy_decode
@@ -165,7 +166,18 @@ class AsrTask(Task):
                               f"between {c.min_dur} and {c.max_dur} ms", "widen min_dur/max_dur or use fewer clients")
         if not any(val.values()):
             raise FedctlError(f"{parts} has no validation utterances", "partition with --val-fraction 0.2")
+        if c.skip_too_short:
+            short = {u.id for u, _, _ in too_short([u for us in (*train.values(), *val.values()) for u in us], c.arch)}
+            if short:
+                ctx.log(f"left out {len(short)} utterance(s) too short for their transcript under {c.arch}: "
+                        f"{', '.join(sorted(short)[:8])}{' …' if len(short) > 8 else ''}")
+                train = {cid: [u for u in utts if u.id not in short] for cid, utts in train.items()}
+                val = {cid: [u for u in utts if u.id not in short] for cid, utts in val.items()}
         check_utterances([u for utts in (*train.values(), *val.values()) for u in utts], c.arch)
+        empty = [cid for cid, utts in train.items() if not utts]
+        if empty:
+            raise FedctlError(f"client(s) {', '.join(empty)} of {parts} have no usable training utterances",
+                              "widen min_dur/max_dur or use fewer clients")
         return train, val, str(parts)
 
     def client_ids(self) -> list[str]:
