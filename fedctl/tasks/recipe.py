@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from fedctl.core import parallel
 from fedctl.core.config import FederationConfig, RunConfig, apply_mapping, load_yaml, parse_set, to_dict
 from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
@@ -98,6 +99,8 @@ def validate(exp: Experiment) -> None:
         )
     if exp.run.threads < 0:
         raise FedctlError(f"run.threads = {exp.run.threads} must be >= 0", "use 0 (all cores) or a thread count")
+    if exp.run.workers < 0:
+        raise FedctlError(f"run.workers = {exp.run.workers} must be >= 0", "use 0 (auto), 1 (sequential) or a worker count")
     for key in ("eval_every", "checkpoint_every"):
         if getattr(f, key) < 1:
             raise FedctlError(f"federation.{key} must be at least 1", f"--set federation.{key}=1")
@@ -172,10 +175,12 @@ def train(
     if hasattr(task, "wrap_strategy"):
         strategy = task.wrap_strategy(strategy)
     summary = task.describe() if hasattr(task, "describe") else {}
-    result = run_federated(
-        task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
-        run_dir=run_dir, on_event=emit, resume=resume, executor=executor,
-    )
+    # run.workers: clients train in parallel worker processes unless it is 1 or another executor is given
+    with parallel.executor_for(exp.run.workers if executor is None else 1, exp.run.threads) as workers:
+        result = run_federated(
+            task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
+            run_dir=run_dir, on_event=emit, resume=resume, executor=executor or workers,
+        )
     if hasattr(task, "export"):
         task.export(result.model, run_dir / "final" / "hf")
     sample = task.generate_sample(result.model) if hasattr(task, "generate_sample") else None
