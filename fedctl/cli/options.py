@@ -26,6 +26,10 @@ StrategyOpt = Annotated[
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed (sampling, init, data order).")]
 OutDirOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Client worker processes: 0 = auto (one per core), 1 = sequential, N."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 SaveDeltasOpt = Annotated[

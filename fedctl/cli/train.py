@@ -21,6 +21,7 @@ from fedctl.cli.options import (
     SeedOpt,
     SetOpt,
     StrategyOpt,
+    WorkersOpt,
     multi_value_command,
     parse_save_deltas,
 )
@@ -60,15 +61,17 @@ def _run(
 
     if resume:
         given = [k for k, v in {**run_flags, **fed_flags, **task_flags}.items()
-                 if v is not None and k not in ("out", "rounds")]
+                 if v is not None and k not in ("out", "rounds", "workers")]
         if given or config or sets:
             raise FedctlError(
-                "--resume takes the config from the run's config.yaml; only --rounds may change",
+                "--resume takes the config from the run's config.yaml; only --rounds (and --workers) may change",
                 f"drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--set'} or start a new run",
             )
         if run_flags.get("out") is None:
             raise FedctlError("--resume needs --out RUN_DIR", "pass the run directory to continue, e.g. --out runs/mamba")
         exp = recipe.load_run_config(Path(run_flags["out"]), fed_flags.get("rounds"))
+        if run_flags.get("workers") is not None:  # where clients train never changes the results
+            exp.run.workers = run_flags["workers"]
     else:
         exp = recipe.resolve(
             task_name, config,
@@ -101,6 +104,7 @@ def mamba(
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     data: DataOpt = None,
     preset: PresetOpt = None,
     local_updates: LocalUpdatesOpt = None,
@@ -115,7 +119,7 @@ def mamba(
     """Federated Mamba2 language model (transformers Mamba2ForCausalLM)."""
     _run(
         "mamba", config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
         fed_flags={"rounds": rounds, "clients": clients, "fraction": fraction, "strategy": strategy},
         task_flags={"data": data, "preset": preset, "local_updates": local_updates, "lr": lr,
                     "batch_size": batch_size, "seq_len": seq_len, "tokenizer": tokenizer},
@@ -132,6 +136,7 @@ def central(
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     data: DataOpt = None,
     full: Annotated[bool | None, typer.Option("--full/--lora", help="glue: full fine-tuning or LoRA.", show_default=False)] = None,
     save_deltas: SaveDeltasOpt = None,
@@ -144,7 +149,7 @@ def central(
         task_flags["finetune"] = "full" if full else "lora"
     _run(
         task, config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
         fed_flags={"rounds": rounds},
         task_flags=task_flags,
         resume=resume, as_json=as_json, central=True, save_deltas=save_deltas,

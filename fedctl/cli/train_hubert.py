@@ -19,6 +19,7 @@ from fedctl.cli.options import (
     SeedOpt,
     SetOpt,
     StrategyOpt,
+    WorkersOpt,
 )
 from fedctl.cli.train import TrainCommand, _run, app
 
@@ -49,6 +50,7 @@ def hubert(
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     parts: PartsOpt = None,
     labels: LabelsOpt = None,
     preset: HubertPresetOpt = None,
@@ -63,7 +65,7 @@ def hubert(
     """Federated HuBERT pretraining: masked prediction of k-means labels (transformers HubertModel)."""
     _run(
         "hubert", config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
         fed_flags={"rounds": rounds, "clients": clients, "fraction": fraction, "strategy": strategy,
                    "eval_clients": eval_clients},
         task_flags={"parts": parts, "labels": labels, "preset": preset, "local_updates": local_updates, "lr": lr,
@@ -86,6 +88,7 @@ def distill(
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     teacher: TeacherOpt = None,
     recipe: RecipeOpt = None,
     parts: PartsOpt = None,
@@ -101,7 +104,7 @@ def distill(
     """Federated distillation of a HuBERT teacher into a student; only the student travels."""
     _run(
         "distill", config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
         fed_flags={"rounds": rounds, "clients": clients, "fraction": fraction, "strategy": strategy,
                    "eval_clients": eval_clients},
         task_flags={"teacher": teacher, "recipe": recipe, "parts": parts, "labels": labels,

@@ -20,6 +20,7 @@ from fedctl.cli.options import (
     SeedOpt,
     SetOpt,
     StrategyOpt,
+    WorkersOpt,
 )
 from fedctl.cli.train import TrainCommand, _run, app
 
@@ -53,6 +54,7 @@ def lora(
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     local_epochs: _opt("--local-epochs", "Passes over each client's shard per round.", float) = None,
     local_updates: _opt("--local-updates", "Optimizer steps per client per round (overrides --local-epochs).", int) = None,
     lora_r: _opt("--lora-r", "LoRA rank the clients train at.", int) = None,
@@ -84,7 +86,7 @@ def lora(
         clients = count_shards(shards)
     _run(
         "glue", config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
         fed_flags={"rounds": rounds, "clients": clients, "fraction": fraction, "strategy": strategy,
                    "eval_every": 1 if eval_each_round else None, "eval_clients": True if eval_clients else None},
         task_flags={"finetune": None if resume else "lora", "model": model, "glue_task": glue_task,

@@ -230,7 +230,7 @@ def _worker_main(spec: _Spec) -> None:
             job = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        if job is None:
+        if not job:  # () = stop
             return
         pos, server_round, index, cid, instructions, optimizer_state = job
         with torch.no_grad():
@@ -304,6 +304,7 @@ class ParallelExecutor:
         self.start_method = start_method
         self.join_seconds = join_seconds
         self.plan: WorkerPlan | None = None
+        self.exit_codes: list[int | None] = []  # of every stopped worker process (0 = stopped when asked)
         self._workers: list[_Worker] = []
         self._global: State = {}
         self._ctx = None
@@ -375,7 +376,7 @@ class ParallelExecutor:
             return
         if graceful and p.is_alive():
             with contextlib.suppress(OSError, ValueError):
-                _send(w.conn, None)
+                _send(w.conn)  # () = stop
             p.join(self.join_seconds)
         if p.is_alive():
             p.terminate()
@@ -383,6 +384,7 @@ class ParallelExecutor:
         if p.is_alive():
             p.kill()
             p.join()
+        self.exit_codes.append(p.exitcode)
         with contextlib.suppress(OSError):
             w.conn.close()
         with contextlib.suppress(ValueError):

@@ -73,6 +73,8 @@ def parallel_run(task, strategy, federation, workers, **kw):
         res = run_federated(task, strategy, federation, seed=11, executor=ex, **kw)
         assert ex.plan.workers == min(workers, federation.clients)
     assert children() <= before, "a worker process outlived the run"
+    if workers > 1 and not kw.get("on_event"):
+        assert ex.exit_codes == [0] * workers  # stopped when asked, not terminated
     return res
 
 
