@@ -8,7 +8,8 @@ global evaluation every round) for a few rounds, run three ways, each in a fresh
   flower-sim   the same fedctl task and strategy as a Flower ServerApp + ClientApp on flwr's
                simulation engine (Ray; one CPU per client, so two clients at once on two cores)
 
-Reported per variant (best of the interleaved repeats, because other jobs share these cores):
+Reported per variant (best of the interleaved repeats — FEDCTL_BENCH_REPEATS, default 2 — because other jobs
+share these cores):
   start-up s   launch → end of round 1, minus one steady round: imports, task build, worker start
   steady s     median seconds per round over rounds ≥ 2 (end-to-end: training, aggregation, evaluation)
   peak MB      peak of the summed PSS (proportional set size: shared pages split between the processes
@@ -155,7 +156,7 @@ def main(quick: bool = False) -> dict:
     except ImportError as exc:
         skipped = f"flower-sim skipped: {exc.name} is not installed (pip install 'flwr[simulation]==1.41.0')"
         print(skipped)
-    repeats = 1 if quick else 2
+    repeats = 1 if quick else int(os.environ.get("FEDCTL_BENCH_REPEATS", "2"))
     rounds = 3 if quick else ROUNDS
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(repeats):  # interleaved, so load from other jobs hits every variant alike
