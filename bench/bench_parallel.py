@@ -12,6 +12,8 @@ Reported per variant (best of the interleaved repeats — FEDCTL_BENCH_REPEATS, 
 share these cores):
   start-up s   launch → end of round 1, minus one steady round: imports, task build, worker start
   steady s     median seconds per round over rounds ≥ 2 (end-to-end: training, aggregation, evaluation)
+  CPU s        CPU seconds (user + system) of the whole process tree per steady round: what the work costs,
+               independent of how much of the machine other jobs leave us
   peak MB      peak of the summed PSS (proportional set size: shared pages split between the processes
                that map them, so forked workers are not double-counted) over the whole process tree,
                sampled every 0.2 s; RSS summed the same way is shown for reference.
@@ -99,6 +101,15 @@ def _memory_kb(pid: int) -> tuple[int, int]:
     return pss, rss
 
 
+def _cpu_seconds(pid: int, last: float) -> float:
+    """user + system CPU seconds of one process from /proc/PID/stat (`last` if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return last
+
+
 def measure(variant: str, rounds: int = ROUNDS) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.jsonl"
@@ -110,11 +121,16 @@ def measure(variant: str, rounds: int = ROUNDS) -> dict:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its own process group: Ray's helpers included
         peak = {"pss": 0, "rss": 0, "procs": 0}
+        cpu_by_pid: dict[int, float] = {}  # last seen user+system seconds (kept after a process exits)
+        cpu_trace: list[tuple[float, float]] = []  # (wall time, CPU seconds of the whole tree so far)
         done = threading.Event()
 
         def sample():
             while not done.is_set():
                 pids = _tree(proc.pid)
+                for p in pids:
+                    cpu_by_pid[p] = _cpu_seconds(p, cpu_by_pid.get(p, 0.0))
+                cpu_trace.append((time.time(), sum(cpu_by_pid.values())))
                 mem = [_memory_kb(p) for p in pids]
                 pss, rss = sum(m[0] for m in mem), sum(m[1] for m in mem)
                 if pss > peak["pss"]:
@@ -140,7 +156,13 @@ def measure(variant: str, rounds: int = ROUNDS) -> dict:
         ends = [json.loads(line)["t"] for line in events.read_text().splitlines()]
     per_round = [b - a for a, b in zip(ends, ends[1:])]
     steady = statistics.median(per_round)
+
+    def cpu_at(t):
+        return next((c for ts, c in cpu_trace if ts >= t), cpu_trace[-1][1])
+
+    cpu_round = [cpu_at(b) - cpu_at(a) for a, b in zip(ends, ends[1:])]
     return {"variant": variant, "startup_s": ends[0] - t_launch - steady, "steady_s": steady,
+            "steady_cpu_s": statistics.median(cpu_round),
             "round_s": [ends[0] - t_launch] + per_round, "peak_pss_mb": peak["pss"] / 1024,
             "peak_rss_mb": peak["rss"] / 1024, "processes": peak["procs"]}
 
@@ -163,8 +185,9 @@ def main(quick: bool = False) -> dict:
         for v in variants:
             runs[v].append(measure(v, rounds))
             print(f"   {v:<11} start-up {runs[v][-1]['startup_s']:5.1f} s | steady {runs[v][-1]['steady_s']:5.2f} s/round"
-                  f" | peak PSS {runs[v][-1]['peak_pss_mb']:6.0f} MB", flush=True)
+                  f" ({runs[v][-1]['steady_cpu_s']:5.2f} CPU s) | peak PSS {runs[v][-1]['peak_pss_mb']:6.0f} MB", flush=True)
     best = {v: {"startup_s": min(r["startup_s"] for r in rs), "steady_s": min(r["steady_s"] for r in rs),
+                "steady_cpu_s": min(r["steady_cpu_s"] for r in rs),
                 "peak_pss_mb": max(r["peak_pss_mb"] for r in rs), "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                 "processes": max(r["processes"] for r in rs)} for v, rs in runs.items()}
     return {"rounds": rounds, "repeats": repeats, "runs": runs, "best": best, "skipped": skipped}
@@ -174,9 +197,9 @@ def report(results: dict) -> None:
     best = results["best"]
     w = best["workers"]
     print(f"mamba_tiny, 4 clients × 8 local steps, {results['rounds']} rounds; best of {results['repeats']} interleaved runs")
-    print(f"   {'':<11} {'start-up s':>10} {'steady s/round':>15} {'peak PSS MB':>12} {'(RSS MB)':>9} {'procs':>6}")
+    print(f"   {'':<11} {'start-up s':>10} {'steady s/round':>15} {'CPU s/round':>12} {'peak PSS MB':>12} {'(RSS MB)':>9} {'procs':>6}")
     for v, b in best.items():
-        print(f"   {v:<11} {b['startup_s']:10.2f} {b['steady_s']:15.2f} {b['peak_pss_mb']:12.0f} "
+        print(f"   {v:<11} {b['startup_s']:10.2f} {b['steady_s']:15.2f} {b['steady_cpu_s']:12.2f} {b['peak_pss_mb']:12.0f} "
               f"{b['peak_rss_mb']:9.0f} {b['processes']:6d}")
     s = best["sequential"]
     print(f"   workers / sequential: steady {w['steady_s'] / s['steady_s']:.2f}× (target ≤ 0.6), "

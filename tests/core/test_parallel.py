@@ -180,3 +180,44 @@ def test_spawned_workers_rebuild_the_task_and_match():
                             on_event=messages.append)
     assert any(isinstance(m, Message) and "spawn" in m.text for m in messages)
     assert_same(reference, res)
+
+
+_SERVER_DIES = """
+import os, signal, sys, torch
+import psutil
+from fedctl.core.config import FederationConfig
+from fedctl.core.engine import run_federated
+from fedctl.core.events import RoundFinished
+from fedctl.core.parallel import ParallelExecutor
+from fedctl.core.strategies import build_strategy
+from tests.core.linear_task import LinearTask
+
+torch.set_num_threads(1)
+
+def die(event):
+    if isinstance(event, RoundFinished):
+        print(" ".join(str(c.pid) for c in psutil.Process().children()), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # no finally, no atexit: only the kernel can clean up
+
+run_federated(LinearTask(), build_strategy("fedavg"), FederationConfig(rounds=3, clients=4), seed=0,
+              executor=ParallelExecutor(2, threads=1), on_event=die)
+"""
+
+
+def test_workers_die_with_a_sigkilled_server():
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    psutil = pytest.importorskip("psutil")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _SERVER_DIES], cwd=root, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    pids = [int(p) for p in proc.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
+        assert time.monotonic() < deadline, "a worker outlived its SIGKILLed server"
+        time.sleep(0.1)
