@@ -170,8 +170,8 @@ def measure(variant: str, rounds: int = ROUNDS) -> dict:
 def main(quick: bool = False) -> dict:
     variants = ["sequential", "workers"]
     try:
-        import ray  # noqa: F401
         import flwr.simulation  # noqa: F401
+        import ray  # noqa: F401
 
         variants.append("flower-sim")
         skipped = None
@@ -201,6 +201,12 @@ def report(results: dict) -> None:
     for v, b in best.items():
         print(f"   {v:<11} {b['startup_s']:10.2f} {b['steady_s']:15.2f} {b['steady_cpu_s']:12.2f} {b['peak_pss_mb']:12.0f} "
               f"{b['peak_rss_mb']:9.0f} {b['processes']:6d}")
+    runs = results["runs"]
+    if len(runs.get("workers", [])) > 1:  # each repeat's variants ran back to back: their ratios share the load
+        for other in [v for v in runs if v != "workers"]:
+            paired = [w["steady_s"] / o["steady_s"] for w, o in zip(runs["workers"], runs[other])]
+            print(f"   paired steady ratios workers / {other}, per repeat: "
+                  + ", ".join(f"{r:.2f}" for r in paired) + f" (median {statistics.median(paired):.2f})")
     s = best["sequential"]
     print(f"   workers / sequential: steady {w['steady_s'] / s['steady_s']:.2f}× (target ≤ 0.6), "
           f"peak {w['peak_pss_mb'] / s['peak_pss_mb']:.2f}×")

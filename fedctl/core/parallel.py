@@ -26,7 +26,7 @@ data and tokenizer pages copy-on-write and start in milliseconds; each builds it
 once. With more than one thread per worker (GNU OpenMP hangs in a forked child of a process that
 already used its thread pool) or on CUDA (CUDA cannot be used after fork), workers are spawned
 and rebuild the task from the resolved run config — workload name, task section and the
-TaskContext fields — exactly as the Flower ClientApp does (`build_task`).
+TaskContext fields — exactly as the Flower ClientApp does (fedctl.tasks.rebuild).
 
 Faults: a client that raises is reported as failed (the engine leaves it out); a worker process
 that dies (crash, SIGKILL, OOM killer) takes only its current client out of the round and is
@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import os
 import pickle
 import signal
@@ -136,26 +135,6 @@ def _start_methods() -> list[str]:
     import multiprocessing
 
     return multiprocessing.get_all_start_methods()
-
-
-def build_task(config: dict[str, Any], device: str):
-    """The task a resolved run config describes, built as `fedctl train` builds it but on `device`
-    and without a run directory (a worker writes nothing; a tokenizer the task trains is retrained
-    deterministically from the same text) — what a spawned worker and the Flower ClientApp do."""
-    from fedctl.core.config import apply_mapping
-    from fedctl.core.task import TaskContext
-    from fedctl.tasks import recipe
-    from fedctl.tasks.registry import get_workload
-
-    task_name = (config.get("run") or {}).get("task")
-    if not task_name:
-        raise FedctlError("spawned workers need the run config (run.task) to rebuild the task",
-                          "train through fedctl.tasks.recipe.train, or pass task_factory=…")
-    exp = recipe.new_experiment(task_name)
-    apply_mapping(exp, config, "")
-    ctx = TaskContext(num_clients=exp.federation.clients, seed=exp.run.seed, device=torch.device(device), run_dir=None,
-                      log=lambda text: None)
-    return get_workload(task_name).build(exp.task, ctx)
 
 
 # ----------------------------------------------------------------------------------- the worker
@@ -298,9 +277,9 @@ class ParallelExecutor:
     """An engine Executor (see fedctl.core.engine) that trains sampled clients on worker processes.
 
     `workers` 0 = auto (see plan_workers); `threads` = run.threads (0: cores split over workers);
-    `task_factory(device)` rebuilds the task in spawned workers (default: `build_task` from the
-    run config); `start_method` overrides fork/spawn (tests). Use as a context manager, or call
-    close(): it stops the workers (also at interpreter exit).
+    `task_factory(device)` rebuilds the task in spawned workers (picklable; `fedctl train` passes
+    fedctl.tasks.rebuild.rebuild_task bound to the run config); `start_method` overrides fork/spawn
+    (tests). Use as a context manager, or call close(): it stops the workers (also at interpreter exit).
     """
 
     def __init__(self, workers: int = 0, *, threads: int = 0, task_factory: TaskFactory | None = None,
@@ -338,7 +317,11 @@ class ParallelExecutor:
         if self.plan.start_method == "spawn":
             import torch.multiprocessing as _tmp  # noqa: F401 - registers the reductions that share tensors on spawn
             if self.task_factory is None:
-                self.task_factory = functools.partial(build_task, run.config)
+                raise FedctlError(
+                    f"{self.plan.workers} workers × {self.plan.threads} threads on {self.plan.devices[0]} must be "
+                    "spawned, and spawned workers rebuild the task with a task_factory",
+                    "train through `fedctl train` (it passes one), or use --workers 1, or set run.threads=1 on CPU",
+                )
         import multiprocessing
 
         self._ctx = multiprocessing.get_context(self.plan.start_method)
@@ -520,13 +503,14 @@ def _message(text: str):
 
 
 @contextlib.contextmanager
-def executor_for(workers: int, threads: int) -> Iterator[ParallelExecutor | None]:
+def executor_for(workers: int, threads: int, task_factory: TaskFactory | None = None
+                 ) -> Iterator[ParallelExecutor | None]:
     """The executor `run.workers` asks for: None (the sequential engine) for 1, else a
     ParallelExecutor that is closed on exit, however the run ends."""
     if workers == 1:
         yield None
         return
-    executor = ParallelExecutor(workers, threads=threads)
+    executor = ParallelExecutor(workers, threads=threads, task_factory=task_factory)
     try:
         yield executor
     finally:

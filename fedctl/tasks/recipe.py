@@ -4,6 +4,7 @@ run the engine → export. `fedctl train <task>` and `fedctl train central` call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from fedctl.core.events import Message
 from fedctl.core.strategies import build_strategy
 from fedctl.core.task import TaskContext
 from fedctl.errors import FedctlError
+from fedctl.tasks.rebuild import rebuild_task
 from fedctl.tasks.registry import get_workload
 from fedctl.utils.templates import resolve_template
 
@@ -176,7 +178,8 @@ def train(
         strategy = task.wrap_strategy(strategy)
     summary = task.describe() if hasattr(task, "describe") else {}
     # run.workers: clients train in parallel worker processes unless it is 1 or another executor is given
-    with parallel.executor_for(exp.run.workers if executor is None else 1, exp.run.threads) as workers:
+    with parallel.executor_for(exp.run.workers if executor is None else 1, exp.run.threads,
+                               functools.partial(rebuild_task, to_dict(exp))) as workers:
         result = run_federated(
             task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
             run_dir=run_dir, on_event=emit, resume=resume, executor=executor or workers,

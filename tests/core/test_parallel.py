@@ -221,3 +221,10 @@ def test_workers_die_with_a_sigkilled_server():
     while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids):
         assert time.monotonic() < deadline, "a worker outlived its SIGKILLed server"
         time.sleep(0.1)
+
+
+def test_spawn_without_a_task_factory_is_a_clear_error():
+    from fedctl.errors import FedctlError
+
+    with pytest.raises(FedctlError, match="task_factory"), ParallelExecutor(2, threads=1, start_method="spawn") as ex:
+        run_federated(LinearTask(), build_strategy("fedavg"), fed(), seed=11, executor=ex)
