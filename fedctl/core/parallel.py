@@ -185,8 +185,9 @@ def _worker_main(spec: _Spec) -> None:
     if hasattr(os, "setsid"):
         # Linux's autogroup scheduler (sched_autogroup_enabled, on by default) splits CPU time between
         # sessions, not processes: workers left in the server's session would share ONE session's slice
-        # on a busy machine (measured: 2 workers ran at half speed each, no faster than 1). Ray's workers
-        # lead their own sessions for the same reason. Ctrl-C still stops us through the server.
+        # on a busy machine (measured: 2 workers ran at half speed each, no faster than 1 process). With a
+        # session each, N workers compete like N jobs (no effect on an idle machine). Ray does NOT do
+        # this: Flower's simulation actors share the driver's session. Ctrl-C still stops us via the server.
         with contextlib.suppress(OSError):
             os.setsid()
     if spec.parent_conn is not None:
@@ -283,8 +284,12 @@ class ParallelExecutor:
     """
 
     def __init__(self, workers: int = 0, *, threads: int = 0, task_factory: TaskFactory | None = None,
-                 start_method: str | None = None, join_seconds: float = 5.0):
+                 device: torch.device | str | None = None, start_method: str | None = None,
+                 join_seconds: float = 5.0):
         self.requested = workers
+        # the configured device: "cuda" (no index) spreads workers over every GPU; the global state's
+        # own device always has an index and is only the fallback
+        self.device = torch.device(device) if device is not None else None
         self.threads = threads
         self.task_factory = task_factory
         self.start_method = start_method
@@ -305,7 +310,7 @@ class ParallelExecutor:
 
     # -- lifecycle --------------------------------------------------------------------------------
     def _setup(self, run: Run, clients_per_round: int) -> None:
-        device = next(iter(run.global_state.values())).device
+        device = self.device or next(iter(run.global_state.values())).device
         self.plan = plan_workers(self.requested, threads=self.threads, clients_per_round=clients_per_round,
                                  device=device, model_bytes=run.shared_bytes)
         if self.start_method:
@@ -503,14 +508,14 @@ def _message(text: str):
 
 
 @contextlib.contextmanager
-def executor_for(workers: int, threads: int, task_factory: TaskFactory | None = None
-                 ) -> Iterator[ParallelExecutor | None]:
+def executor_for(workers: int, threads: int, task_factory: TaskFactory | None = None,
+                 device: torch.device | str | None = None) -> Iterator[ParallelExecutor | None]:
     """The executor `run.workers` asks for: None (the sequential engine) for 1, else a
     ParallelExecutor that is closed on exit, however the run ends."""
     if workers == 1:
         yield None
         return
-    executor = ParallelExecutor(workers, threads=threads, task_factory=task_factory)
+    executor = ParallelExecutor(workers, threads=threads, task_factory=task_factory, device=device)
     try:
         yield executor
     finally:

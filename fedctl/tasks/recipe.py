@@ -179,7 +179,7 @@ def train(
     summary = task.describe() if hasattr(task, "describe") else {}
     # run.workers: clients train in parallel worker processes unless it is 1 or another executor is given
     with parallel.executor_for(exp.run.workers if executor is None else 1, exp.run.threads,
-                               functools.partial(rebuild_task, to_dict(exp))) as workers:
+                               functools.partial(rebuild_task, to_dict(exp)), ctx.device) as workers:
         result = run_federated(
             task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
             run_dir=run_dir, on_event=emit, resume=resume, executor=executor or workers,

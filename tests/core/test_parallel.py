@@ -168,6 +168,8 @@ def test_auto_plan_fills_cores_and_forks_only_single_threaded_cpu_workers():
     assert plan_workers(0, threads=1, clients_per_round=4, device=cpu, cores=2).start_method == "fork"
     gpu = plan_workers(0, threads=0, clients_per_round=8, device=torch.device("cuda"), cores=16, gpus=4)
     assert (gpu.workers, gpu.devices, gpu.start_method) == (4, ("cuda:0", "cuda:1", "cuda:2", "cuda:3"), "spawn")
+    pinned = plan_workers(0, threads=0, clients_per_round=8, device=torch.device("cuda:1"), cores=16, gpus=4)
+    assert (pinned.workers, pinned.devices) == (1, ("cuda:1",))  # a named GPU: the sequential engine
     shared = plan_workers(6, threads=0, clients_per_round=8, device=torch.device("cuda"), cores=12, gpus=2)
     assert shared.devices == ("cuda:0", "cuda:1") * 3 and shared.threads == 2
 
