@@ -1,6 +1,6 @@
 """Runs every benchmark in one process and prints their side-by-side ratios.
 
-    python bench/run.py [--quick] [--only engine,merge,speech] [--json out.json]
+    python bench/run.py [--quick] [--only engine,merge,speech,parallel] [--json out.json]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge": "bench.bench_merge",
-          "speech": "bench.bench_speech", "hubert": "bench.bench_hubert"}
+          "speech": "bench.bench_speech", "hubert": "bench.bench_hubert", "parallel": "bench.bench_parallel"}
 
 
 def main() -> None:

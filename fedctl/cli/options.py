@@ -57,6 +57,10 @@ OverwriteOpt = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace --out if it holds an earlier fedctl output (never anything else)."),
 ]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Client worker processes: 0 = auto (one per core), 1 = sequential, N."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 SaveDeltasOpt = Annotated[

@@ -22,6 +22,8 @@ from fedctl.cli.options import (
     SeedOpt,
     SetOpt,
     StrategyOpt,
+    WholeNumber,
+    WorkersOpt,
     multi_value_command,
     parse_save_deltas,
 )
@@ -51,15 +53,17 @@ def _run(
 
     if resume:
         given = [k for k, v in {**run_flags, **fed_flags, **task_flags}.items()
-                 if v is not None and k not in ("out", "rounds")]
+                 if v is not None and k not in ("out", "rounds", "workers")]
         if given or config or sets:
             raise FedctlError(
-                "--resume takes the config from the run's config.yaml; only --rounds may change",
+                "--resume takes the config from the run's config.yaml; only --rounds (and --workers) may change",
                 f"drop {', '.join('--' + g.replace('_', '-') for g in given) or '--config/--set'} or start a new run",
             )
         if run_flags.get("out") is None:
             raise FedctlError("--resume needs --out RUN_DIR", "pass the run directory to continue, e.g. --out runs/mamba")
         exp = recipe.load_run_config(Path(run_flags["out"]), fed_flags.get("rounds"))
+        if run_flags.get("workers") is not None:  # where clients train never changes the results
+            exp.run.workers = run_flags["workers"]
     else:
         exp = recipe.resolve(
             task_name, config,
@@ -89,6 +93,7 @@ SHARED = (
     ("run.seed", "seed", SeedOpt),
     ("run.out", "out_dir", OutDirOpt),
     ("run.device", "device", DeviceOpt),
+    ("run.workers", "workers", WorkersOpt),
 )
 
 
@@ -101,6 +106,8 @@ def _annotation(flag: Flag) -> Any:
         return Annotated[bool | None, typer.Option(f"{flag.flag}/--no-{name}", help=flag.help, show_default=False)]
     if flag.type is list:
         return Annotated[list[str] | None, typer.Option(flag.flag, help=flag.help)]
+    if flag.type is int:  # 1e3 is a whole number too
+        return Annotated[int | None, typer.Option(flag.flag, click_type=WholeNumber(), help=flag.help)]
     return Annotated[flag.type | None, typer.Option(flag.flag, help=flag.help)]
 
 
@@ -157,6 +164,7 @@ def central(
     seed: SeedOpt = None,
     out_dir: OutDirOpt = None,
     device: DeviceOpt = None,
+    workers: WorkersOpt = None,
     data: Annotated[str | None, typer.Option("--data", help="The workload's data (mamba: text; see its command).")] = None,
     full: Annotated[bool | None, typer.Option("--full/--lora", help="glue: full fine-tuning or LoRA.", show_default=False)] = None,
     save_deltas: SaveDeltasOpt = None,
@@ -169,7 +177,7 @@ def central(
         task_flags["finetune"] = "full" if full else "lora"
     _run(
         task, config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
         fed_flags={"rounds": rounds},
         task_flags=task_flags,
         resume=resume, as_json=as_json, central=True, save_deltas=save_deltas,

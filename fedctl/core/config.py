@@ -77,6 +77,7 @@ class RunConfig:
     seed: int = field(default=0, metadata={"check": check_seed})  # seeds model init, client sampling and every client's data order
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
     threads: int = 0  # CPU threads for torch ops (0 = torch's default, all cores); 1 is fastest for tiny models
+    workers: int = 0  # client worker processes: 0 = auto (one per core the threads allow), 1 = sequential
     task: str = "mamba"  # workload: set by the command (`train mamba`, `train central --task …`)
 
 

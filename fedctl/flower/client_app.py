@@ -50,23 +50,10 @@ TaskFactory = Callable[[dict[str, Any], list[str]], Task]
 
 
 def build_task_from_config(config: dict[str, Any], node_sets: list[str]) -> Task:
-    """The task a run config describes, as `fedctl train` builds it (no run directory: a node
-    writes nothing; a trained tokenizer is retrained deterministically from the same text)."""
-    from fedctl.core.config import apply_mapping, parse_set
-    from fedctl.core.task import TaskContext
-    from fedctl.run import recipe
-    from fedctl.run.registry import get_workload
+    """The task a run config describes, with this node's --set overrides (see fedctl.run.rebuild)."""
+    from fedctl.run.rebuild import rebuild_task
 
-    task_name = (config.get("run") or {}).get("task")
-    if not task_name:
-        raise FedctlError("the run config has no run.task", "start the run with `fedctl train flower-app`")
-    exp = recipe.new_experiment(task_name)
-    apply_mapping(exp, config, "")
-    apply_mapping(exp, parse_set(node_sets), "")
-    recipe.validate(exp)
-    ctx = TaskContext(num_clients=exp.federation.clients, seed=exp.run.seed,
-                      device=recipe.resolve_device(exp.run.device), run_dir=None)
-    return get_workload(exp.run.task).build(exp.task, ctx)
+    return rebuild_task(config, sets=node_sets)
 
 
 @dataclass

@@ -4,6 +4,7 @@ run the engine → export. `fedctl train <task>` and `fedctl train central` call
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from fedctl.core import parallel
 from fedctl.core.config import FederationConfig, RunConfig, apply_mapping, load_yaml, parse_set, to_dict
 from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
@@ -18,6 +20,7 @@ from fedctl.core.rundir import RunDir, check_resume
 from fedctl.core.strategies import build_strategy
 from fedctl.core.task import TaskContext
 from fedctl.errors import FedctlError
+from fedctl.run.rebuild import rebuild_task
 from fedctl.run.registry import get_workload
 from fedctl.utils.templates import resolve_template
 
@@ -99,6 +102,8 @@ def validate(exp: Experiment) -> None:
         )
     if exp.run.threads < 0:
         raise FedctlError(f"run.threads = {exp.run.threads} must be >= 0", "use 0 (all cores) or a thread count")
+    if exp.run.workers < 0:
+        raise FedctlError(f"run.workers = {exp.run.workers} must be >= 0", "use 0 (auto), 1 (sequential) or a worker count")
     for key in ("eval_every", "checkpoint_every"):
         if getattr(f, key) < 1:
             raise FedctlError(f"federation.{key} must be at least 1", f"--set federation.{key}=1")
@@ -184,10 +189,13 @@ def _train_locked(exp: Experiment, run_dir: RunDir, on_event: EventSink | None, 
     # A task may aggregate in its own space around the chosen strategy (glue: LoRA ΔW-space merging).
     strategy = task.wrap_strategy(build_strategy(exp.federation.strategy, exp.federation.strategy_args))
     summary = task.describe()
-    result = run_federated(
-        task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
-        run_dir=run_dir, on_event=emit, resume=resume, executor=executor,
-    )
+    # run.workers: clients train in parallel worker processes unless it is 1 or another executor is given
+    with parallel.executor_for(exp.run.workers if executor is None else 1, exp.run.threads,
+                               functools.partial(rebuild_task, to_dict(exp)), ctx.device) as workers:
+        result = run_federated(
+            task, strategy, exp.federation, seed=exp.run.seed, config=to_dict(exp),
+            run_dir=run_dir, on_event=emit, resume=resume, executor=executor or workers,
+        )
     task.export(result.model, run_dir.export_dir)
     return TrainOutcome(result, exp, run_dir, summary, task.sample(result.model))
 

@@ -64,3 +64,8 @@ class LinearTask(Task):
                 k = self._k(client_id)
                 loss = nn.functional.mse_loss(model(self.x[k]), self.y[k]).item()
         return {"val_loss": loss}
+
+
+def build_linear_task(device=None):
+    """A default LinearTask (a picklable task factory for spawned parallel workers)."""
+    return LinearTask()

@@ -106,8 +106,9 @@ def test_ctrl_c_says_which_round_is_saved_and_how_to_resume(linear_cli, tmp_path
 
     monkeypatch.setattr(LinearWorkloadTask, "client_trained", client_trained)
     run = tmp_path / "run"
+    # the interrupt is simulated inside training, so in this process (--workers 1), as a real Ctrl-C reaches it
     res = linear_cli("train", "mamba", "--rounds", "4", "--clients", "2", "--set", "federation.checkpoint_every=1",
-                     "--out", run)
+                     "--workers", "1", "--out", run)
     assert res.exit_code == 130
     assert "round 2 of 4 is saved" in res.stderr and "round_002.pt" in res.stderr
     assert f"fedctl train mamba --out {run} --resume" in res.stderr
@@ -121,7 +122,7 @@ def test_ctrl_c_before_any_checkpoint(linear_cli, tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(LinearWorkloadTask, "client_trained", client_trained)
-    res = linear_cli("train", "mamba", "--rounds", "2", "--out", tmp_path / "run")
+    res = linear_cli("train", "mamba", "--rounds", "2", "--workers", "1", "--out", tmp_path / "run")
     assert res.exit_code == 130 and "no checkpoint saved yet" in res.stderr
 
 
