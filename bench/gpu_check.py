@@ -200,7 +200,8 @@ def part_hubert(ctx: Ctx) -> dict:
         n = sum(p.numel() for p in HubertPretrainModel(hubert_config(PRESETS[preset]), 500, PRESETS[preset]["final_dim"]).parameters())
     out = {"preset": preset, "parameters_m": n / 1e6, "rows": {}}
     # most informative first: if the budget runs out, the rows that matter most exist
-    order = [(p, a, c) for c in (False, True) for p in ("bf16", "fp32", "fp16") for a in ("sdpa", "eager")]
+    precisions = ("fp32", "bf16", "fp16") if ctx.dry else ("bf16", "fp32", "fp16")  # bf16 on CPU is only a stand-in
+    order = [(p, a, c) for c in (False, True) for p in precisions for a in ("sdpa", "eager")]
     for precision, attn, ckpt in order:
         name = f"{precision}/{attn}/{'ckpt' if ckpt else 'no-ckpt'}"
         out["rows"][name] = guarded(_hubert_step_row, ctx, precision, attn, ckpt)
@@ -397,8 +398,10 @@ def _inversion_rows(ctx: Ctx, arch: str) -> dict:
 
 
 def part_inversion(ctx: Ctx) -> dict:
-    return {"preset": "tiny" if ctx.dry else "reference", "ds1": guarded(_inversion_rows, ctx, "ds1"),
-            "ds2": guarded(_inversion_rows, ctx, "ds2"),
+    # half the budget each, so a slow DS1 row (vmap over the RNN) cannot starve DS2
+    ds1 = guarded(_inversion_rows, Ctx(ctx.device, ctx.dry, Budget(ctx.budget.left() / 2)), "ds1")
+    ds2 = guarded(_inversion_rows, ctx, "ds2")
+    return {"preset": "tiny" if ctx.dry else "reference", "ds1": ds1, "ds2": ds2,
             "note": "DS2 restarts batched share BatchNorm batch statistics (train mode); figures are timing only"}
 
 
@@ -548,12 +551,11 @@ def environment(device: torch.device) -> dict:
         import transformers
 
         env["transformers"] = transformers.__version__
-    try:
-        import mamba_ssm
-
-        env["mamba_ssm"] = getattr(mamba_ssm, "__version__", "importable")
-    except Exception:  # noqa: BLE001
-        env["mamba_ssm"] = None
+    for package in ("mamba_ssm", "causal_conv1d"):  # transformers' Mamba2 kernels come from these two
+        try:
+            env[package] = getattr(importlib.import_module(package), "__version__", "importable")
+        except Exception:  # noqa: BLE001 — absent, or a build that does not load against this torch
+            env[package] = None
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         env["gpu"] = p.name
@@ -594,7 +596,7 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     lines = [f"# fedctl GPU check{' (--dry: tiny sizes on CPU, not GPU figures)' if report['dry'] else ''}", "",
              "Environment: " + ", ".join(f"{k} {_fmt(v)}" for k, v in env.items()), "",
-             f"Total {report['total_s']:.1f} s.", "", "| part | row | measures | values |", "|---|---|---|---|"]
+             f"Total {report['total_s']:.1f} s." + (f" {report['note']}." if report.get("note") else ""), "", "| part | row | measures | values |", "|---|---|---|---|"]
     for name, part in report["parts"].items():
         secs = report["part_seconds"].get(name)
         for where, measure, value in _rows("", part):
