@@ -22,12 +22,11 @@ still leaves what it measured.
 
 from __future__ import annotations
 
-import argparse
 import _thread
+import argparse
 import contextlib
 import importlib
 import json
-import math
 import os
 import platform
 import statistics
@@ -50,7 +49,7 @@ TOTAL_LIMIT_S = 480  # the promise: 8 minutes on one GPU, whatever happens
 BUDGETS = {"hubert": 150, "hubert_round": 50, "mamba": 45, "inversion": 90, "fedavg": 25, "parallel": 40,
            "lora_merge": 30}
 # --dry proves every code path once at tiny size; on 2 shared CPU cores most of a part's time is per-op overhead
-DRY_BUDGETS = {"hubert": 20, "hubert_round": 25, "mamba": 10, "inversion": 20, "fedavg": 5, "parallel": 8, "lora_merge": 5}
+DRY_BUDGETS = {"hubert": 30, "hubert_round": 25, "mamba": 10, "inversion": 20, "fedavg": 5, "parallel": 8, "lora_merge": 5}
 
 
 class BudgetExhausted(Exception):
@@ -141,7 +140,13 @@ def timed_steps(ctx: Ctx, step, warmup: int, steps: int, what: str) -> list[floa
 
 def _hubert_step_row(ctx: Ctx, precision: str, attn: str, ckpt: bool) -> dict:
     from fedctl.core.local import autocast
-    from fedctl.tasks.hubert.model import HubertPretrainModel, hubert_config, masked_prediction_loss, num_frames, span_mask
+    from fedctl.tasks.hubert.model import (
+        HubertPretrainModel,
+        hubert_config,
+        masked_prediction_loss,
+        num_frames,
+        span_mask,
+    )
     from fedctl.tasks.hubert.presets import PRESETS
 
     if precision == "fp16" and not ctx.cuda:
@@ -186,7 +191,6 @@ def _hubert_step_row(ctx: Ctx, precision: str, attn: str, ckpt: bool) -> dict:
            "peak_mb": ctx.peak_mb(), "steps_timed": len(times)}
     if dtype == torch.bfloat16 and not ctx.cuda:
         row["note"] = "CPU stand-in (bf16 autocast on CPU)"
-    del model, opt
     return row
 
 
@@ -451,7 +455,13 @@ def part_parallel(ctx: Ctx) -> dict:
             found = None
     from concurrent.futures import ThreadPoolExecutor
 
-    from fedctl.tasks.hubert.model import HubertPretrainModel, hubert_config, masked_prediction_loss, num_frames, span_mask
+    from fedctl.tasks.hubert.model import (
+        HubertPretrainModel,
+        hubert_config,
+        masked_prediction_loss,
+        num_frames,
+        span_mask,
+    )
     from fedctl.tasks.hubert.presets import PRESETS
 
     arch = PRESETS["tiny"] if ctx.dry else {**PRESETS["base"], "num_layers": 4}
@@ -482,12 +492,12 @@ def part_parallel(ctx: Ctx) -> dict:
 
     rows = {}
     for workers in (1, 2, 4):
-        def round_():
+        def round_(workers=workers):
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(client, range(clients)))
 
-        rows[f"workers_{workers}"] = guarded(lambda: {"round_s": statistics.median(
-            timed_steps(ctx, round_, 1, 2, f"{workers} concurrent clients"))})
+        rows[f"workers_{workers}"] = guarded(lambda fn=round_, n=workers: {"round_s": statistics.median(
+            timed_steps(ctx, fn, 1, 2, f"{n} concurrent clients"))})
     base = rows["workers_1"].get("round_s")
     for r in rows.values():
         if base and "round_s" in r:
@@ -504,7 +514,7 @@ def part_parallel(ctx: Ctx) -> dict:
 
 
 def part_lora_merge(ctx: Ctx) -> dict:
-    from bench.bench_merge import ALPHA, K, R, Case, _client_factors
+    from bench.bench_merge import ALPHA, Case, K, R, _client_factors
     from fedctl.lora.merge import merge_state_dicts
 
     cases = [Case("roberta-base 24 x 768^2", 4 if ctx.dry else 24, 768, 768, 0),
@@ -513,7 +523,7 @@ def part_lora_merge(ctx: Ctx) -> dict:
     for case in cases:
         factors = _client_factors(case)
 
-        def state_dicts(device):
+        def state_dicts(device, factors=factors):
             return [{key: t.to(device) for m, (b, a) in enumerate(client)
                      for key, t in ((f"layers.{m}.lora_B.weight", b), (f"layers.{m}.lora_A.weight", a))}
                     for client in factors]
@@ -526,10 +536,11 @@ def part_lora_merge(ctx: Ctx) -> dict:
             sds = state_dicts(device)
             sub = Ctx(device, ctx.dry, ctx.budget)
 
-            def merge():
+            def merge(sds=sds):
                 merge_state_dicts(sds, [1.0] * K, method="svd", svd_rank=R, scales=ALPHA / R, out_scale=1.0)
 
-            row[where] = guarded(lambda: {"seconds": min(timed_steps(sub, merge, 1, 3, f"merge {case.name}"))})
+            row[where] = guarded(lambda sub=sub, fn=merge, what=f"merge {case.name}":
+                                 {"seconds": min(timed_steps(sub, fn, 1, 3, what))})
         if "seconds" in row.get("device", {}) and "seconds" in row["cpu"]:
             row["device_speedup"] = row["cpu"]["seconds"] / row["device"]["seconds"]
         out[case.name if not ctx.dry else case.name + f" (dry: {case.n_modules} x {case.d}^2)"] = row
