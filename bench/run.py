@@ -1,6 +1,7 @@
 """Runs every benchmark in one process and prints their side-by-side ratios.
 
     python bench/run.py [--quick] [--only engine,merge,speech,parallel] [--json out.json]
+    python bench/run.py --gpu [--dry] [--out DIR]    # the bounded GPU check (bench/gpu_check.py)
 """
 
 from __future__ import annotations
@@ -21,9 +22,15 @@ SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge
 
 
 def main() -> None:
+    if "--gpu" in sys.argv[1:]:
+        from bench.gpu_check import main as gpu_check
+
+        gpu_check([a for a in sys.argv[1:] if a != "--gpu"])
+        return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     parser.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(SUITES))
+    parser.add_argument("--gpu", action="store_true", help="run the bounded GPU check instead (bench/gpu_check.py)")
     parser.add_argument("--json", dest="json_path", default=None, help="also write all numbers to this file")
     args = parser.parse_args()
     chosen = [s for s in args.only.split(",") if s] or list(SUITES)
