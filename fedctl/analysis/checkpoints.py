@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from fedctl.core.checkpoint import FORMAT
+from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
 from fedctl.utils.io import torch_load
 
@@ -72,7 +73,7 @@ def summarize_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.exists():
         raise FedctlError(f"file not found: {path}", "give a checkpoints/round_NNN.pt or a .safetensors file")
     if path.is_dir():
-        found = sorted(path.glob("*.safetensors")) or sorted(path.glob("checkpoints/round_*.pt"))
+        found = sorted(path.glob("*.safetensors")) or RunDir(path).list_checkpoints()
         if not found:
             raise FedctlError(f"{path} is a directory without checkpoints or .safetensors files", "pass a file")
         path = found[-1]

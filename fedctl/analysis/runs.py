@@ -6,7 +6,6 @@ them beside the PNG as JSON: what is plotted is what is saved (and what tests re
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Any
 
 import torch
 
+from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
 from fedctl.utils.io import atomic_path, write_json
 
@@ -46,7 +46,7 @@ def _slug(name: str) -> str:
 
 def delta_files(run_dir: Path, entity: str, client: str | None = None) -> tuple[list[tuple[int, Path]], str | None]:
     """(round, file) pairs of saved deltas for an entity, oldest first; and the client used."""
-    base = Path(run_dir) / "deltas"
+    base = RunDir(run_dir).deltas_dir
     if entity == "server":
         files = [(int(m.group(1)), p) for p in sorted((base / "server").glob("round_*.safetensors"))
                  if (m := _ROUND.match(p.name))]
@@ -166,7 +166,7 @@ def analyse_deltas(run_dir: str | Path, entity: str = "server", client: str | No
         cum = (torch.cumsum(energy, 0) / energy.sum()).tolist() if float(energy.sum()) > 0 else [0.0] * len(energy)
         series.append(MatrixSeries(name, list(loaded[-1][1][name].shape), rounds, tops, spectrum.tolist(), cum,
                                    rank_for_energy(spectrum), r95, norms, heat))
-    plots = Path(run_dir) / "plots"
+    plots = RunDir(run_dir).plots_dir
     tag = entity if entity == "server" else f"client_{client}"
     pngs = [_save(matrix_figure(s, entity), plots / f"deltas_{tag}_{_slug(s.name)}.png") for s in series]
     pngs.append(_save(rank_figure(series, entity), plots / f"deltas_{tag}_ranks.png"))
@@ -229,36 +229,14 @@ def rank_figure(series: list[MatrixSeries], entity: str):
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run's metrics.jsonl: one JSON object per line, `round` an integer where given."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise FedctlError(f"{run_dir} has no metrics.jsonl", "pass run directories written by `fedctl train`")
-    damaged = "the file was edited or damaged; re-run, or resume the run to rewrite it"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise FedctlError(f"{path} is not UTF-8 text (byte {exc.start})", damaged) from None
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            raise FedctlError(f"{path} is not valid JSON lines (line {number})", damaged) from None
-        if not isinstance(record, dict):
-            raise FedctlError(f"{path} line {number} is a JSON {type(record).__name__}, not an object", damaged)
-        rnd = record.get("round")
-        if rnd is not None and (not isinstance(rnd, int) or isinstance(rnd, bool)):
-            raise FedctlError(f"{path} line {number}: 'round' = {rnd!r} is not an integer", damaged)
-        records.append(record)
-    return records
+    """The records of a run's metrics.jsonl (see RunDir.read_metrics)."""
+    return RunDir(run_dir).read_metrics()
 
 
 def run_label(run_dir: Path) -> str:
     import yaml
 
-    cfg_path = Path(run_dir) / "config.yaml"
+    cfg_path = RunDir(run_dir).config_path
     if not cfg_path.is_file():
         return Path(run_dir).name
     try:
@@ -329,7 +307,7 @@ def analyse_runs(run_dirs: list[str | Path], metric: str | None = None, out: str
         lower_is_better = not metric.endswith(("accuracy", "acc", "f1", "matthews", "pearson", "spearman"))
         s["best"] = (min if lower_is_better else max)(s["values"])
         s["total_steps"] = s["steps"][-1]
-    out_path = Path(out) if out else Path(run_dirs[0]) / "plots" / f"runs_{_slug(metric)}.png"
+    out_path = Path(out) if out else RunDir(run_dirs[0]).plots_dir / f"runs_{_slug(metric)}.png"
     _save(runs_figure(series, metric), out_path)
     result = {"metric": metric, "runs": series, "plot": str(out_path)}
     write_json(out_path.with_suffix(".json"), result, indent=None)

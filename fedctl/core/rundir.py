@@ -167,25 +167,30 @@ class RunDir:
         return write_text(self.metrics_path, "".join(json.dumps(rec) + "\n" for rec in history))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """The records of metrics.jsonl; a damaged file is a FedctlError naming the line."""
+        """The records of metrics.jsonl: one JSON object per line, `round` an integer where given; a damaged
+        file is a FedctlError naming the line."""
         path = self.metrics_path
         if not path.is_file():
             raise FedctlError(f"{self.path} has no metrics.jsonl", "pass run directories written by `fedctl train`")
-        records = []
+        damaged = "the file was edited or damaged; re-run, or resume the run to rewrite it"
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except UnicodeDecodeError:
-            raise FedctlError(f"{path} is not text", "pass run directories written by `fedctl train`") from None
-        for i, line in enumerate(lines, 1):
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise FedctlError(f"{path} is not UTF-8 text (byte {exc.start})", damaged) from None
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise FedctlError(f"{path} line {i} is not JSON", "the file was edited or damaged; re-run") from None
-            if not isinstance(rec, dict):
-                raise FedctlError(f"{path} line {i} is not a JSON object", "the file was edited or damaged; re-run")
-            records.append(rec)
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                raise FedctlError(f"{path} is not valid JSON lines (line {number})", damaged) from None
+            if not isinstance(record, dict):
+                raise FedctlError(f"{path} line {number} is a JSON {type(record).__name__}, not an object", damaged)
+            rnd = record.get("round")
+            if rnd is not None and (not isinstance(rnd, int) or isinstance(rnd, bool)):
+                raise FedctlError(f"{path} line {number}: 'round' = {rnd!r} is not an integer", damaged)
+            records.append(record)
         return records
 
     # -- checkpoints --------------------------------------------------------------------------------

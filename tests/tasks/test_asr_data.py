@@ -106,4 +106,4 @@ def test_too_short_utterances_are_refused_by_name():
     with pytest.raises(FedctlError) as err:
         check_utterances([fine, short], "ds2")
     assert "1-2-0003" in err.value.message and "1-2-0004" not in err.value.message
-    assert "3 output frames" in err.value.message and "min_dur" in err.value.hint
+    assert "3 output frames" in err.value.message and "skip_too_short" in err.value.hint
