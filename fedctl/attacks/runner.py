@@ -58,6 +58,8 @@ class AttackSpec:
     out: str = "attack_out"
     plots: int = 3
     max_frames: int | None = None  # crop features to this many frames (well-posed experiments); None keeps all
+    crop_transcript: bool = False  # with max_frames: keep only the first max_frames // 3 characters (a budget
+    # experiment on a synthetic client batch, not a real utterance: the features and labels no longer align)
 
 
 def select_utterances(spec: AttackSpec):
@@ -144,6 +146,11 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
     if not 0 < cfg.top_grad_fraction <= 1:
         raise FedctlError(f"--top-grad-fraction {cfg.top_grad_fraction} is not in (0, 1]", "e.g. 1.0 (keep all)")
     utts = select_utterances(spec)
+    if spec.max_frames is not None and spec.crop_transcript:
+        import dataclasses
+
+        keep = max(1, spec.max_frames // 3)
+        utts = [dataclasses.replace(u, target=u.target[:keep], transcript=u.transcript[:keep]) for u in utts]
     cache = FeatureCache(spec.arch)
     # refuse, by name, utterances whose (possibly cropped) features are too short for their transcript
     for u in utts:
