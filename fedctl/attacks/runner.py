@@ -49,6 +49,7 @@ class AttackSpec:
     batch_start: int = 0
     batch_end: int = 100
     batch_size: int = 1
+    batch_stride: int = 1  # take every n-th utterance of the range (spreads a small sample over speakers)
     checkpoint: str | None = None
     victim_seed: int = 0
     local_steps: int = 1
@@ -88,7 +89,7 @@ def select_utterances(spec: AttackSpec):
         raise FedctlError(f"--batch-start {spec.batch_start} is past the {len(utts)} utterance(s) in the bin "
                           f"[{spec.min_dur}, {spec.max_dur}) ms",
                           f"use --batch-start below {len(utts)} or widen the duration bin")
-    return utts[spec.batch_start: min(spec.batch_end, len(utts))]
+    return utts[spec.batch_start: min(spec.batch_end, len(utts)): max(1, spec.batch_stride)]
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -145,6 +146,9 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         raise FedctlError("--batch-size must be at least 1", "e.g. --batch-size 1 (the reference)")
     if not 0 < cfg.top_grad_fraction <= 1:
         raise FedctlError(f"--top-grad-fraction {cfg.top_grad_fraction} is not in (0, 1]", "e.g. 1.0 (keep all)")
+    if spec.local_steps != 1:
+        raise FedctlError("--local-steps > 1 (unrolled local SGD) is not implemented yet",
+                          "attack a FedSGD update (--local-steps 1)")
     utts = select_utterances(spec)
     if spec.max_frames is not None and spec.crop_transcript:
         import dataclasses
@@ -186,9 +190,6 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         if progress:
             progress(f"[{n_batch + 1}/{len(batches)}] {', '.join(u.id for u in batch)}: {x.shape[0]} frames, "
                      f"{budget:.1f} gradient entries per unknown")
-        if spec.local_steps > 1:
-            raise FedctlError("--local-steps > 1 is not supported by the reconstruction yet",
-                              "attack a FedSGD update (--local-steps 1)")
         result = reconstruct(model, target, tuple(x.shape), lengths, targets, target_lengths, cfg, log=log)
         for j, u in enumerate(batch):
             T = int(lengths[j])

@@ -17,7 +17,7 @@ from fedctl.attacks.runner import AttackSpec, read_metrics, run_attack, speaker_
 from fedctl.errors import FedctlError
 from fedctl.utils.io import write_text
 
-KEYS = {"arch", "preset", "model", "bins", "batch_start", "batch_end", "batch_size", "max_frames", "victim_seed", "crop_transcript",
+KEYS = {"arch", "preset", "model", "bins", "batch_start", "batch_end", "batch_size", "max_frames", "victim_seed", "crop_transcript", "batch_stride",
         "attack", "methods", "defenses"}
 SWEEP_COLUMNS = ["method", "defense", "bin", "utterances", "budget", "mae_ratio", "snr_db", "seconds",
                  "speaker_top1", "speaker_top5", "clean_top1", "clean_top5", "chance_top1", "chance_top5"]
@@ -51,7 +51,7 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list
                 spec = AttackSpec(arch=data.get("arch", "ds1"), preset=data.get("preset", "tiny"),
                                   model=data.get("model", {}) or {}, corpus=list(corpus), min_dur=lo, max_dur=hi,
                                   batch_start=data.get("batch_start", 0), batch_end=data.get("batch_end", 4),
-                                  batch_size=data.get("batch_size", 1), victim_seed=data.get("victim_seed", 0),
+                                  batch_size=data.get("batch_size", 1), batch_stride=data.get("batch_stride", 1), victim_seed=data.get("victim_seed", 0),
                                   max_frames=data.get("max_frames"),
                                   crop_transcript=bool(data.get("crop_transcript", False)), defense=Defense(**(dkw or {})),
                                   attack=AttackConfig(**{**data.get("attack", {}), "method": method}), out=str(cell),
