@@ -170,3 +170,31 @@ def apply_defense(update: dict[str, torch.Tensor], defense: Defense, gen: torch.
     return out
 
 
+
+
+def run_update(run: str | Path, server_round: int, client_id: str, arch: str, preset: str, *, match: str = "last",
+               client_lr: float = 1.0, overrides: dict | None = None) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The victim and shared gradient of client `client_id` in round `server_round` of a fedctl run: the
+    global model the client started from (`checkpoints/round_{k-1}.pt`) and its saved update
+    (`deltas/clients/round_k/<client>.safetensors` = client − previous global), turned into a gradient as
+    −delta / client_lr (exact for one local SGD step; the cosine distance ignores the scale)."""
+    from safetensors.torch import load_file
+
+    from fedctl.core.rundir import RunDir
+
+    rundir = RunDir(run)
+    ckpt = rundir.checkpoint_path(server_round - 1)
+    if not ckpt.exists():
+        raise FedctlError(f"{run} has no checkpoint of round {server_round - 1} (the global model client "
+                          f"{client_id} started round {server_round} from)",
+                          "attack a round right after a saved checkpoint (federation.checkpoint_every)")
+    delta_path = rundir.delta_path(server_round, client_id)
+    if not delta_path.exists():
+        raise FedctlError(f"{run} has no update of client {client_id} in round {server_round} ({delta_path})",
+                          "train with --save-deltas every=1 --save-deltas entity=clients")
+    model = load_victim(arch, preset, checkpoint=ckpt, overrides=overrides)
+    delta = load_file(str(delta_path))
+    missing = [n for n in matched_names(model, match) if n not in delta]
+    if missing:
+        raise FedctlError(f"{delta_path} lacks {', '.join(missing)}", "the run must share the matched tensors")
+    return model, [(-delta[n].float() / client_lr) for n in matched_names(model, match)]

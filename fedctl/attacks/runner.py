@@ -51,6 +51,9 @@ class AttackSpec:
     batch_size: int = 1
     batch_stride: int = 1  # take every n-th utterance of the range (spreads a small sample over speakers)
     checkpoint: str | None = None
+    run: str | None = None  # with run_round and client: victim and shared update from a fedctl run
+    run_round: int | None = None
+    client_lr: float = 1.0  # the client's learning rate in that run (gradient = −delta / lr)
     victim_seed: int = 0
     local_steps: int = 1
     local_lr: float = 1.0
@@ -160,8 +163,17 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
     for u in utts:
         frames = cache(u).shape[0] if spec.max_frames is None else min(cache(u).shape[0], spec.max_frames)
         check_feasible(u.id, u.target, int(output_lengths(spec.arch, torch.tensor([frames]))[0]))
-    model = load_victim(spec.arch, spec.preset, checkpoint=spec.checkpoint, seed=spec.victim_seed,
-                        overrides=spec.model)
+    if spec.run:
+        if spec.run_round is None or spec.client is None:
+            raise FedctlError("--run needs --round and --client", "e.g. --run runs/asr --round 3 --client client_000")
+        from fedctl.attacks.case import run_update
+
+        model, shared = run_update(spec.run, spec.run_round, spec.client, spec.arch, spec.preset, match=cfg.match,
+                                   client_lr=spec.client_lr, overrides=spec.model)
+        utts = utts[: spec.batch_size]  # the one batch whose update the run saved
+    else:
+        model = load_victim(spec.arch, spec.preset, checkpoint=spec.checkpoint, seed=spec.victim_seed,
+                            overrides=spec.model)
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.csv"
@@ -183,8 +195,11 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
             continue
         feats = [cache(u) if spec.max_frames is None else cache(u)[: spec.max_frames] for u in batch]
         x, lengths, targets, target_lengths = collate(feats, [u.target for u in batch])
-        target = client_update(model, x, lengths, targets, target_lengths, match=cfg.match, defense=spec.defense,
-                               local_steps=spec.local_steps, local_lr=spec.local_lr)
+        if spec.run:
+            target = shared
+        else:
+            target = client_update(model, x, lengths, targets, target_lengths, match=cfg.match,
+                                   defense=spec.defense, local_steps=spec.local_steps, local_lr=spec.local_lr)
         budget = sum(t.numel() for t in target) / float(x.shape[2] * int(lengths.sum()))
         log(f"batch {n_batch}: {[u.id for u in batch]} ({x.shape[0]} frames, budget {budget:.1f} entries/unknown)")
         if progress:
