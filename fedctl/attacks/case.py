@@ -70,8 +70,15 @@ def load_victim(arch: str, preset: str, *, checkpoint: str | Path | None = None,
             raise FedctlError(f"victim checkpoint {path} is a {task['arch']} model, not {arch}",
                               f"run `fedctl attack {task['arch']}` on it, or pass a {arch} checkpoint")
         if isinstance(task, dict):
+            # `fedctl train asr` keeps model settings as task keys (task.n_hidden=32) or under task.model
+            from dataclasses import fields as dc_fields
+
+            from fedctl.tasks.asr.models import ARCHITECTURES
+
+            names = {f.name for f in dc_fields(ARCHITECTURES[arch][0])}
+            flat = {k: v for k, v in task.items() if k in names}
             preset = task.get("preset", preset)
-            overrides = {**task.get("model", {}), **overrides}
+            overrides = {**flat, **(task.get("model") or {}), **overrides}
         is_ds1 = any(k.startswith("bi_lstm.") for k in state)
         if ("ds1" if is_ds1 else "ds2") != arch:
             raise FedctlError(f"victim checkpoint {path} holds a {'ds1' if is_ds1 else 'ds2'} model, not {arch}",

@@ -96,3 +96,14 @@ def test_victim_checkpoint_weights_are_used(corpus, tmp_path):
 
     victim = load_victim("ds1", "tiny", checkpoint=ckpt)
     assert float(victim.out.weight.abs().max() - 0.01) == 0.0
+
+
+def test_victim_checkpoint_model_settings_come_from_its_config(tmp_path):
+    from fedctl.attacks.case import load_victim
+
+    model = build_asr_model("ds1", "tiny", n_hidden=24)
+    ckpt = tmp_path / "round_001.pt"
+    torch.save({"model": model.state_dict(), "config": {"task": {"arch": "ds1", "preset": "tiny", "n_hidden": 24,
+                                                                 "lr": 0.1}}}, ckpt)
+    victim = load_victim("ds1", "tiny", checkpoint=ckpt)
+    assert victim.config.n_hidden == 24 and torch.equal(victim.out.weight, model.out.weight)
