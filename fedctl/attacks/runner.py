@@ -62,7 +62,7 @@ class AttackSpec:
     out: str = "attack_out"
     plots: int = 3
     max_frames: int | None = None  # crop features to this many frames (well-posed experiments); None keeps all
-    crop_transcript: bool = False  # with max_frames: keep only the first max_frames // 3 characters (a budget
+    crop_transcript: bool = False  # with max_frames: keep the first (output frames) // 3 characters (a budget
     # experiment on a synthetic client batch, not a real utterance: the features and labels no longer align)
 
 
@@ -156,7 +156,8 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
     if spec.max_frames is not None and spec.crop_transcript:
         import dataclasses
 
-        keep = max(1, spec.max_frames // 3)
+        out_frames = int(output_lengths(spec.arch, torch.tensor([spec.max_frames]))[0])
+        keep = max(1, out_frames // 3)  # a third of the output frames: always alignable
         utts = [dataclasses.replace(u, target=u.target[:keep], transcript=u.transcript[:keep]) for u in utts]
     cache = FeatureCache(spec.arch)
     # refuse, by name, utterances whose (possibly cropped) features are too short for their transcript

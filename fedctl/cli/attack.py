@@ -72,7 +72,7 @@ def _command(arch: str):
         defense_noise: Annotated[float, typer.Option("--defense-noise", help="Gaussian noise σ (× C when clipping).")] = 0.0,
         local_steps: Annotated[int, typer.Option("--local-steps", help="Client local SGD steps (only 1 supported).")] = 1,
         max_frames: Annotated[int | None, typer.Option("--max-frames", help="Crop features to N frames.")] = None,
-        crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first N//3 characters (budget experiments).")] = False,
+        crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
         json_: JsonOpt = False,
     ) -> None:
