@@ -18,7 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge": "bench.bench_merge",
-          "speech": "bench.bench_speech", "hubert": "bench.bench_hubert", "parallel": "bench.bench_parallel"}
+          "speech": "bench.bench_speech", "hubert": "bench.bench_hubert", "parallel": "bench.bench_parallel",
+          "attack": "bench.bench_attack"}
 
 
 def main() -> None:

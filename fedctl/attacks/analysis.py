@@ -1,0 +1,68 @@
+"""Analysis: feature-reconstruction metrics and speaker identification on reconstructions.
+
+Speaker model: multinomial logistic regression on per-utterance statistics of the features (mean and std of
+each coefficient over time, 2·F numbers, standardised). Why it fits: the reconstructions keep the
+utterance's frame count and coefficients but the attacker's errors are frame-local, so time-pooled
+statistics are what survive; mean/std of MFCCs are the classic i-vector-free speaker cue (long-term average
+spectrum, channel), train in a second on CPU with scikit-learn, and need no other downloaded model
+(Dang et al. used a Deep Speaker ResCNN retrained on their MFCCs; that network is not available here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def feature_metrics(x_hat: torch.Tensor, x_true: torch.Tensor, x_random: torch.Tensor) -> dict[str, float]:
+    """MAE (mean |x̂ − x|), the random start's MAE, cosine similarity of the flattened matrices and
+    SNR = 20·log10(‖x‖ / ‖x − x̂‖) in dB."""
+    err = (x_hat - x_true).double()
+    x = x_true.double()
+    return {
+        "feature_mae": float(err.abs().mean()),
+        "random_mae": float((x_random.double() - x).abs().mean()),
+        "cosine": float(F.cosine_similarity(x_hat.double().flatten(), x.flatten(), dim=0)),
+        "snr_db": float(20 * torch.log10(x.norm() / err.norm().clamp(min=1e-12))),
+    }
+
+
+def utterance_stats(features: torch.Tensor) -> np.ndarray:
+    """[2F]: per-coefficient mean and std over time of one utterance's features [T, F]."""
+    f = features.double()
+    return torch.cat([f.mean(dim=0), f.std(dim=0, unbiased=False)]).numpy()
+
+
+class SpeakerID:
+    """Logistic regression speaker classifier on `utterance_stats` (see module docstring)."""
+
+    def __init__(self, features: Sequence[torch.Tensor], speakers: Sequence[str], seed: int = 0):
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        X = np.stack([utterance_stats(f) for f in features])
+        self.model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=1.0, random_state=seed))
+        self.model.fit(X, list(speakers))
+        self.classes = list(self.model.classes_)
+
+    def ranks(self, features: Sequence[torch.Tensor], speakers: Sequence[str]) -> list[int]:
+        """0-based rank of the true speaker among all classes for each utterance (0 = top-1)."""
+        probs = self.model.predict_proba(np.stack([utterance_stats(f) for f in features]))
+        order = np.argsort(-probs, axis=1)
+        out = []
+        for row, spk in zip(order, speakers):
+            idx = self.classes.index(spk) if spk in self.classes else -1
+            out.append(int(np.where(row == idx)[0][0]) if idx >= 0 else len(self.classes))
+        return out
+
+    def topk(self, features: Sequence[torch.Tensor], speakers: Sequence[str], ks: Sequence[int] = (1, 5)) -> dict:
+        ranks = self.ranks(features, speakers)
+        return {f"top{k}": float(np.mean([r < k for r in ranks])) if ranks else float("nan") for k in ks}
+
+    def chance(self, ks: Sequence[int] = (1, 5)) -> dict:
+        n = len(self.classes)
+        return {f"top{k}": min(k, n) / n for k in ks}

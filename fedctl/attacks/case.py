@@ -1,0 +1,217 @@
+"""The case: victim (model weights + BatchNorm buffers the attacker holds), client (what it computes and
+shares, with optional defences) and data.
+
+Threat model (honest-but-curious server, as the reference and Dang et al.): the attacker holds the victim's
+weights and BatchNorm buffers, one client's shared gradient (FedSGD on one batch by default; `local_steps`
+> 1 makes it (θ0 − θN)/lr of N local SGD steps), that client's transcripts and input lengths, and
+reconstructs the input features. The client's dropout masks are unknown to the attacker (it reconstructs
+without dropout). BatchNorm runs in the same mode with the same buffers for client and attacker: in train
+mode with statistics over the client's batch, buffers not updated (the attacker holds the buffers the
+client started from).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fedctl.attacks.objective import matched_names, per_restart_gradients
+from fedctl.errors import FedctlError
+from fedctl.tasks.asr.models import build_asr_model
+from fedctl.utils.io import torch_load
+
+
+@dataclass
+class Defense:
+    """Applied by the client before it shares its gradient; switchable and combinable."""
+
+    dropout: float = 0.0  # dropout probability in the client's forward pass (mask unknown to the attacker)
+    prune: float = 0.0  # fraction of entries zeroed, smallest |g| first, per tensor (0.9 keeps the top 10%)
+    clip: float = 0.0  # global L2 clip C over all shared tensors (0: off)
+    noise: float = 0.0  # Gaussian noise σ per entry, added after clipping (DP-SGD mechanism: σ·C if clip)
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        parts = []
+        if self.dropout:
+            parts.append(f"dropout{self.dropout:g}")
+        if self.prune:
+            parts.append(f"prune{self.prune:g}")
+        if self.clip or self.noise:
+            parts.append(f"dp(C={self.clip:g},σ={self.noise:g})")
+        return "+".join(parts) or "none"
+
+
+def load_victim(arch: str, preset: str, *, checkpoint: str | Path | None = None, seed: int = 0,
+                overrides: dict | None = None) -> nn.Module:
+    """The victim model: untrained and seeded (the reference setting), or weights from a checkpoint
+    (a `.pt` with a "model" state dict and optional "config", or a bare state dict)."""
+    overrides = dict(overrides or {})
+    state = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir() and (path / "asr_config.json").is_file():  # a `fedctl train asr` export (final/hf)
+            from fedctl.tasks.asr.task import load_asr_model
+
+            found, model = load_asr_model(path)
+            if found != arch:
+                raise FedctlError(f"victim {path} is a {found} model, not {arch}",
+                                  f"run `fedctl attack {found}` on it, or pass a {arch} checkpoint")
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return model.train()
+        if path.is_dir():
+            cands = sorted(path.glob("*.pt")) or sorted(path.glob("**/*.pt"))
+            if not cands:
+                raise FedctlError(f"no .pt checkpoint in {path}", "pass a checkpoints/round_NNN.pt file or a final/ folder")
+            path = cands[-1]
+        if not path.exists():
+            raise FedctlError(f"victim checkpoint {path} does not exist", "pass a checkpoint .pt file")
+        blob = torch_load(path, what="victim checkpoint")
+        state = blob.get("model", blob) if isinstance(blob, dict) else blob
+        task = (blob.get("config") or {}).get("task", {}) if isinstance(blob, dict) else {}
+        if isinstance(task, dict) and task.get("arch") and task["arch"] != arch:
+            raise FedctlError(f"victim checkpoint {path} is a {task['arch']} model, not {arch}",
+                              f"run `fedctl attack {task['arch']}` on it, or pass a {arch} checkpoint")
+        if isinstance(task, dict):
+            # `fedctl train asr` keeps model settings as task keys (task.n_hidden=32) or under task.model
+            from dataclasses import fields as dc_fields
+
+            from fedctl.tasks.asr.models import ARCHITECTURES
+
+            names = {f.name for f in dc_fields(ARCHITECTURES[arch][0])}
+            flat = {k: v for k, v in task.items() if k in names}
+            preset = task.get("preset", preset)
+            overrides = {**flat, **(task.get("model") or {}), **overrides}
+        is_ds1 = any(k.startswith("bi_lstm.") for k in state)
+        if ("ds1" if is_ds1 else "ds2") != arch:
+            raise FedctlError(f"victim checkpoint {path} holds a {'ds1' if is_ds1 else 'ds2'} model, not {arch}",
+                              f"run `fedctl attack {'ds1' if is_ds1 else 'ds2'}` on it, or pass a {arch} checkpoint")
+    torch.manual_seed(seed)
+    model = build_asr_model(arch, preset, **overrides)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise FedctlError(f"victim checkpoint does not fit {arch} preset {preset!r}: {str(exc).splitlines()[0]}",
+                              "pass --preset matching the checkpoint") from exc
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.train()
+
+
+@contextlib.contextmanager
+def client_dropout(model: nn.Module, p: float, generator: torch.Generator) -> Iterator[None]:
+    """Dropout p on the client's hidden activations (masks unknown to the attacker): DS1 after fc1-fc4
+    (Dang's dense layers 1, 2, 3, 5), DS2 after both convolutions and on the output layer's input."""
+    if p <= 0:
+        yield
+        return
+
+    def drop(t: torch.Tensor) -> torch.Tensor:
+        keep = (torch.rand(t.shape, generator=generator) >= p).to(t.dtype)
+        return t * keep / (1 - p)
+
+    handles = []
+    if hasattr(model, "fc1"):
+        for name in ("fc1", "fc2", "fc3", "fc4"):
+            handles.append(getattr(model, name).register_forward_hook(lambda m, i, o: drop(o)))
+    else:
+        for name in ("conv1", "conv2"):
+            handles.append(getattr(model, name).register_forward_hook(lambda m, i, o: drop(o)))
+        handles.append(model.fc.register_forward_pre_hook(lambda m, i: (drop(i[0]),)))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def client_update(model: nn.Module, features: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                  target_lengths: torch.Tensor, *, match: str = "last", defense: Defense | None = None,
+                  local_steps: int = 1, local_lr: float = 1.0) -> list[torch.Tensor]:
+    """What the client shares, restricted to the tensors the attacker matches.
+
+    FedSGD (local_steps = 1): the gradient of the mean CTC/target length over its batch. Local SGD
+    (local_steps = N): (θ0 − θN) / lr over N steps on the same batch. Defences: dropout in the forward pass;
+    then pruning, clipping and noise on the whole shared update (every parameter), of which the matched
+    tensors are returned. The model's weights and buffers are left as they were."""
+    defense = defense or Defense()
+    gen = torch.Generator().manual_seed(defense.seed)
+    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters())
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        with client_dropout(model, defense.dropout, gen):
+            if local_steps <= 1:
+                grads, _ = per_restart_gradients(model, features, lengths, targets, target_lengths, 1, "all",
+                                                 create_graph=False)
+                update = {n: g[0].detach() for n, g in zip(names, grads)}
+            else:
+                with torch.no_grad():
+                    for _ in range(local_steps):
+                        with torch.enable_grad():
+                            grads, _ = per_restart_gradients(model, features, lengths, targets, target_lengths, 1,
+                                                             "all", create_graph=False)
+                        for n, g in zip(names, grads):
+                            params[n].sub_(local_lr * g[0])
+                    update = {n: (state[n] - params[n].detach()) / local_lr for n in names}
+    finally:
+        model.load_state_dict(state)
+    update = apply_defense(update, defense, gen)
+    return [update[n] for n in matched_names(model, match)]
+
+
+def apply_defense(update: dict[str, torch.Tensor], defense: Defense, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Pruning (per tensor, smallest |g| zeroed), then global L2 clipping, then Gaussian noise."""
+    out = dict(update)
+    if defense.prune > 0:
+        for n, g in out.items():
+            k = int(defense.prune * g.numel())
+            if k >= 1:
+                cut = g.abs().flatten().kthvalue(k).values
+                out[n] = torch.where(g.abs() > cut, g, torch.zeros_like(g))
+    if defense.clip > 0:
+        norm = torch.sqrt(sum(g.double().square().sum() for g in out.values()))
+        scale = min(1.0, defense.clip / (float(norm) + 1e-12))
+        out = {n: g * scale for n, g in out.items()}
+    if defense.noise > 0:
+        sigma = defense.noise * (defense.clip if defense.clip > 0 else 1.0)
+        out = {n: g + sigma * torch.randn(g.shape, generator=gen) for n, g in out.items()}
+    return out
+
+
+
+
+def run_update(run: str | Path, server_round: int, client_id: str, arch: str, preset: str, *, match: str = "last",
+               client_lr: float = 1.0, overrides: dict | None = None) -> tuple[nn.Module, list[torch.Tensor]]:
+    """The victim and shared gradient of client `client_id` in round `server_round` of a fedctl run: the
+    global model the client started from (`checkpoints/round_{k-1}.pt`) and its saved update
+    (`deltas/clients/round_k/<client>.safetensors` = client − previous global), turned into a gradient as
+    −delta / client_lr (exact for one local SGD step; the cosine distance ignores the scale)."""
+    from safetensors.torch import load_file
+
+    from fedctl.core.rundir import RunDir
+
+    rundir = RunDir(run)
+    ckpt = rundir.checkpoint_path(server_round - 1)
+    if not ckpt.exists():
+        raise FedctlError(f"{run} has no checkpoint of round {server_round - 1} (the global model client "
+                          f"{client_id} started round {server_round} from)",
+                          "attack a round right after a saved checkpoint (federation.checkpoint_every)")
+    delta_path = rundir.delta_path(server_round, client_id)
+    if not delta_path.exists():
+        raise FedctlError(f"{run} has no update of client {client_id} in round {server_round} ({delta_path})",
+                          "train with --save-deltas every=1 --save-deltas entity=clients")
+    model = load_victim(arch, preset, checkpoint=ckpt, overrides=overrides)
+    delta = load_file(str(delta_path))
+    missing = [n for n in matched_names(model, match) if n not in delta]
+    if missing:
+        raise FedctlError(f"{delta_path} lacks {', '.join(missing)}", "the run must share the matched tensors")
+    return model, [(-delta[n].float() / client_lr) for n in matched_names(model, match)]

@@ -1,0 +1,186 @@
+"""The gradient-matching objective: the attacker's dummy gradients, one per restart, and their distance to
+the client's shared gradient.
+
+Restarts are a batch dimension. The dummy inputs of R restarts (each a copy of the client's batch of b
+utterances) run through the victim as one batch of R·b utterances; each restart's loss is the client's
+loss of its own b utterances (mean over them of CTC / target length, `F.ctc_loss`'s "mean").
+
+Per-restart parameter gradients:
+- `match="last"` (the reference: output layer only): dL_r/dW = Σ_t g_t h_tᵀ and dL_r/db = Σ_t g_t with
+  g = dL/dlogits, computed for all restarts at once with one `torch.autograd.grad` (create_graph=True) of
+  Σ_r L_r w.r.t. the logits (restarts do not interact, so each row of g is its restart's own) and an
+  einsum. The CTC is therefore differentiated twice (log-space `fedctl.tasks.asr.ctc.ctc_loss`, never
+  `F.ctc_loss`, which has no double backward, pytorch#70108).
+- `match="all"`: every parameter's gradient per restart, from one vectorised backward over the R
+  per-restart losses (`torch.autograd.grad(..., is_grads_batched=True)`, torch's vmap over the backward
+  pass). On CUDA this needs cuDNN off for the RNN double backward (`double_backward_safe`).
+
+BatchNorm (DS2): in train mode each restart must see the statistics of its own b utterances, as the client
+saw those of its batch; `grouped_batch_norm` makes the victim's BatchNorms take statistics per group of b
+and leaves the running buffers untouched (the client's buffers are what the attacker holds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedctl.tasks.asr import models as asr_models
+from fedctl.tasks.asr.ctc import ctc_loss
+
+DISTANCES = ("cosine", "l2", "cosine+l2")
+MATCHES = ("last", "all")
+
+
+def output_layer(model: nn.Module) -> nn.Linear:
+    """The victim's output Linear (DS1 `out`: 29 × hidden + bias; DS2 `fc`: 29 × hidden, no bias)."""
+    return model.out if hasattr(model, "out") else model.fc
+
+
+def matched_names(model: nn.Module, match: str) -> list[str]:
+    """Names of the parameters whose gradient the attacker matches."""
+    if match == "last":
+        layer = "out" if hasattr(model, "out") else "fc"
+        return [f"{layer}.weight"] + ([f"{layer}.bias"] if output_layer(model).bias is not None else [])
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def client_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor,
+                target_lengths: torch.Tensor, groups: int) -> torch.Tensor:
+    """[groups] losses: each group's mean over its utterances of CTC / target length (float64 CTC)."""
+    per_utt = ctc_loss(log_probs.double(), targets, out_lengths, target_lengths, reduction="none")
+    per_utt = per_utt / target_lengths.clamp(min=1).to(per_utt.dtype)
+    return per_utt.view(groups, -1).mean(dim=1)
+
+
+def _group_stats_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask: torch.Tensor,
+                      groups: int, batch: int) -> torch.Tensor:
+    """Train-mode BatchNorm of `x` with statistics over the valid positions of each group of batch // groups
+    utterances (x [B, C, F, T] from a conv, or rows [T'·B, C] time-major); running buffers untouched."""
+    per = batch // groups
+    if x.dim() == 4:
+        xg = x.reshape(groups, per, *x.shape[1:])
+        mg = mask.reshape(groups, per, *mask.shape[1:]).to(x.dtype).expand_as(xg)
+        dims, shape = (1, 3, 4), (groups, 1, -1, 1, 1)
+        wshape = (1, 1, -1, 1, 1)
+    else:
+        xg = x.reshape(-1, groups, per, x.shape[1])
+        mg = mask.reshape(-1, groups, per, 1).to(x.dtype).expand_as(xg)
+        dims, shape = (0, 2), (1, groups, 1, -1)
+        wshape = (1, 1, 1, -1)
+    count = mg.sum(dim=dims)
+    mean = (xg * mg).sum(dim=dims) / count
+    centered = xg - mean.view(shape)
+    var = (centered.square() * mg).sum(dim=dims) / count
+    y = centered * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.affine:
+        y = y * bn.weight.view(wshape) + bn.bias.view(wshape)
+    return y.reshape(x.shape)
+
+
+@contextlib.contextmanager
+def grouped_batch_norm(groups: int, batch: int) -> Iterator[None]:
+    """Inside the block, the ASR models' train-mode BatchNorms normalize each group of batch // groups
+    utterances with its own statistics and never update running buffers (eval mode is unchanged: it uses
+    the buffers, per utterance). With groups = 1 this is the client's own forward minus the buffer update."""
+    original = asr_models.masked_batch_norm
+
+    def patched(bn, x, mask):
+        if not bn.training and bn.running_mean is not None:
+            return bn(x)
+        return _group_stats_norm(bn, x, mask, groups, batch)
+
+    asr_models.masked_batch_norm = patched
+    try:
+        yield
+    finally:
+        asr_models.masked_batch_norm = original
+
+
+def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                          target_lengths: torch.Tensor, groups: int, match: str = "last",
+                          create_graph: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each restart's gradient of its client loss w.r.t. the matched parameters.
+
+    x [T, G·b, F] (restart-major: utterance j of restart g at column g·b + j), lengths [G·b], targets
+    [G·b, S], target_lengths [G·b]. Returns ([G, *param.shape] per matched parameter, losses [G]).
+    """
+    batch = x.shape[1]
+    layer = output_layer(model)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, inputs, output):
+        captured["h"], captured["z"] = inputs[0], output
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with grouped_batch_norm(groups, batch):
+            log_probs, out_lengths = model(x, lengths)
+    finally:
+        handle.remove()
+    losses = client_loss(log_probs, out_lengths, targets, target_lengths, groups)
+    if match == "last":
+        z = captured["z"]
+        (g,) = torch.autograd.grad(losses.sum(), z, create_graph=create_graph)  # [T', G·b, C]
+        g = g.to(z.dtype)
+        h = captured["h"]
+        per = batch // groups
+        weight = torch.einsum("tgjc,tgjh->gch", g.view(g.shape[0], groups, per, -1),
+                              h.view(h.shape[0], groups, per, -1))
+        grads = [weight]
+        if layer.bias is not None:
+            grads.append(g.view(g.shape[0], groups, per, -1).sum(dim=(0, 2)))
+        return grads, losses
+    params = [p for p in model.parameters() if p.requires_grad]
+    if groups == 1:
+        grads = torch.autograd.grad(losses.sum(), params, create_graph=create_graph)
+        return [gr.unsqueeze(0) for gr in grads], losses
+    eye = torch.eye(groups, dtype=losses.dtype)
+    grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
+                                create_graph=create_graph)
+    return list(grads), losses
+
+
+def top_masks(target: Sequence[torch.Tensor], fraction: float) -> list[torch.Tensor | None]:
+    """Flat indices of the largest-|g*| entries of each matched tensor of >= 2 dims (the reference masks the
+    weight, never the bias); None keeps the whole tensor."""
+    if fraction >= 1.0:
+        return [None] * len(target)
+    out = []
+    for t in target:
+        if t.dim() < 2:
+            out.append(None)
+            continue
+        k = max(1, int(fraction * t.numel()))
+        out.append(torch.topk(t.abs().flatten(), k).indices)
+    return out
+
+
+def gradient_distance(dummy: Sequence[torch.Tensor], target: Sequence[torch.Tensor], *, distance: str = "cosine",
+                      weight: float = 1.0, masks: Sequence[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """[G] distances between each restart's dummy gradients ([G, *shape] each) and the target ([*shape]).
+
+    As the reference (`src/loss/loss.py::grad_distance`): one distance per matched tensor, summed unweighted;
+    "cosine" = 1 − cos, "l2" = mean squared error, "cosine+l2" = w·(1 − cos) + (1 − w)·MSE.
+    """
+    masks = masks or [None] * len(target)
+    total = None
+    for d, t, m in zip(dummy, target, masks):
+        d = d.reshape(d.shape[0], -1)
+        t = t.reshape(1, -1).to(d.dtype)
+        if m is not None:
+            d, t = d[:, m], t[:, m]
+        cos = 1.0 - F.cosine_similarity(d, t.expand_as(d), dim=1, eps=1e-8)
+        mse = (d - t).square().mean(dim=1)
+        if distance == "cosine":
+            value = cos
+        elif distance == "l2":
+            value = mse
+        else:
+            value = weight * cos + (1.0 - weight) * mse
+        total = value if total is None else total + value
+    return total

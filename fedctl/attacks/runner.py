@@ -1,0 +1,279 @@
+"""`fedctl attack ds1|ds2`: the utterance loop. Selects the duration bin and batch range, builds the case
+(victim + client update + defences), runs the attack, and writes under `out/`:
+
+- `metrics.csv`: one row per attacked utterance (columns `COLUMNS`), rewritten atomically after each batch,
+  so an interrupted attack resumes without redoing the utterances already in it;
+- `attack.log`: the resolved settings and per-iteration progress;
+- `recon/<utterance>.pt`: {x_hat, x_true, x_init, speaker, curve} for later analysis (speaker ID);
+- `plots/<utterance>.png`: true / reconstructed / |difference| features and the distance curve, for the
+  first `plots` utterances.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fedctl.attacks.analysis import SpeakerID, feature_metrics
+from fedctl.attacks.attack import AttackConfig, reconstruct
+from fedctl.attacks.case import Defense, client_update, load_victim
+from fedctl.attacks.objective import DISTANCES, MATCHES
+from fedctl.errors import FedctlError
+from fedctl.tasks.asr.ctc import check_feasible
+from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition
+from fedctl.tasks.asr.models import output_lengths
+from fedctl.utils.io import torch_save, write_text
+
+COLUMNS = ["utterance", "duration_ms", "speaker", "method", "defense", "restart", "grad_distance", "feature_mae",
+           "random_mae", "mae_ratio", "cosine", "snr_db", "iterations", "seconds", "frames", "budget"]
+
+
+@dataclass
+class AttackSpec:
+    arch: str = "ds1"
+    preset: str = "tiny"
+    model: dict = field(default_factory=dict)  # model overrides, e.g. {"n_hidden": 256}
+    corpus: list[str] = field(default_factory=list)
+    parts: str | None = None
+    client: str | None = None
+    min_dur: int = 1000
+    max_dur: int = 2000
+    batch_start: int = 0
+    batch_end: int = 100
+    batch_size: int = 1
+    batch_stride: int = 1  # take every n-th utterance of the range (spreads a small sample over speakers)
+    checkpoint: str | None = None
+    run: str | None = None  # with run_round and client: victim and shared update from a fedctl run
+    run_round: int | None = None
+    client_lr: float = 1.0  # the client's learning rate in that run (gradient = −delta / lr)
+    victim_seed: int = 0
+    local_steps: int = 1
+    local_lr: float = 1.0
+    defense: Defense = field(default_factory=Defense)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    out: str = "attack_out"
+    plots: int = 3
+    max_frames: int | None = None  # crop features to this many frames (well-posed experiments); None keeps all
+    crop_transcript: bool = False  # with max_frames: keep the first (output frames) // 3 characters (a budget
+    # experiment on a synthetic client batch, not a real utterance: the features and labels no longer align)
+
+
+def select_utterances(spec: AttackSpec):
+    """The duration bin's utterances (sorted by id), then [batch_start, batch_end) of them."""
+    if spec.parts:
+        clients = load_partition(spec.parts, min_dur=spec.min_dur, max_dur=spec.max_dur)
+        if spec.client is not None:
+            if spec.client not in clients:
+                raise FedctlError(f"client {spec.client!r} is not in {spec.parts}",
+                                  f"clients: {', '.join(sorted(clients)[:8])}")
+            utts = clients[spec.client]
+        else:
+            utts = [u for us in clients.values() for u in us]
+        utts = sorted(utts, key=lambda u: u.id)
+    elif spec.corpus:
+        utts = load_corpus(spec.corpus, min_dur=spec.min_dur, max_dur=spec.max_dur)
+    else:
+        raise FedctlError("no data to attack", "pass --corpus DIR (LibriSpeech layout) or --parts PARTS")
+    if not utts:
+        raise FedctlError(f"no utterance lies in the duration bin [{spec.min_dur}, {spec.max_dur}) ms",
+                          "widen --min-dur/--max-dur (milliseconds), e.g. --min-dur 1000 --max-dur 2000")
+    if spec.batch_start < 0 or spec.batch_end <= spec.batch_start:
+        raise FedctlError(f"batch range [{spec.batch_start}, {spec.batch_end}) is empty",
+                          "use 0 <= --batch-start < --batch-end")
+    if spec.batch_start >= len(utts):
+        raise FedctlError(f"--batch-start {spec.batch_start} is past the {len(utts)} utterance(s) in the bin "
+                          f"[{spec.min_dur}, {spec.max_dur}) ms",
+                          f"use --batch-start below {len(utts)} or widen the duration bin")
+    return utts[spec.batch_start: min(spec.batch_end, len(utts)): max(1, spec.batch_stride)]
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in COLUMNS})
+    write_text(path, buf.getvalue())
+
+
+def _plot(path: Path, x_true: torch.Tensor, x_hat: torch.Tensor, curve: list[float], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6))
+    lo, hi = float(x_true.min()), float(x_true.max())
+    for ax, img, name in ((axes[0, 0], x_true, "true"), (axes[0, 1], x_hat, "reconstructed"),
+                          (axes[1, 0], (x_hat - x_true).abs(), "|difference|")):
+        kw = {"vmin": lo, "vmax": hi} if name != "|difference|" else {}
+        im = ax.imshow(img.T.numpy(), aspect="auto", origin="lower", **kw)
+        ax.set_title(name)
+        ax.set_xlabel("frame")
+        fig.colorbar(im, ax=ax)
+    axes[1, 1].semilogy([max(c, 1e-12) for c in curve])
+    axes[1, 1].set_title("best gradient distance")
+    axes[1, 1].set_xlabel("iteration")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) -> dict:
+    """Attack every batch of the selected utterances not already in out/metrics.csv; returns the summary."""
+    cfg = spec.attack
+    if cfg.distance not in DISTANCES:
+        raise FedctlError(f"unknown distance {cfg.distance!r}", f"use one of: {', '.join(DISTANCES)}")
+    if cfg.match not in MATCHES:
+        raise FedctlError(f"unknown --match {cfg.match!r}", "use last (output layer, as the reference) or all")
+    if cfg.method not in ("gradient", "hfgm"):
+        raise FedctlError(f"unknown --method {cfg.method!r}", "use gradient or hfgm")
+    if spec.batch_size < 1:
+        raise FedctlError("--batch-size must be at least 1", "e.g. --batch-size 1 (the reference)")
+    if not 0 < cfg.top_grad_fraction <= 1:
+        raise FedctlError(f"--top-grad-fraction {cfg.top_grad_fraction} is not in (0, 1]", "e.g. 1.0 (keep all)")
+    if spec.local_steps != 1:
+        raise FedctlError("--local-steps > 1 (unrolled local SGD) is not implemented yet",
+                          "attack a FedSGD update (--local-steps 1)")
+    utts = select_utterances(spec)
+    if spec.max_frames is not None and spec.crop_transcript:
+        import dataclasses
+
+        out_frames = int(output_lengths(spec.arch, torch.tensor([spec.max_frames]))[0])
+        keep = max(1, out_frames // 3)  # a third of the output frames: always alignable
+        utts = [dataclasses.replace(u, target=u.target[:keep], transcript=u.transcript[:keep]) for u in utts]
+    cache = FeatureCache(spec.arch)
+    # refuse, by name, utterances whose (possibly cropped) features are too short for their transcript
+    for u in utts:
+        frames = cache(u).shape[0] if spec.max_frames is None else min(cache(u).shape[0], spec.max_frames)
+        check_feasible(u.id, u.target, int(output_lengths(spec.arch, torch.tensor([frames]))[0]))
+    if spec.run:
+        if spec.run_round is None or spec.client is None:
+            raise FedctlError("--run needs --round and --client", "e.g. --run runs/asr --round 3 --client client_000")
+        from fedctl.attacks.case import run_update
+
+        model, shared = run_update(spec.run, spec.run_round, spec.client, spec.arch, spec.preset, match=cfg.match,
+                                   client_lr=spec.client_lr, overrides=spec.model)
+        utts = utts[: spec.batch_size]  # the one batch whose update the run saved
+    else:
+        model = load_victim(spec.arch, spec.preset, checkpoint=spec.checkpoint, seed=spec.victim_seed,
+                            overrides=spec.model)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.csv"
+    rows = read_metrics(metrics_path)
+    done = {r["utterance"] for r in rows}
+    log_fh = (out / "attack.log").open("a")
+
+    def log(msg: str) -> None:
+        log_fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
+        log_fh.flush()
+
+    settings = {k: v for k, v in asdict(spec).items()}
+    log("settings " + json.dumps(settings, default=str))
+    skipped = 0
+    batches = [utts[i: i + spec.batch_size] for i in range(0, len(utts), spec.batch_size)]
+    for n_batch, batch in enumerate(batches):
+        if all(u.id in done for u in batch):
+            skipped += len(batch)
+            continue
+        feats = [cache(u) if spec.max_frames is None else cache(u)[: spec.max_frames] for u in batch]
+        x, lengths, targets, target_lengths = collate(feats, [u.target for u in batch])
+        if spec.run:
+            target = shared
+        else:
+            target = client_update(model, x, lengths, targets, target_lengths, match=cfg.match,
+                                   defense=spec.defense, local_steps=spec.local_steps, local_lr=spec.local_lr)
+        budget = sum(t.numel() for t in target) / float(x.shape[2] * int(lengths.sum()))
+        log(f"batch {n_batch}: {[u.id for u in batch]} ({x.shape[0]} frames, budget {budget:.1f} entries/unknown)")
+        if progress:
+            progress(f"[{n_batch + 1}/{len(batches)}] {', '.join(u.id for u in batch)}: {x.shape[0]} frames, "
+                     f"{budget:.1f} gradient entries per unknown")
+        result = reconstruct(model, target, tuple(x.shape), lengths, targets, target_lengths, cfg, log=log)
+        for j, u in enumerate(batch):
+            T = int(lengths[j])
+            x_hat, x_true, x_init = result.features[:T, j], x[:T, j], result.init[:T, j]
+            m = feature_metrics(x_hat, x_true, x_init)
+            row = {"utterance": u.id, "duration_ms": u.duration_ms, "speaker": u.speaker, "method": cfg.method,
+                   "defense": spec.defense.name, "restart": result.restart,
+                   "grad_distance": f"{result.distance:.6g}", "feature_mae": f"{m['feature_mae']:.6g}",
+                   "random_mae": f"{m['random_mae']:.6g}", "mae_ratio": f"{m['feature_mae'] / m['random_mae']:.6g}",
+                   "cosine": f"{m['cosine']:.6g}", "snr_db": f"{m['snr_db']:.4g}", "iterations": result.iterations,
+                   "seconds": f"{result.seconds / len(batch):.4g}", "frames": T, "budget": f"{budget:.4g}"}
+            rows.append(row)
+            torch_save({"x_hat": x_hat.clone(), "x_true": x_true.clone(), "x_init": x_init.clone(),
+                        "speaker": u.speaker, "curve": result.curve}, out / "recon" / f"{u.id}.pt")
+            if len(rows) <= spec.plots:
+                _plot(out / "plots" / f"{u.id}.png", x_true, x_hat, result.curve,
+                      f"{u.id} ({spec.arch}, {cfg.method}): MAE {m['feature_mae']:.3g} vs random "
+                      f"{m['random_mae']:.3g}, cos {m['cosine']:.3f}")
+            log(f"{u.id}: " + json.dumps(row))
+        write_metrics(metrics_path, rows)  # atomic: a crash leaves the previous complete file
+    log_fh.close()
+    summary = summarize(rows)
+    summary.update({"out": str(out), "skipped": skipped, "attacked": len(rows) - skipped})
+    return summary
+
+
+def _mean(vals: list[float]) -> float:
+    vals = [v for v in vals if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def duration_bin(ms: int) -> str:
+    lo = (int(ms) // 1000) * 1000
+    return f"{lo // 1000}-{lo // 1000 + 1}s"
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per duration bin (whole seconds): utterances and mean MAE, random MAE, ratio, cosine, SNR, seconds."""
+    bins: dict[str, list[dict]] = {}
+    for r in rows:
+        bins.setdefault(duration_bin(int(r["duration_ms"])), []).append(r)
+    out = {}
+    for name, rs in sorted(bins.items()):
+        out[name] = {"utterances": len(rs)}
+        for key in ("feature_mae", "random_mae", "mae_ratio", "cosine", "snr_db", "seconds", "budget", "iterations"):
+            out[name][key] = _mean([float(r[key]) for r in rs])
+    return {"bins": out}
+
+
+def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: str, min_dur: int = 0,
+                    max_dur: int | None = None) -> dict:
+    """Top-1/top-5 speaker identification of the reconstructions in `out_dirs` (recon/*.pt), of their clean
+    features and by chance, with a `SpeakerID` trained on the clean features of the corpus's other utterances."""
+    recs = {}
+    for d in out_dirs:
+        for p in sorted((Path(d) / "recon").glob("*.pt")):
+            recs[p.stem] = torch.load(p, weights_only=True)
+    if not recs:
+        raise FedctlError(f"no reconstructions under {', '.join(map(str, out_dirs))}/recon", "run the attack first")
+    utts = load_corpus(corpus or [], min_dur=min_dur, max_dur=max_dur)
+    cache = FeatureCache(arch)
+    train = [u for u in utts if u.id not in recs]
+    if len({u.speaker for u in train}) < 2:
+        raise FedctlError("too few other utterances to train the speaker model", "attack a subset of a larger corpus")
+    sid = SpeakerID([cache(u) for u in train], [u.speaker for u in train])
+    ids = sorted(recs)
+    spk = [recs[i]["speaker"] for i in ids]
+    return {"reconstructed": sid.topk([recs[i]["x_hat"] for i in ids], spk),
+            "clean": sid.topk([recs[i]["x_true"] for i in ids], spk),
+            "random_start": sid.topk([recs[i]["x_init"] for i in ids], spk),
+            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes)}

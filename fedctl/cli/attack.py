@@ -1,0 +1,147 @@
+"""`fedctl attack ds1|ds2`: reconstruct a client's speech features from the gradient it shares.
+
+Threat model (honest-but-curious server): the attacker holds the victim's weights and BatchNorm buffers,
+one client's shared gradient (FedSGD on one batch), that client's transcripts and input lengths, and
+reconstructs the input features. Client dropout masks are unknown to it; BatchNorm runs in the same mode
+with the same buffers for client and attacker. Withholding transcripts is not supported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from fedctl.cli.console import err, out, print_json, saved
+from fedctl.cli.options import JsonOpt
+
+THREAT = ("Threat model: the attacker (server) holds the victim's weights and BatchNorm buffers, one client's "
+          "shared gradient (FedSGD, one batch), that client's transcripts and input lengths, and reconstructs "
+          "the input features (DS1: 26 MFCCs per 20 ms frame; DS2: 257-bin normalized log-STFT). The client's "
+          "dropout masks are unknown to it. Defences are applied by the client before sharing. Withholding the "
+          "transcripts is not supported.")
+
+app = typer.Typer(help="Gradient-inversion attacks on DeepSpeech 1/2 clients. " + THREAT, no_args_is_help=True,
+                  rich_markup_mode="rich")
+
+_EPILOG = ("Examples:\n\n"
+           "  fedctl data synth --out corpus/ --speakers 4 --utterances 6\n\n"
+           "  fedctl attack {arch} --corpus corpus/ --min-dur 1000 --max-dur 2000 --batch-end 5 --seeds 4 "
+           "--max-iter 500 --out atk/\n\n"
+           "  fedctl attack {arch} --corpus corpus/ --method hfgm --max-iter 2000 --out atk_hfgm/\n\n"
+           "  fedctl attack {arch} --corpus corpus/ --defense-clip 1 --defense-noise 0.01 --out atk_dp/\n\n"
+           "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
+
+
+def _command(arch: str):
+    def command(
+        corpus: Annotated[list[Path] | None, typer.Option("--corpus", help="LibriSpeech-layout tree(s).")] = None,
+        parts: Annotated[Path | None, typer.Option("--parts", help="Partition folder (fedctl data partition).")] = None,
+        client: Annotated[str | None, typer.Option("--client", help="Attack this client of --parts.")] = None,
+        min_dur: Annotated[int, typer.Option("--min-dur", help="Duration bin start, ms (inclusive).")] = 1000,
+        max_dur: Annotated[int, typer.Option("--max-dur", help="Duration bin end, ms (exclusive).")] = 2000,
+        batch_start: Annotated[int, typer.Option("--batch-start", help="First utterance index in the bin.")] = 0,
+        batch_end: Annotated[int, typer.Option("--batch-end", help="End utterance index (exclusive).")] = 100,
+        batch_stride: Annotated[int, typer.Option("--batch-stride", help="Take every n-th utterance of the range.")] = 1,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Utterances per client batch.")] = 1,
+        method: Annotated[str, typer.Option("--method", help="gradient (Adam, 2nd-order CTC) or hfgm (zero-order).")] = "gradient",
+        lr: Annotated[float, typer.Option("--lr", help="Adam learning rate, or HFGM's initial radius.")] = 0.5,
+        lr_step: Annotated[int, typer.Option("--lr-step", help="Halve the learning rate every N iterations.")] = 250,
+        max_iter: Annotated[int, typer.Option("--max-iter", help="Iterations per utterance.")] = 2000,
+        patience: Annotated[int, typer.Option("--patience", help="Stop after N iterations without improvement.")] = 300,
+        seeds: Annotated[int, typer.Option("--seeds", help="Restarts, run together as one batch.")] = 10,
+        seed: Annotated[int, typer.Option("--seed", help="Seed of the random starts.")] = 0,
+        top_grad_fraction: Annotated[float, typer.Option("--top-grad-fraction", help="Keep the largest-|g| entries.")] = 1.0,
+        distance: Annotated[str, typer.Option("--distance", help="cosine, l2 or cosine+l2.")] = "cosine",
+        distance_weight: Annotated[float, typer.Option("--distance-weight", help="w of w·cos + (1−w)·MSE.")] = 1.0,
+        match: Annotated[str, typer.Option("--match", help="last (output layer, as the reference) or all.")] = "last",
+        preset: Annotated[str, typer.Option("--preset", help="Model preset: tiny, small or reference.")] = "tiny",
+        hidden: Annotated[int | None, typer.Option("--hidden", help="Override the model's n_hidden.")] = None,
+        checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights (.pt or final/).")] = None,
+        run: Annotated[Path | None, typer.Option("--run", help="A fedctl train asr run: attack a client's saved update.")] = None,
+        round_: Annotated[int | None, typer.Option("--round", help="With --run: the round of the update.")] = None,
+        client_lr: Annotated[float, typer.Option("--client-lr", help="With --run: the client's learning rate.")] = 1.0,
+        victim_seed: Annotated[int, typer.Option("--victim-seed", help="Seed of an untrained victim.")] = 0,
+        hfgm_directions: Annotated[int, typer.Option("--hfgm-directions", help="HFGM perturbations per step.")] = 127,
+        hfgm_plateau: Annotated[int, typer.Option("--hfgm-plateau", help="HFGM plateau window (iterations).")] = 2500,
+        defense_dropout: Annotated[float, typer.Option("--defense-dropout", help="Client dropout p.")] = 0.0,
+        defense_prune: Annotated[float, typer.Option("--defense-prune", help="Fraction of smallest entries zeroed.")] = 0.0,
+        defense_clip: Annotated[float, typer.Option("--defense-clip", help="Global L2 clip C of the update.")] = 0.0,
+        defense_noise: Annotated[float, typer.Option("--defense-noise", help="Gaussian noise σ (× C when clipping).")] = 0.0,
+        local_steps: Annotated[int, typer.Option("--local-steps", help="Client local SGD steps (only 1 supported).")] = 1,
+        max_frames: Annotated[int | None, typer.Option("--max-frames", help="Crop features to N frames.")] = None,
+        crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
+        out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
+        json_: JsonOpt = False,
+    ) -> None:
+        from fedctl.attacks.attack import AttackConfig
+        from fedctl.attacks.case import Defense
+        from fedctl.attacks.runner import AttackSpec, run_attack
+
+        spec = AttackSpec(
+            arch=arch, preset=preset, model={"n_hidden": hidden} if hidden else {},
+            corpus=[str(c) for c in corpus or []], parts=str(parts) if parts else None, client=client,
+            min_dur=min_dur, max_dur=max_dur, batch_start=batch_start, batch_end=batch_end, batch_size=batch_size,
+            batch_stride=batch_stride,
+            checkpoint=str(checkpoint) if checkpoint else None,
+            run=str(run) if run else None, run_round=round_, client_lr=client_lr, victim_seed=victim_seed, local_steps=local_steps,
+            defense=Defense(dropout=defense_dropout, prune=defense_prune, clip=defense_clip, noise=defense_noise),
+            attack=AttackConfig(method=method, restarts=seeds, lr=lr, lr_step=lr_step, max_iter=max_iter,
+                                patience=patience, distance=distance, distance_weight=distance_weight, match=match,
+                                top_grad_fraction=top_grad_fraction, seed=seed, hfgm_directions=hfgm_directions,
+                                hfgm_plateau=hfgm_plateau),
+            out=str(out_dir), max_frames=max_frames, crop_transcript=crop_transcript)
+        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False))
+        if json_:
+            print_json(summary)
+            return
+        _render(summary, arch, method)
+        saved(out_dir / "metrics.csv", "metrics")
+
+    command.__doc__ = f"Reconstruct a client's {arch.upper()} input features from its shared gradient."
+    return command
+
+
+def _render(summary: dict, arch: str, method: str) -> None:
+    table = Table(title=f"{arch} {method}: per duration bin ({summary['skipped']} resumed from metrics.csv)")
+    for col in ("bin", "utts", "budget", "MAE", "random MAE", "ratio", "cosine", "SNR dB", "s/utt"):
+        table.add_column(col, justify="right")
+    for name, b in summary["bins"].items():
+        table.add_row(name, str(b["utterances"]), f"{b['budget']:.1f}×", f"{b['feature_mae']:.3g}",
+                      f"{b['random_mae']:.3g}", f"{b['mae_ratio']:.3f}", f"{b['cosine']:.3f}", f"{b['snr_db']:.1f}",
+                      f"{b['seconds']:.1f}")
+    out.print(table)
+
+
+for _arch in ("ds1", "ds2"):
+    app.command(name=_arch, epilog=_EPILOG.format(arch=_arch))(_command(_arch))
+
+
+@app.command(epilog="Examples:\n\n  fedctl attack sweep --config attack_sweep_tiny --corpus corpus/ --out sweep_tiny/")
+def sweep(
+    config: Annotated[str, typer.Option("--config", "-c", help="Sweep YAML (see templates/attack_sweep_tiny.yaml).")],
+    corpus: Annotated[list[Path], typer.Option("--corpus", help="LibriSpeech-layout tree(s).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder, one subfolder per cell.")] = Path("attack_sweep"),
+    json_: JsonOpt = False,
+) -> None:
+    """Method × defence × duration bin: MAE ratio to the random start and speaker top-1/top-5."""
+    from fedctl.attacks.sweep import run_sweep
+    from fedctl.utils.templates import resolve_template
+
+    rows = run_sweep(resolve_template(config), [str(c) for c in corpus], out_dir,
+                     progress=lambda m: err.print(m, highlight=False))
+    if json_:
+        print_json(rows)
+        return
+    table = Table(title="attack sweep (speaker ID: reconstructed / clean / chance)")
+    for col in ("method", "defence", "bin", "utts", "budget", "MAE ratio", "SNR dB", "s/utt", "top-1", "top-5"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(r["method"], r["defense"], r["bin"], str(r["utterances"]), f"{r['budget']:.1f}×",
+                      f"{r['mae_ratio']:.3f}", f"{r['snr_db']:.1f}", f"{r['seconds']:.1f}",
+                      f"{r['speaker_top1']:.2f} / {r['clean_top1']:.2f} / {r['chance_top1']:.2f}",
+                      f"{r['speaker_top5']:.2f} / {r['clean_top5']:.2f} / {r['chance_top5']:.2f}")
+    out.print(table)
+    saved(out_dir / "sweep.csv", "sweep table")

@@ -1,0 +1,109 @@
+"""`fedctl attack ds1|ds2` through Typer's CliRunner: metrics.csv with every column, resume skips finished
+utterances, plots and log, and bad input → one-line Error/Hint, exit 1."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedctl.attacks.runner import COLUMNS
+from fedctl.cli.app import app
+from fedctl.tasks.asr.models import build_asr_model
+
+runner = CliRunner()
+FAST = ["--max-iter", "3", "--seeds", "2", "--preset", "tiny"]
+
+
+def _attack(*args):
+    return runner.invoke(app, ["attack", *[str(a) for a in args]], catch_exceptions=False)
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_metrics_csv_has_every_column_and_resume_skips_finished(corpus, tmp_path):
+    out = tmp_path / "atk"
+    res = _attack("ds1", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 2000, "--batch-end", 2, *FAST,
+                  "--out", out, "--json")
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["attacked"] == 2 and summary["skipped"] == 0
+    rows = _rows(out / "metrics.csv")
+    assert list(rows[0]) == COLUMNS and len(rows) == 2
+    for r in rows:
+        assert 1000 <= int(r["duration_ms"]) < 2000 and r["method"] == "gradient" and r["defense"] == "none"
+        assert float(r["random_mae"]) > 0 and float(r["feature_mae"]) > 0 and int(r["iterations"]) == 3
+        assert abs(float(r["mae_ratio"]) - float(r["feature_mae"]) / float(r["random_mae"])) < 1e-3
+    assert len(list((out / "plots").glob("*.png"))) == 2 and (out / "attack.log").exists()
+    assert len(list((out / "recon").glob("*.pt"))) == 2
+    first = (out / "metrics.csv").read_text()
+    # the same command over a wider range: only the new utterance is attacked, earlier rows untouched
+    res = _attack("ds1", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 2000, "--batch-end", 3, *FAST,
+                  "--out", out, "--json")
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["skipped"] == 2 and summary["attacked"] == 1
+    rows = _rows(out / "metrics.csv")
+    assert len(rows) == 3 and (out / "metrics.csv").read_text().startswith(first)
+
+
+def test_ds2_hfgm_with_defences_runs_and_table_renders(corpus, tmp_path):
+    res = _attack("ds2", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 1300, "--batch-end", 1,
+                  "--method", "hfgm", "--hfgm-directions", "7", *FAST, "--defense-clip", "1", "--defense-noise",
+                  "0.01", "--defense-prune", "0.5", "--out", tmp_path / "d2")
+    assert res.exit_code == 0, res.output
+    assert "ratio" in res.stdout and "Saved" in res.stdout
+    (row,) = _rows(tmp_path / "d2" / "metrics.csv")
+    assert row["method"] == "hfgm" and row["defense"] == "prune0.5+dp(C=1,σ=0.01)"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--batch-start", "500", "--batch-end", "600"], "is past the"),
+    (["--min-dur", "9000", "--max-dur", "9500"], "no utterance lies in the duration bin"),
+    (["--max-frames", "3"], "too short for its transcript"),
+])
+def test_bad_input_is_one_line_error_and_hint(corpus, tmp_path, args, message):
+    res = _attack("ds1", "--corpus", corpus, *FAST, "--out", tmp_path / "x", *args)
+    assert res.exit_code == 1
+    assert "Error:" in res.output and message in res.output and "Hint:" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_victim_checkpoint_of_the_other_architecture_is_refused(corpus, tmp_path):
+    ckpt = tmp_path / "round_003.pt"
+    torch.save({"model": build_asr_model("ds2", "tiny").state_dict(),
+                "config": {"task": {"arch": "ds2", "preset": "tiny"}}}, ckpt)
+    res = _attack("ds1", "--corpus", corpus, *FAST, "--checkpoint", ckpt, "--out", tmp_path / "x")
+    assert res.exit_code == 1 and "is a ds2 model, not ds1" in res.output and "Hint:" in res.output
+    bare = tmp_path / "bare.pt"
+    torch.save(build_asr_model("ds2", "tiny").state_dict(), bare)
+    res = _attack("ds1", "--corpus", corpus, *FAST, "--checkpoint", bare, "--out", tmp_path / "y")
+    assert res.exit_code == 1 and "holds a ds2 model, not ds1" in res.output
+
+
+def test_victim_checkpoint_weights_are_used(corpus, tmp_path):
+    model = build_asr_model("ds1", "tiny")
+    with torch.no_grad():
+        model.out.weight.fill_(0.01)
+    ckpt = tmp_path / "final.pt"
+    torch.save({"model": model.state_dict(), "config": {"task": {"arch": "ds1", "preset": "tiny"}}}, ckpt)
+    from fedctl.attacks.case import load_victim
+
+    victim = load_victim("ds1", "tiny", checkpoint=ckpt)
+    assert float(victim.out.weight.abs().max() - 0.01) == 0.0
+
+
+def test_victim_checkpoint_model_settings_come_from_its_config(tmp_path):
+    from fedctl.attacks.case import load_victim
+
+    model = build_asr_model("ds1", "tiny", n_hidden=24)
+    ckpt = tmp_path / "round_001.pt"
+    torch.save({"model": model.state_dict(), "config": {"task": {"arch": "ds1", "preset": "tiny", "n_hidden": 24,
+                                                                 "lr": 0.1}}}, ckpt)
+    victim = load_victim("ds1", "tiny", checkpoint=ckpt)
+    assert victim.config.n_hidden == 24 and torch.equal(victim.out.weight, model.out.weight)
