@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +27,8 @@ from fedctl.core import checkpoint as ckpt_io
 from fedctl.core import client_stats, local
 from fedctl.core.aggregate import State, all_finite, state_nbytes
 from fedctl.core.config import FederationConfig
-from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
+from fedctl.core.events import (CheckpointSaved, ClientFailed, ClientProgress, Message, RoundFinished, RunFinished,
+                                RunStarted)
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.rundir import RunDir
 from fedctl.core.strategies import ClientUpdate, Strategy
@@ -109,6 +112,7 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
         run.load_global()
         cfg = prepare_client(run.seed, server_round, index, instructions, run.global_state,
                              run.fed.keep_optimizer_state, run.optimizer_states.get(cid))
+        cfg.on_step = run.progress_hook(server_round, sampled.index(index) + 1, len(sampled))
         try:
             result = local.train_client(run.task, run.model, cid, cfg, run.keys)
         except FedctlError:
@@ -119,6 +123,36 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
         state = {k: run.params[k] for k in run.keys}
         yield ClientOutcome(cid, ClientUpdate(cid, state, result.num_examples, result.metrics, result.stats),
                             optimizer_state=result.optimizer_state)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (10^6 bytes): Linux reports KiB, macOS bytes."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
+
+
+def resource_record(clients: list[dict[str, float]], units: tuple[str, ...]) -> dict[str, Any]:
+    """A round's resource record from its clients' training metrics: `time` (UNIX seconds, now),
+    `examples_per_s` (items trained on per second of client training, summed over clients) and
+    `<unit>_per_s` for the task's throughput units, `peak_rss_mb`, `cuda_max_allocated_mb` (on CUDA),
+    `lr` (the last client's last learning rate) and `grad_norm` (mean pre-clip gradient norm)."""
+    rec: dict[str, Any] = {"time": time.time()}
+    seconds = sum(c.get("train_seconds", 0.0) for c in clients)
+    if seconds > 0:
+        rec["examples_per_s"] = sum(c.get("items", 0.0) for c in clients) / seconds
+        for unit in units:
+            if any(unit in c for c in clients):
+                rec[f"{unit}_per_s"] = sum(c.get(unit, 0.0) for c in clients) / seconds
+    rec["peak_rss_mb"] = peak_rss_mb()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rec["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 1e6
+    lrs = [c["lr"] for c in clients if "lr" in c]
+    if lrs:
+        rec["lr"] = lrs[-1]
+    norms = [c["grad_norm"] for c in clients if "grad_norm" in c]
+    if norms:
+        rec["grad_norm"] = sum(norms) / len(norms)
+    return rec
 
 
 def seed_everything(seed: int) -> None:
@@ -153,6 +187,10 @@ class Run:
         self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
         self.shared_bytes = state_nbytes(self.global_state)
         self.spare: State | None = None  # buffers the aggregator may reuse (see fit_round)
+
+    def progress_hook(self, server_round: int, client: int, clients: int) -> Callable[[int, int], None]:
+        """The trainer's per-step callback for client `client` of `clients`: emits ClientProgress."""
+        return lambda step, steps: self.emit(ClientProgress(server_round, client, clients, step, steps))
 
     # -- state movement -------------------------------------------------------------------------
     @torch.no_grad()
@@ -226,6 +264,7 @@ class Run:
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
+        trained: list[dict[str, float]] = []  # each aggregated client's metrics, for the resource record
         for outcome in self.executor(self, server_round, sampled, instructions):
             cid = outcome.client_id
             if outcome.failure is not None:
@@ -248,6 +287,7 @@ class Run:
                 self.run_dir.save_delta(server_round, cid, update.state, self.global_state,
                                         {"round": server_round, "entity": "client", "client_id": cid})
             aggregator.add(update)
+            trained.append(dict(update.metrics))
             local_steps += int(update.metrics.get("steps", 0))
             if self.fed.keep_optimizer_state and outcome.optimizer_state is not None:
                 self.optimizer_states[cid] = outcome.optimizer_state
@@ -295,6 +335,7 @@ class Run:
             "mb_down": mb * len(sampled),
             "mb_up": mb * aggregator.count,
             "seconds": time.perf_counter() - t0,
+            **resource_record(trained, self.task.throughput_units),
         }
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:

@@ -173,6 +173,12 @@ class DistillTask(Task):
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
         return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
 
+    throughput_units = ("audio_s",)
+
+    def throughput(self, batch) -> dict[str, float]:
+        """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
+        return {"audio_s": batch[0].numel() / 16_000}
+
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.objective(model, *batch)["loss"], {}
 

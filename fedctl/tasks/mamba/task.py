@@ -179,6 +179,12 @@ class MambaTask(Task):
     def loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         return lm_loss(model, batch), {}
 
+    throughput_units = ("tokens",)
+
+    def throughput(self, batch: torch.Tensor) -> dict[str, float]:
+        """Predicted tokens: each block of seq_len + 1 ids predicts seq_len."""
+        return {"tokens": float(batch.shape[0] * (batch.shape[1] - 1))}
+
     # ------------------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
