@@ -187,6 +187,7 @@ class Run:
         self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
         self.shared_bytes = state_nbytes(self.global_state)
         self.spare: State | None = None  # buffers the aggregator may reuse (see fit_round)
+        self._best_warned = False
 
     def progress_hook(self, server_round: int, client: int, clients: int) -> Callable[[int, int], None]:
         """The trainer's per-step callback for client `client` of `clients`: emits ClientProgress."""
@@ -198,26 +199,117 @@ class Run:
         for k in self.keys:
             self.params[k].copy_(self.global_state[k])
 
+    def checkpoint_payload(self, server_round: int) -> dict[str, Any]:
+        return {
+            "round": server_round,
+            "task": self.task.name,
+            "strategy": self.strategy.name,
+            "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
+            "strategy_state": self.strategy.state_dict(),
+            "client_optimizer_states": self.optimizer_states,
+            "rng": ckpt_io.rng_state(),
+            "config": self.config,
+            "metrics": self.history,
+        }
+
     def checkpoint(self, server_round: int) -> Path | None:
         if self.run_dir is None:
             return None
-        path = self.run_dir.save_checkpoint(
-            server_round,
-            {
-                "round": server_round,
-                "task": self.task.name,
-                "strategy": self.strategy.name,
-                "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
-                "strategy_state": self.strategy.state_dict(),
-                "client_optimizer_states": self.optimizer_states,
-                "rng": ckpt_io.rng_state(),
-                "config": self.config,
-                "metrics": self.history,
-            },
-            keep=self.fed.keep_checkpoints,
-        )
+        path = self.run_dir.save_checkpoint(server_round, self.checkpoint_payload(server_round),
+                                            keep=self.fed.keep_checkpoints)
         self.emit(CheckpointSaved(server_round, path))
         return path
+
+    def best_so_far(self) -> float | None:
+        """The best logged global value of `best_metric` (after a resume: from the checkpoint's history)."""
+        values = [r[self.fed.best_metric] for r in self.history
+                  if r.get("type") == "eval" and r.get("scope") == "global"
+                  and isinstance(r.get(self.fed.best_metric), (int, float))]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return None
+        return min(values) if self.fed.best_mode == "min" else max(values)
+
+    def improves_best(self, metrics: dict[str, Any]) -> bool:
+        """True when this evaluation's global `best_metric` beats every logged one (strictly: ties keep the
+        earlier round). Call before its record joins the history."""
+        key = self.fed.best_metric
+        if self.run_dir is None or key is None:
+            return False
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key not in metrics and not self._best_warned:
+                self._best_warned = True
+                self.emit(Message(f"no best.pt: the evaluation has no '{key}' (it has {', '.join(sorted(metrics))}); "
+                                  "set federation.best_metric to one of those, or null", "warning"))
+            return False
+        best = self.best_so_far()
+        return best is None or (value < best if self.fed.best_mode == "min" else value > best)
+
+    def save_best(self, server_round: int, metrics: dict[str, Any]) -> Path:
+        """checkpoints/best.pt: this round's checkpoint plus {"best": metric, mode, value, round}."""
+        payload = self.checkpoint_payload(server_round)
+        key = self.fed.best_metric
+        payload["best"] = {"metric": key, "mode": self.fed.best_mode, "value": float(metrics[key]),
+                           "round": server_round}
+        return self.run_dir.save_best(payload)
+
+    # -- state movement -------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_global(self) -> None:
+        for k in self.keys:
+            self.params[k].copy_(self.global_state[k])
+
+    def checkpoint_payload(self, server_round: int) -> dict[str, Any]:
+        return {
+            "round": server_round,
+            "task": self.task.name,
+            "strategy": self.strategy.name,
+            "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
+            "strategy_state": self.strategy.state_dict(),
+            "client_optimizer_states": self.optimizer_states,
+            "rng": ckpt_io.rng_state(),
+            "config": self.config,
+            "metrics": self.history,
+        }
+
+    def checkpoint(self, server_round: int) -> Path | None:
+        if self.run_dir is None:
+            return None
+        path = self.run_dir.save_checkpoint(server_round, self.checkpoint_payload(server_round),
+                                            keep=self.fed.keep_checkpoints)
+        self.emit(CheckpointSaved(server_round, path))
+        return path
+
+    def best_so_far(self) -> float | None:
+        """The best logged global value of `best_metric` (after a resume: from the checkpoint's history)."""
+        values = [r[self.fed.best_metric] for r in self.history
+                  if r.get("type") == "eval" and r.get("scope") == "global"
+                  and isinstance(r.get(self.fed.best_metric), (int, float))]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return None
+        return min(values) if self.fed.best_mode == "min" else max(values)
+
+    def maybe_save_best(self, server_round: int, metrics: dict[str, Any]) -> None:
+        """Write checkpoints/best.pt when this round's global `best_metric` beats every earlier one (strictly:
+        ties keep the earlier round). Called before this round's record joins the history."""
+        key = self.fed.best_metric
+        if self.run_dir is None or key is None:
+            return
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key not in metrics and not self._best_warned:
+                self._best_warned = True
+                self.emit(Message(f"no best.pt: the evaluation has no '{key}' (it has {', '.join(sorted(metrics))}); "
+                                  "set federation.best_metric to one of those, or null", "warning"))
+            return
+        best = self.best_so_far()
+        if best is not None and not (value < best if self.fed.best_mode == "min" else value > best):
+            return
+        payload = self.checkpoint_payload(server_round)
+        payload["best"] = {"metric": key, "mode": self.fed.best_mode, "value": float(value), "round": server_round}
+        self.run_dir.save_best(payload)
 
     def resume(self) -> int:
         """Load the newest checkpoint of the run directory; return the round to start from."""
@@ -369,15 +461,19 @@ class Run:
             fit = self.fit_round(server_round)
             self.history.append(fit)
             row = {k: v for k, v in fit.items() if k != "type"}
+            best: dict[str, Any] | None = None  # this round's global eval, when it is the best so far
             if server_round % self.fed.eval_every == 0 or server_round == total:
                 t0 = time.perf_counter()
                 evals = self.evaluate(server_round)
+                best = evals[0] if self.improves_best(evals[0]) else None
                 self.history.extend(evals)
                 row.update({k: v for k, v in evals[0].items() if k not in ("type", "scope", "round")})
                 row["seconds"] += time.perf_counter() - t0
             self.write_metrics()
             if server_round % self.fed.checkpoint_every == 0 or server_round == total:
                 self.checkpoint(server_round)
+            if best is not None:  # after the round checkpoint: a failed best.pt write leaves that one on disk
+                self.save_best(server_round, best)
             self.emit(RoundFinished(server_round, row))
         self.load_global()
         self.emit(RunFinished(total, {}))

@@ -107,6 +107,9 @@ def validate(exp: Experiment) -> None:
             f"federation.save_deltas_every = {f.save_deltas_every}, save_deltas_entity = '{f.save_deltas_entity}' is invalid",
             "use --save-deltas every=N entity=server|clients|all (N ≥ 1), or leave it off",
         )
+    if f.best_mode not in ("min", "max"):
+        raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
+                          "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     build_strategy(f.strategy, f.strategy_args)  # checks name and options
     resolve_device(exp.run.device)
 
