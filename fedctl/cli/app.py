@@ -108,6 +108,10 @@ def _register_groups() -> None:
                 continue
             raise
         app.add_typer(module.app, name=name)
+    # single commands: `fedctl eval TARGET`
+    from fedctl.cli import eval as eval_cli
+
+    app.command("eval", epilog=eval_cli.EPILOG)(eval_cli.command)
 
 
 _register_groups()
