@@ -97,6 +97,7 @@ class FederationConfig:
     keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (memory: K optimizer states)
     save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
     save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
+    dp: dict = field(default_factory=dict)  # client-level DP: {mode, clip, clipping_norm, noise_multiplier, ...}; {} = off
 
 
 @dataclass(frozen=True)
