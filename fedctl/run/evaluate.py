@@ -23,6 +23,7 @@ from fedctl.core import checkpoint as ckpt_io
 from fedctl.core.config import load_yaml
 from fedctl.core.rundir import RunDir
 from fedctl.core.task import TaskContext
+from fedctl.core.weights import load_weights, read_weights
 from fedctl.errors import FedctlError
 
 
@@ -49,36 +50,6 @@ def _find_config(start: Path, config: Path | None) -> tuple[dict[str, Any], Path
             return load_yaml(folder / "config.yaml"), folder
     raise FedctlError(f"no config.yaml in {start} or any folder above it",
                       "pass --config RUN_DIR of the run the model was trained in")
-
-
-def _safetensors_state(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FedctlError(f"{folder} holds no .safetensors weights",
-                          "pass a run directory, a checkpoint, a final/hf export or a peft adapter folder")
-    state: dict[str, torch.Tensor] = {}
-    for f in files:
-        state.update(load_file(str(f)))
-    return state
-
-
-def load_shared(model: torch.nn.Module, keys: list[str], state: dict[str, torch.Tensor], where: Path | str) -> None:
-    """Copy `state` into the model's shared tensors; a missing or differently shaped tensor is an error naming
-    the first one. Keys may carry or lack the model's own prefix (exports drop wrappers such as `model.`)."""
-    params = model.state_dict()
-    for k in keys:
-        src = state.get(k)
-        if src is None:  # an export may name tensors without (or with) one leading module prefix
-            src = next((v for s, v in state.items() if s.endswith("." + k) or k.endswith("." + s)), None)
-        if src is None or tuple(src.shape) != tuple(params[k].shape):
-            got = "missing" if src is None else f"shaped {tuple(src.shape)}"
-            raise FedctlError(f"{where} does not fit the model: tensor '{k}' is {got}, the model's is "
-                              f"{tuple(params[k].shape)}",
-                              "evaluate it with the config of the run that trained it (--config RUN_DIR)")
-        with torch.no_grad():
-            params[k].copy_(src.to(params[k].dtype))
 
 
 def evaluate_target(target: str | Path, *, config: str | Path | None = None, base: str | None = None,
@@ -113,7 +84,7 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
             kind, target = "adapter", folder
         data, run_root = _find_config(folder, config)
         if kind == "export":
-            state = _safetensors_state(folder)
+            state = read_weights(folder)
 
     exp = experiment_from(data)
     if kind == "adapter":
@@ -134,7 +105,7 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
     model = task.build_model()
     keys = list(task.shared_keys(model))
     if state is not None:
-        load_shared(model, keys, state, target)
+        load_weights(model, state, target, required=keys)
     metrics = task.evaluate(model)
     per_client = {cid: task.evaluate(model, cid) for cid in task.client_ids()} if clients else {}
     return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client)
