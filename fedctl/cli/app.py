@@ -112,6 +112,9 @@ def _register_groups() -> None:
     from fedctl.cli import eval as eval_cli
 
     app.command("eval", epilog=eval_cli.EPILOG)(eval_cli.command)
+    from fedctl.cli import sweep as sweep_cli
+
+    app.command("sweep", cls=sweep_cli.Command, epilog=sweep_cli.EPILOG)(sweep_cli.command)
 
 
 _register_groups()
