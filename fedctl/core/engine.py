@@ -131,13 +131,13 @@ def peak_rss_mb() -> float:
     return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
 
 
-def resource_record(clients: list[dict[str, float]], units: tuple[str, ...]) -> dict[str, Any]:
-    """A round's resource record from its clients' training metrics: `time` (UNIX seconds, now),
-    `examples_per_s` (items trained on per second of client training, summed over clients) and
+def resource_record(clients: list[dict[str, float]], units: tuple[str, ...], seconds: float) -> dict[str, Any]:
+    """A round's resource record from its clients' training metrics and the wall `seconds` of its training
+    phase (sampling to the last client's update, aggregation folded in): `time` (UNIX seconds, now),
+    `examples_per_s` (items trained on per second of that phase, all clients together) and
     `<unit>_per_s` for the task's throughput units, `peak_rss_mb`, `cuda_max_allocated_mb` (on CUDA),
     `lr` (the last client's last learning rate) and `grad_norm` (mean pre-clip gradient norm)."""
     rec: dict[str, Any] = {"time": time.time()}
-    seconds = sum(c.get("train_seconds", 0.0) for c in clients)
     if seconds > 0:
         rec["examples_per_s"] = sum(c.get("items", 0.0) for c in clients) / seconds
         for unit in units:
@@ -387,6 +387,7 @@ class Run:
             if loss is not None and math.isfinite(loss):
                 loss_sum += loss * update.num_examples
                 examples += update.num_examples
+        fit_seconds = time.perf_counter() - t0  # the training phase, for throughput
 
         if aggregator.count < self.fed.min_fit_clients:
             saved = self.checkpoint(server_round - 1) if server_round > 1 else None
@@ -427,7 +428,7 @@ class Run:
             "mb_down": mb * len(sampled),
             "mb_up": mb * aggregator.count,
             "seconds": time.perf_counter() - t0,
-            **resource_record(trained, self.task.throughput_units),
+            **resource_record(trained, self.task.throughput_units, fit_seconds),
         }
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:

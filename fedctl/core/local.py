@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -86,8 +85,8 @@ def train_steps(
     """The loop. Returns the mean of the task's loss (without the proximal term) and of each batch metric
     over the micro-batches, the number of optimizer steps taken, and the resource record: `lr` (the last
     learning rate set), `grad_norm` (mean pre-clip global gradient norm over the steps), `items` (items
-    trained on), `train_seconds` (wall time of the loop) and the task's `throughput` amounts summed
-    (e.g. `tokens`). `on_step(j, n)` is called after optimizer step j of n (progress display)."""
+    trained on) and the task's `throughput` amounts summed (e.g. `tokens`) — all deterministic for a seed; the
+    engine times the round. `on_step(j, n)` is called after optimizer step j of n (progress display)."""
     t = task.training
     device = model_device(model)
     scaler = torch.amp.GradScaler(device.type) if t.amp_dtype == torch.float16 else None
@@ -97,7 +96,6 @@ def train_steps(
     sums: dict[str, float] = {"loss": 0.0}
     amounts: dict[str, float] = {}
     n_micro, n_items, norm_sum, lr = 0, 0, 0.0, peak_lr
-    t0 = time.perf_counter()
     for step, group in enumerate(steps):
         lr = t.lr_at(peak_lr, step_offset + step)
         for g in optimizer.param_groups:
@@ -130,8 +128,7 @@ def train_steps(
         optimizer.zero_grad(set_to_none=True)
         if on_step is not None:
             on_step(step + 1, len(steps))
-    record = {"lr": float(lr), "grad_norm": norm_sum / max(1, len(steps)), "items": float(n_items),
-              "train_seconds": time.perf_counter() - t0, **amounts}
+    record = {"lr": float(lr), "grad_norm": norm_sum / max(1, len(steps)), "items": float(n_items), **amounts}
     return {**{k: v / max(1, n_micro) for k, v in sums.items()}, "steps": float(len(steps)), **record}
 
 
@@ -152,7 +149,7 @@ def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitR
     loss = m.pop("loss")
     steps_taken = m.pop("steps")
     # resource record, unprefixed: the engine sums / averages these per round (see Run.fit_round)
-    record = {k: m.pop(k) for k in ("lr", "grad_norm", "items", "train_seconds", *task.throughput_units)
+    record = {k: m.pop(k) for k in ("lr", "grad_norm", "items", *task.throughput_units)
               if k in m}
     return FitResult(
         num_examples=task.num_examples(client_id),

@@ -63,4 +63,4 @@ def test_grad_norm_is_the_pre_clip_norm_and_lr_the_last_one():
     assert expected > 1e-3  # clipping was active, yet the reported norm is the one before clipping
     assert math.isclose(m["grad_norm"], expected, rel_tol=1e-5)
     assert math.isclose(m["lr"], 0.1 * 2 / 4)  # warmup step 2 of 4
-    assert m["items"] == 16 and m["train_seconds"] > 0
+    assert m["items"] == 16 and "train_seconds" not in m  # timing lives in the engine: fit metrics stay reproducible
