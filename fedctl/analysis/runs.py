@@ -307,11 +307,65 @@ def analyse_runs(run_dirs: list[str | Path], metric: str | None = None, out: str
         lower_is_better = not metric.endswith(("accuracy", "acc", "f1", "matthews", "pearson", "spearman"))
         s["best"] = (min if lower_is_better else max)(s["values"])
         s["total_steps"] = s["steps"][-1]
+    groups = group_series(series)
+    grouped = any(len(g["runs"]) > 1 for g in groups)  # seeds of one config: draw mean ± std bands
     out_path = Path(out) if out else RunDir(run_dirs[0]).plots_dir / f"runs_{_slug(metric)}.png"
-    _save(runs_figure(series, metric), out_path)
+    _save(groups_figure(groups, metric) if grouped else runs_figure(series, metric), out_path)
     result = {"metric": metric, "runs": series, "plot": str(out_path)}
+    if grouped:
+        result["groups"] = groups
     write_json(out_path.with_suffix(".json"), result, indent=None)
     return result
+
+
+def group_series(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Runs grouped by config (every key but run.seed/name/out): per group the rounds all its runs logged, the
+    mean and std (sample, ddof = 1; 0 for one run) of the metric and of total local steps at each, and the final
+    mean ± std. These are exactly the numbers the band figure draws."""
+    from fedctl.run.sweep import group_runs
+
+    by_dir = {s["run_dir"]: s for s in series}
+    out = []
+    for dirs in group_runs([Path(s["run_dir"]) for s in series]):
+        members = [by_dir[str(d)] for d in dirs]
+        rounds = sorted(set.intersection(*[set(m["rounds"]) for m in members]))
+        if not rounds:
+            raise FedctlError(f"runs {', '.join(str(d) for d in dirs)} share a config but no logged round",
+                              "compare runs that logged the metric in the same rounds")
+        at = [{r: (v, st) for r, v, st in zip(m["rounds"], m["values"], m["steps"])} for m in members]
+        values = torch.tensor([[a[r][0] for r in rounds] for a in at], dtype=torch.float64)
+        steps = torch.tensor([[a[r][1] for r in rounds] for a in at], dtype=torch.float64)
+        n = len(members)
+        std = values.std(dim=0, correction=1) if n > 1 else torch.zeros(len(rounds), dtype=torch.float64)
+        name = re.sub(r"-seed\d+$", "", members[0]["label"].split(" · ")[0])
+        label = " · ".join([name, *members[0]["label"].split(" · ")[1:]]) + f" (n={n})"
+        out.append({
+            "label": label, "runs": [m["run_dir"] for m in members], "n": n, "rounds": rounds,
+            "steps": steps.mean(dim=0).tolist(), "mean": values.mean(dim=0).tolist(), "std": std.tolist(),
+            "final_mean": float(values[:, -1].mean()), "final_std": float(std[-1]),
+        })
+    return out
+
+
+def groups_figure(groups: list[dict[str, Any]], metric: str):
+    """Mean ± std bands, one per group, against round and against mean total local steps."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for g in groups:
+        lo = [m - s for m, s in zip(g["mean"], g["std"])]
+        hi = [m + s for m, s in zip(g["mean"], g["std"])]
+        for ax, x in ((a, g["rounds"]), (b, g["steps"])):
+            line, = ax.plot(x, g["mean"], marker="o", ms=3, label=g["label"])
+            ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+    for ax, xlabel in ((a, "round"), (b, "total local steps (all clients), mean")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric} (mean ± std over seeds)")
+        if metric.endswith("ppl"):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    a.legend(fontsize=7)
+    fig.suptitle(f"{metric} by round and by local steps, mean ± std over seeds", fontsize=10)
+    return fig
 
 
 def runs_figure(series: list[dict[str, Any]], metric: str):

@@ -108,6 +108,13 @@ def _register_groups() -> None:
                 continue
             raise
         app.add_typer(module.app, name=name)
+    # single commands: `fedctl eval TARGET`
+    from fedctl.cli import eval as eval_cli
+
+    app.command("eval", epilog=eval_cli.EPILOG)(eval_cli.command)
+    from fedctl.cli import sweep as sweep_cli
+
+    app.command("sweep", cls=sweep_cli.Command, epilog=sweep_cli.EPILOG)(sweep_cli.command)
 
 
 _register_groups()

@@ -118,4 +118,12 @@ def run(
     for s in result["runs"]:
         table.add_row(escape(s["label"]), str(s["rounds"][-1]), str(s["total_steps"]), f"{s['final']:.4g}", f"{s['best']:.4g}")
     out.print(table)
+    if result.get("groups"):
+        groups = Table(show_edge=False, header_style="bold", title=f"{escape(result['metric'])}: mean ± std over seeds")
+        for col in ("config", "runs", "rounds", "final mean ± std"):
+            groups.add_column(col, justify="left" if col == "config" else "right", overflow="fold")
+        for g in result["groups"]:
+            groups.add_row(escape(g["label"]), str(g["n"]), str(g["rounds"][-1]),
+                           f"{g['final_mean']:.4g} ± {g['final_std']:.2g}")
+        out.print(groups)
     out.print(f"[green]✓[/] Saved {escape(result['plot'])}")

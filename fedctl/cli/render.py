@@ -3,20 +3,36 @@
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
+from rich.console import Group
 from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from fedctl.cli.console import err, out
-from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
+from fedctl.core.events import (
+    CheckpointSaved,
+    ClientFailed,
+    ClientProgress,
+    Message,
+    RoundFinished,
+    RunFinished,
+    RunStarted,
+)
 
 _FIXED = ("round", "clients", "train_loss")
 _TAIL = ("mb_down", "mb_up", "seconds")
 _HEAD = {"round": "round", "clients": "clients", "train_loss": "train loss", "mb_down": "MB ↓",
-         "mb_up": "MB ↑", "seconds": "s"}
+         "mb_up": "MB ↑", "seconds": "s", "examples_per_s": "ex/s", "tokens_per_s": "tok/s",
+         "audio_s_per_s": "audio s/s"}
 _COMMANDS = {"glue": "lora"}  # task name → its `fedctl train` command, where they differ
-_SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id"}
+_SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id",
+         # the resource record stays in metrics.jsonl; the table shows throughput only
+         "time", "peak_rss_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
+_PROGRESS_EVERY = 0.1  # seconds between redraws of the in-round progress line
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -29,6 +45,8 @@ def _fmt(key: str, value: Any) -> str:
             return f"{value:.1f}"
         if key == "seconds":
             return f"{value:.1f}"
+        if key.endswith("_per_s"):
+            return f"{value:.1f}" if value < 100 else f"{value:.0f}"
         if "ppl" in key or abs(value) >= 100:
             return f"{value:.2f}"
         return f"{value:.4f}"
@@ -47,6 +65,9 @@ class RunRenderer:
         self.started: RunStarted | None = None
         self.saved: CheckpointSaved | None = None  # the newest checkpoint of this run, for Ctrl-C
         self.saved_round = 0
+        self.progress: ClientProgress | None = None  # the newest in-round step, shown under the table
+        self.round_t0: float | None = None  # when the running round's first step was reported
+        self.drawn = 0.0  # monotonic time of the last progress redraw
 
     def __enter__(self) -> RunRenderer:
         return self
@@ -81,7 +102,26 @@ class RunRenderer:
             for key in row:
                 if key not in _FIXED and key not in _TAIL and key not in _SKIP and key not in extra:
                     extra.append(key)
-        return [*_FIXED, *extra, *_TAIL]
+        rates = [k for k in extra if k.endswith("_per_s")]  # throughput sits beside the transfer and time columns
+        return [*_FIXED, *[k for k in extra if k not in rates], *rates, *_TAIL]
+
+    def progress_line(self) -> Group | None:
+        """`round r · client i/K · step j/N · ETA` with a bar over the round's steps, or None between rounds.
+        ETA assumes every client of the round takes as many steps as the current one."""
+        p = self.progress
+        if p is None:
+            return None
+        total = p.clients * p.steps
+        done = (p.client - 1) * p.steps + p.step
+        elapsed = time.monotonic() - (self.round_t0 or time.monotonic())
+        eta = elapsed / done * (total - done) if done else 0.0
+        text = Text(f"round {p.server_round}/{self.total} · client {p.client}/{p.clients} · "
+                    f"step {p.step}/{p.steps} · ETA {eta:.0f}s", style="dim")
+        return Group(ProgressBar(total=total, completed=done, width=40), text)
+
+    def renderable(self):
+        line = self.progress_line()
+        return self.table() if line is None else Group(self.table(), line)
 
     def table(self) -> Table:
         table = Table(title=None, show_edge=False, header_style="bold")
@@ -108,8 +148,19 @@ class RunRenderer:
             if self.live_mode:
                 self.live = Live(self.table(), console=out, auto_refresh=False)
                 self.live.start()
+        elif isinstance(event, ClientProgress):
+            if self.live is None:  # not a terminal: no progress display
+                return
+            if self.progress is None or self.progress.server_round != event.server_round:
+                self.round_t0 = time.monotonic()
+            self.progress = event
+            now = time.monotonic()
+            if now - self.drawn >= _PROGRESS_EVERY or (event.client == event.clients and event.step == event.steps):
+                self.drawn = now
+                self.live.update(self.renderable(), refresh=True)
         elif isinstance(event, RoundFinished):
             self.rows.append(dict(event.metrics))
+            self.progress = None
             if self.live is not None:
                 self.live.update(self.table(), refresh=True)
             else:

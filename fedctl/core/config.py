@@ -92,10 +92,13 @@ class FederationConfig:
     eval_every: int = 1  # evaluate the global model every N rounds (and after the last)
     eval_clients: bool = False  # also evaluate on each client's data (slower)
     checkpoint_every: int = 5  # checkpoint every N rounds (and after the last)
-    keep_checkpoints: int = 0  # how many newest checkpoints to keep; 0 keeps all
+    keep_checkpoints: int = 0  # how many newest checkpoints to keep; 0 keeps all (never deletes best.pt)
+    best_metric: str | None = "val_loss"  # global eval metric that picks checkpoints/best.pt; null: no best.pt
+    best_mode: str = "min"  # min (losses, perplexity) or max (accuracy)
     keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (memory: K optimizer states)
     save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
     save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
+    dp: dict = field(default_factory=dict)  # client-level DP: {mode, clip, clipping_norm, noise_multiplier, ...}; {} = off
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import random
+import resource
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,7 +27,15 @@ from fedctl.core import checkpoint as ckpt_io
 from fedctl.core import client_stats, local
 from fedctl.core.aggregate import State, all_finite, state_nbytes
 from fedctl.core.config import FederationConfig
-from fedctl.core.events import CheckpointSaved, ClientFailed, Message, RoundFinished, RunFinished, RunStarted
+from fedctl.core.events import (
+    CheckpointSaved,
+    ClientFailed,
+    ClientProgress,
+    Message,
+    RoundFinished,
+    RunFinished,
+    RunStarted,
+)
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.rundir import RunDir
 from fedctl.core.strategies import ClientUpdate, Strategy
@@ -109,6 +119,7 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
         run.load_global()
         cfg = prepare_client(run.seed, server_round, index, instructions, run.global_state,
                              run.fed.keep_optimizer_state, run.optimizer_states.get(cid))
+        cfg.on_step = run.progress_hook(server_round, sampled.index(index) + 1, len(sampled))
         try:
             result = local.train_client(run.task, run.model, cid, cfg, run.keys)
         except FedctlError:
@@ -119,6 +130,36 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
         state = {k: run.params[k] for k in run.keys}
         yield ClientOutcome(cid, ClientUpdate(cid, state, result.num_examples, result.metrics, result.stats),
                             optimizer_state=result.optimizer_state)
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident set size so far, in MB (10^6 bytes): Linux reports KiB, macOS bytes."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
+
+
+def resource_record(clients: list[dict[str, float]], units: tuple[str, ...], seconds: float) -> dict[str, Any]:
+    """A round's resource record from its clients' training metrics and the wall `seconds` of its training
+    phase (sampling to the last client's update, aggregation folded in): `time` (UNIX seconds, now),
+    `examples_per_s` (items trained on per second of that phase, all clients together) and
+    `<unit>_per_s` for the task's throughput units, `peak_rss_mb`, `cuda_max_allocated_mb` (on CUDA),
+    `lr` (the last client's last learning rate) and `grad_norm` (mean pre-clip gradient norm)."""
+    rec: dict[str, Any] = {"time": time.time()}
+    if seconds > 0:
+        rec["examples_per_s"] = sum(c.get("items", 0.0) for c in clients) / seconds
+        for unit in units:
+            if any(unit in c for c in clients):
+                rec[f"{unit}_per_s"] = sum(c.get(unit, 0.0) for c in clients) / seconds
+    rec["peak_rss_mb"] = peak_rss_mb()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rec["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 1e6
+    lrs = [c["lr"] for c in clients if "lr" in c]
+    if lrs:
+        rec["lr"] = lrs[-1]
+    norms = [c["grad_norm"] for c in clients if "grad_norm" in c]
+    if norms:
+        rec["grad_norm"] = sum(norms) / len(norms)
+    return rec
 
 
 def seed_everything(seed: int) -> None:
@@ -153,6 +194,11 @@ class Run:
         self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
         self.shared_bytes = state_nbytes(self.global_state)
         self.spare: State | None = None  # buffers the aggregator may reuse (see fit_round)
+        self._best_warned = False
+
+    def progress_hook(self, server_round: int, client: int, clients: int) -> Callable[[int, int], None]:
+        """The trainer's per-step callback for client `client` of `clients`: emits ClientProgress."""
+        return lambda step, steps: self.emit(ClientProgress(server_round, client, clients, step, steps))
 
     # -- state movement -------------------------------------------------------------------------
     @torch.no_grad()
@@ -160,26 +206,117 @@ class Run:
         for k in self.keys:
             self.params[k].copy_(self.global_state[k])
 
+    def checkpoint_payload(self, server_round: int) -> dict[str, Any]:
+        return {
+            "round": server_round,
+            "task": self.task.name,
+            "strategy": self.strategy.name,
+            "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
+            "strategy_state": self.strategy.state_dict(),
+            "client_optimizer_states": self.optimizer_states,
+            "rng": ckpt_io.rng_state(),
+            "config": self.config,
+            "metrics": self.history,
+        }
+
     def checkpoint(self, server_round: int) -> Path | None:
         if self.run_dir is None:
             return None
-        path = self.run_dir.save_checkpoint(
-            server_round,
-            {
-                "round": server_round,
-                "task": self.task.name,
-                "strategy": self.strategy.name,
-                "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
-                "strategy_state": self.strategy.state_dict(),
-                "client_optimizer_states": self.optimizer_states,
-                "rng": ckpt_io.rng_state(),
-                "config": self.config,
-                "metrics": self.history,
-            },
-            keep=self.fed.keep_checkpoints,
-        )
+        path = self.run_dir.save_checkpoint(server_round, self.checkpoint_payload(server_round),
+                                            keep=self.fed.keep_checkpoints)
         self.emit(CheckpointSaved(server_round, path))
         return path
+
+    def best_so_far(self) -> float | None:
+        """The best logged global value of `best_metric` (after a resume: from the checkpoint's history)."""
+        values = [r[self.fed.best_metric] for r in self.history
+                  if r.get("type") == "eval" and r.get("scope") == "global"
+                  and isinstance(r.get(self.fed.best_metric), (int, float))]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return None
+        return min(values) if self.fed.best_mode == "min" else max(values)
+
+    def improves_best(self, metrics: dict[str, Any]) -> bool:
+        """True when this evaluation's global `best_metric` beats every logged one (strictly: ties keep the
+        earlier round). Call before its record joins the history."""
+        key = self.fed.best_metric
+        if self.run_dir is None or key is None:
+            return False
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key not in metrics and not self._best_warned:
+                self._best_warned = True
+                self.emit(Message(f"no best.pt: the evaluation has no '{key}' (it has {', '.join(sorted(metrics))}); "
+                                  "set federation.best_metric to one of those, or null", "warning"))
+            return False
+        best = self.best_so_far()
+        return best is None or (value < best if self.fed.best_mode == "min" else value > best)
+
+    def save_best(self, server_round: int, metrics: dict[str, Any]) -> Path:
+        """checkpoints/best.pt: this round's checkpoint plus {"best": metric, mode, value, round}."""
+        payload = self.checkpoint_payload(server_round)
+        key = self.fed.best_metric
+        payload["best"] = {"metric": key, "mode": self.fed.best_mode, "value": float(metrics[key]),
+                           "round": server_round}
+        return self.run_dir.save_best(payload)
+
+    # -- state movement -------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_global(self) -> None:
+        for k in self.keys:
+            self.params[k].copy_(self.global_state[k])
+
+    def checkpoint_payload(self, server_round: int) -> dict[str, Any]:
+        return {
+            "round": server_round,
+            "task": self.task.name,
+            "strategy": self.strategy.name,
+            "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
+            "strategy_state": self.strategy.state_dict(),
+            "client_optimizer_states": self.optimizer_states,
+            "rng": ckpt_io.rng_state(),
+            "config": self.config,
+            "metrics": self.history,
+        }
+
+    def checkpoint(self, server_round: int) -> Path | None:
+        if self.run_dir is None:
+            return None
+        path = self.run_dir.save_checkpoint(server_round, self.checkpoint_payload(server_round),
+                                            keep=self.fed.keep_checkpoints)
+        self.emit(CheckpointSaved(server_round, path))
+        return path
+
+    def best_so_far(self) -> float | None:
+        """The best logged global value of `best_metric` (after a resume: from the checkpoint's history)."""
+        values = [r[self.fed.best_metric] for r in self.history
+                  if r.get("type") == "eval" and r.get("scope") == "global"
+                  and isinstance(r.get(self.fed.best_metric), (int, float))]
+        values = [v for v in values if math.isfinite(v)]
+        if not values:
+            return None
+        return min(values) if self.fed.best_mode == "min" else max(values)
+
+    def maybe_save_best(self, server_round: int, metrics: dict[str, Any]) -> None:
+        """Write checkpoints/best.pt when this round's global `best_metric` beats every earlier one (strictly:
+        ties keep the earlier round). Called before this round's record joins the history."""
+        key = self.fed.best_metric
+        if self.run_dir is None or key is None:
+            return
+        value = metrics.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            if key not in metrics and not self._best_warned:
+                self._best_warned = True
+                self.emit(Message(f"no best.pt: the evaluation has no '{key}' (it has {', '.join(sorted(metrics))}); "
+                                  "set federation.best_metric to one of those, or null", "warning"))
+            return
+        best = self.best_so_far()
+        if best is not None and not (value < best if self.fed.best_mode == "min" else value > best):
+            return
+        payload = self.checkpoint_payload(server_round)
+        payload["best"] = {"metric": key, "mode": self.fed.best_mode, "value": float(value), "round": server_round}
+        self.run_dir.save_best(payload)
 
     def resume(self) -> int:
         """Load the newest checkpoint of the run directory; return the round to start from."""
@@ -226,6 +363,7 @@ class Run:
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
+        trained: list[dict[str, float]] = []  # each aggregated client's metrics, for the resource record
         for outcome in self.executor(self, server_round, sampled, instructions):
             cid = outcome.client_id
             if outcome.failure is not None:
@@ -248,6 +386,7 @@ class Run:
                 self.run_dir.save_delta(server_round, cid, update.state, self.global_state,
                                         {"round": server_round, "entity": "client", "client_id": cid})
             aggregator.add(update)
+            trained.append(dict(update.metrics))
             local_steps += int(update.metrics.get("steps", 0))
             if self.fed.keep_optimizer_state and outcome.optimizer_state is not None:
                 self.optimizer_states[cid] = outcome.optimizer_state
@@ -255,6 +394,7 @@ class Run:
             if loss is not None and math.isfinite(loss):
                 loss_sum += loss * update.num_examples
                 examples += update.num_examples
+        fit_seconds = time.perf_counter() - t0  # the training phase, for throughput
 
         if aggregator.count < self.fed.min_fit_clients:
             saved = self.checkpoint(server_round - 1) if server_round > 1 else None
@@ -295,6 +435,7 @@ class Run:
             "mb_down": mb * len(sampled),
             "mb_up": mb * aggregator.count,
             "seconds": time.perf_counter() - t0,
+            **resource_record(trained, self.task.throughput_units, fit_seconds),
         }
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:
@@ -328,15 +469,19 @@ class Run:
             fit = self.fit_round(server_round)
             self.history.append(fit)
             row = {k: v for k, v in fit.items() if k != "type"}
+            best: dict[str, Any] | None = None  # this round's global eval, when it is the best so far
             if server_round % self.fed.eval_every == 0 or server_round == total:
                 t0 = time.perf_counter()
                 evals = self.evaluate(server_round)
+                best = evals[0] if self.improves_best(evals[0]) else None
                 self.history.extend(evals)
                 row.update({k: v for k, v in evals[0].items() if k not in ("type", "scope", "round")})
                 row["seconds"] += time.perf_counter() - t0
             self.write_metrics()
             if server_round % self.fed.checkpoint_every == 0 or server_round == total:
                 self.checkpoint(server_round)
+            if best is not None:  # after the round checkpoint: a failed best.pt write leaves that one on disk
+                self.save_best(server_round, best)
             self.emit(RoundFinished(server_round, row))
         self.load_global()
         self.emit(RunFinished(total, {}))

@@ -27,6 +27,18 @@ class ClientFailed:
 
 
 @dataclass
+class ClientProgress:
+    """Inside a round: client `client` of `clients` (1-based, in training order) finished optimizer step
+    `step` of `steps`. Emitted after every local step; renderers throttle."""
+
+    server_round: int
+    client: int
+    clients: int
+    step: int
+    steps: int
+
+
+@dataclass
 class RoundFinished:
     server_round: int
     metrics: dict[str, Any]  # clients, train_loss, val_loss, val_ppl, mb_down, mb_up, seconds, ...

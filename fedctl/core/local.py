@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -80,9 +80,13 @@ def train_steps(
     step_offset: int = 0,
     anchor: dict[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, float]:
     """The loop. Returns the mean of the task's loss (without the proximal term) and of each batch metric
-    over the micro-batches, and the number of optimizer steps taken."""
+    over the micro-batches, the number of optimizer steps taken, and the resource record: `lr` (the last
+    learning rate set), `grad_norm` (mean pre-clip global gradient norm over the steps), `items` (items
+    trained on) and the task's `throughput` amounts summed (e.g. `tokens`) — all deterministic for a seed; the
+    engine times the round. `on_step(j, n)` is called after optimizer step j of n (progress display)."""
     t = task.training
     device = model_device(model)
     scaler = torch.amp.GradScaler(device.type) if t.amp_dtype == torch.float16 else None
@@ -90,12 +94,17 @@ def train_steps(
     model.train()
     optimizer.zero_grad(set_to_none=True)
     sums: dict[str, float] = {"loss": 0.0}
-    n_micro = 0
+    amounts: dict[str, float] = {}
+    n_micro, n_items, norm_sum, lr = 0, 0, 0.0, peak_lr
     for step, group in enumerate(steps):
+        lr = t.lr_at(peak_lr, step_offset + step)
         for g in optimizer.param_groups:
-            g["lr"] = t.lr_at(peak_lr, step_offset + step)
+            g["lr"] = lr
         for items in group:
             batch = task.make_batch(client_id, items, gen)
+            n_items += len(items)
+            for k, v in task.throughput(batch).items():
+                amounts[k] = amounts.get(k, 0.0) + float(v)
             with autocast(device, t.amp_dtype):
                 loss, metrics = task.loss(model, batch)
             objective = (loss + proximal_term(model, anchor, proximal_mu)) / len(group)
@@ -107,14 +116,20 @@ def train_steps(
         if scaler:
             scaler.unscale_(optimizer)
         if t.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)  # returns the pre-clip norm
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        norm_sum += float(norm)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return {**{k: v / max(1, n_micro) for k, v in sums.items()}, "steps": float(len(steps))}
+        if on_step is not None:
+            on_step(step + 1, len(steps))
+    record = {"lr": float(lr), "grad_norm": norm_sum / max(1, len(steps)), "items": float(n_items), **amounts}
+    return {**{k: v / max(1, n_micro) for k, v in sums.items()}, "steps": float(len(steps)), **record}
 
 
 def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
@@ -130,12 +145,15 @@ def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitR
     steps = schedule(t, n, gen)
     m = train_steps(task, model, optimizer, client_id, steps, gen, peak_lr=peak,
                     step_offset=(cfg.server_round - 1) * t.steps_per_round(n), anchor=cfg.anchor,
-                    proximal_mu=cfg.instructions.proximal_mu)
+                    proximal_mu=cfg.instructions.proximal_mu, on_step=cfg.on_step)
     loss = m.pop("loss")
     steps_taken = m.pop("steps")
+    # resource record, unprefixed: the engine sums / averages these per round (see Run.fit_round)
+    record = {k: m.pop(k) for k in ("lr", "grad_norm", "items", *task.throughput_units)
+              if k in m}
     return FitResult(
         num_examples=task.num_examples(client_id),
-        metrics={"train_loss": loss, **{f"train_{k}": v for k, v in m.items()}, "steps": steps_taken},
+        metrics={"train_loss": loss, **{f"train_{k}": v for k, v in m.items()}, "steps": steps_taken, **record},
         optimizer_state=optimizer.state_dict() if cfg.keep_optimizer_state else None,
     )
 

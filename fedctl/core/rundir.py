@@ -4,6 +4,7 @@
       config.yaml                     the resolved config
       metrics.jsonl                   one JSON object per round and per evaluation
       checkpoints/round_NNN.pt        model, strategy state, RNG states, round, config, metrics history
+      checkpoints/best.pt             the same, for the round with the best validation metric (+ "best")
       deltas/server/round_NNN.safetensors, deltas/clients/round_NNN/<client>.safetensors
       adapters/round_NNN/{fused,clients/<client>}/      (LoRA workloads: peft adapters)
       final/hf/                       the workload's export
@@ -86,6 +87,11 @@ class RunDir:
     @property
     def demo_data_dir(self) -> Path:
         return self.path / "demo_data"
+
+    @property
+    def best_path(self) -> Path:
+        """`checkpoints/best.pt`: never a round checkpoint, so retention (`keep_checkpoints`) never deletes it."""
+        return self.checkpoints_dir / "best.pt"
 
     def checkpoint_path(self, server_round: int) -> Path:
         return self.checkpoints_dir / f"round_{server_round:03d}.pt"
@@ -222,6 +228,10 @@ class RunDir:
                 old.unlink(missing_ok=True)
         return path
 
+    def save_best(self, payload: dict[str, Any]) -> Path:
+        """Write `checkpoints/best.pt` atomically (replacing the previous best)."""
+        return ckpt_io.save_checkpoint(self.best_path, payload)
+
     def load_checkpoint(self, path: Path | None = None) -> tuple[Path, dict[str, Any]]:
         path = path or self.latest_checkpoint()
         return path, ckpt_io.load_checkpoint(path)
@@ -240,10 +250,13 @@ class RunDir:
 
 
 def config_changes(saved: Any, current: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configs (nested dicts)."""
+    """Dotted keys whose values differ between two resolved configs (nested dicts). A key the saved config
+    lacks altogether is not a change: a newer fedctl added it with a default the old run could not set."""
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
         for key in sorted(set(saved) | set(current), key=str):
+            if key not in saved and prefix.count(".") >= 1:  # a new key inside a section (task., federation., …)
+                continue
             out += config_changes(saved.get(key), current.get(key), f"{prefix}{key}.")
         return out
     if isinstance(saved, float) and isinstance(current, (int, float)) and not isinstance(current, bool):

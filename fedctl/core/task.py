@@ -96,6 +96,8 @@ class ClientConfig:
     anchor: dict[str, torch.Tensor] | None = None
     keep_optimizer_state: bool = False  # when true: load `optimizer_state` (if any), return the new one
     optimizer_state: dict[str, Any] | None = None
+    # called after each optimizer step with (step, steps); progress display only, never affects training
+    on_step: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -177,6 +179,14 @@ class Task(ABC):
     # The aggregation space (LoRA: ΔW-space merging around any strategy).
     def wrap_strategy(self, strategy: Strategy) -> Strategy:
         return strategy
+
+    # Throughput in the workload's own unit (tokens, seconds of audio), for the resource record.
+    throughput_units: ClassVar[tuple[str, ...]] = ()  # the keys `throughput` returns, e.g. ("tokens",)
+
+    def throughput(self, batch: Any) -> dict[str, float]:
+        """Amounts of the workload's units in one training micro-batch (cheap: shapes only), keyed by
+        `throughput_units`; the engine reports `<unit>_per_s` per round. Default: none."""
+        return {}
 
     # Artefacts and reporting.
     def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:

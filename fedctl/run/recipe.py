@@ -18,6 +18,7 @@ from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
 from fedctl.core.rundir import RunDir, check_resume
 from fedctl.core.strategies import build_strategy
+from fedctl.core.strategies.dp import dp_config, wrap_dp
 from fedctl.core.task import TaskContext
 from fedctl.errors import FedctlError
 from fedctl.run.rebuild import rebuild_task
@@ -112,7 +113,12 @@ def validate(exp: Experiment) -> None:
             f"federation.save_deltas_every = {f.save_deltas_every}, save_deltas_entity = '{f.save_deltas_entity}' is invalid",
             "use --save-deltas every=N entity=server|clients|all (N ≥ 1), or leave it off",
         )
+    if f.best_mode not in ("min", "max"):
+        raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
+                          "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     build_strategy(f.strategy, f.strategy_args)  # checks name and options
+    if f.dp:
+        dp_config(dict(f.dp))
     resolve_device(exp.run.device)
 
 
@@ -188,6 +194,10 @@ def _train_locked(exp: Experiment, run_dir: RunDir, on_event: EventSink | None, 
     task = get_workload(exp.run.task).build(exp.task, ctx)
     # A task may aggregate in its own space around the chosen strategy (glue: LoRA ΔW-space merging).
     strategy = task.wrap_strategy(build_strategy(exp.federation.strategy, exp.federation.strategy_args))
+    # Differential privacy wraps outermost: it clips and noises exactly the tensors that travel.
+    f = exp.federation
+    strategy = wrap_dp(strategy, f.dp, num_clients=f.clients, fraction=f.fraction,
+                       min_fit_clients=f.min_fit_clients, seed=exp.run.seed)
     summary = task.describe()
     # run.workers: clients train in parallel worker processes unless it is 1 or another executor is given
     with parallel.executor_for(exp.run.workers if executor is None else 1, exp.run.threads,

@@ -208,7 +208,7 @@ def test_engine_keeps_global_state_when_step_is_non_finite(tmp_path):
                       FederationConfig(rounds=3, clients=2, checkpoint_every=1), seed=0, run_dir=tmp_path)
     assert "round 2" in info.value.message and info.value.hint
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert ckpts == ["round_001.pt"]  # round 2 never reached disk
+    assert ckpts == ["best.pt", "round_001.pt"]  # round 2 never reached disk (best.pt is round 1's)
     model = load_checkpoint(tmp_path / "checkpoints" / "round_001.pt")["model"]
     assert all(bool(torch.isfinite(t).all()) for t in model.values())
 

@@ -226,6 +226,12 @@ class AsrTask(Task):
         loss = F.ctc_loss(log_probs.float(), targets, out_lengths, target_lengths, blank=0, reduction="mean")
         return loss, {}
 
+    throughput_units = ("audio_s",)
+
+    def throughput(self, batch) -> dict[str, float]:
+        """Seconds of audio: DS1 and DS2 features are one frame per 20 ms."""
+        return {"audio_s": float(batch[1].sum()) * 0.02}
+
     # ------------------------------------------------------------------------------ evaluation
 
     def eval_utterances(self, client_id: str | None) -> list[AsrUtterance]:

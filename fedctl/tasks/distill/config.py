@@ -13,6 +13,7 @@ class DistillConfig:
     # ---- teacher and recipe
     teacher: str | None = None  # RUN/final/hf of `fedctl train hubert` (HubertModel dir; kd also needs its head)
     recipe: str = "distilhubert"  # distilhubert (Chang et al. 2022) or kd (smaller HuBERT on soft labels)
+    init: str | None = None  # warm start: a HF folder, a final/ export, a run or a fedctl checkpoint of the same architecture
 
     # ---- distilhubert: teacher CNN + first student_layers transformer layers, one head per target layer
     student_layers: int = 2  # transformer layers, initialised from the teacher's first ones
@@ -70,5 +71,6 @@ EXAMPLES = (
 FLAGS = (
     Flag("task.teacher", "--teacher", "Teacher: RUN/final/hf of `fedctl train hubert` (a HubertModel dir)."),
     Flag("task.recipe", "--recipe", "distilhubert (2-layer student, layer-prediction heads) or kd (smaller HuBERT, soft labels)."),
+    Flag("task.init", "--init", "Warm start the student: a HF folder, a final/ export, a run or a checkpoint of the same architecture."),
     *SPEECH_FLAGS,
 )

@@ -113,11 +113,23 @@ class DistillTask(Task):
                                    head.logit_temp, c.kd_hidden_size, c.kd_num_layers, c.kd_num_heads, c.kd_ffn_size,
                                    c.attn_implementation)
 
+    def warm_start(self, model: nn.Module) -> None:
+        """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
+        tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values."""
+        from fedctl.core.weights import load_weights, read_weights
+
+        kept = load_weights(model, read_weights(self.cfg.init), f"--init {self.cfg.init}")
+        if kept:
+            self.ctx.log(f"--init {self.cfg.init}: {len(kept)} tensors not in it keep their fresh values "
+                         f"(e.g. {kept[0]})")
+
     def build_model(self) -> nn.Module:
         """The student, deterministic for ctx.seed (teacher-initialised parts are copies); global RNG untouched."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.ctx.seed)
             model = self.build_student()
+        if self.cfg.init is not None:
+            self.warm_start(model)
         if self.cfg.gradient_checkpointing:
             model.hubert.gradient_checkpointing_enable()
         model.train()
@@ -172,6 +184,12 @@ class DistillTask(Task):
 
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
         return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
+
+    throughput_units = ("audio_s",)
+
+    def throughput(self, batch) -> dict[str, float]:
+        """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
+        return {"audio_s": batch[0].numel() / 16_000}
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.objective(model, *batch)["loss"], {}

@@ -11,6 +11,7 @@ from fedctl.core.config import Flag
 class HubertPretrainConfig:
     # ---- model (a preset, then optional per-field overrides; None keeps the preset's value)
     preset: str = "base"  # base (HuBERT Base, 95M: 768 x 12 layers) or tiny (the CPU demo)
+    init: str | None = None  # warm start: a HF folder, a final/ export, a run or a fedctl checkpoint of the same architecture
     hidden_size: int | None = None  # transformer width (encoder_embed_dim)
     num_layers: int | None = None  # transformer layers
     num_heads: int | None = None  # attention heads; must divide hidden_size
@@ -78,4 +79,8 @@ SPEECH_FLAGS = (
     Flag("task.max_batch_seconds", "--max-batch-seconds", "Audio seconds per micro-batch.", float),
     Flag("federation.eval_clients", "--eval-clients", "Also evaluate on each client's held-out audio.", bool),
 )
-FLAGS = (Flag("task.preset", "--preset", "base (HuBERT Base, default) or tiny (CPU demo)."), *SPEECH_FLAGS)
+FLAGS = (
+    Flag("task.preset", "--preset", "base (HuBERT Base, default) or tiny (CPU demo)."),
+    Flag("task.init", "--init", "Warm start: a HF folder, a final/ export, a run or a checkpoint of the same architecture."),
+    *SPEECH_FLAGS,
+)

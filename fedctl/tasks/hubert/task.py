@@ -111,12 +111,24 @@ class HubertTask(Task):
     def hf_config(self):
         return hubert_config(self.arch, self.cfg.attn_implementation)
 
+    def warm_start(self, model: nn.Module) -> None:
+        """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
+        tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values."""
+        from fedctl.core.weights import load_weights, read_weights
+
+        kept = load_weights(model, read_weights(self.cfg.init), f"--init {self.cfg.init}")
+        if kept:
+            self.ctx.log(f"--init {self.cfg.init}: {len(kept)} tensors not in it keep their fresh values "
+                         f"(e.g. {kept[0]})")
+
     def build_model(self) -> nn.Module:
         """HubertModel + pretraining head, freshly initialised, identical for the same ctx.seed (global RNG untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.ctx.seed)
             model = HubertPretrainModel(self.hf_config(), self.num_classes, self.arch["final_dim"],
                                         self.cfg.logit_temp, self.arch["feature_grad_mult"])
+        if self.cfg.init is not None:
+            self.warm_start(model)
         if self.cfg.gradient_checkpointing:
             model.hubert.gradient_checkpointing_enable()
         model.train()
@@ -144,6 +156,12 @@ class HubertTask(Task):
 
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
         return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
+
+    throughput_units = ("audio_s",)
+
+    def throughput(self, batch) -> dict[str, float]:
+        """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
+        return {"audio_s": batch[0].numel() / 16_000}
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         """The pretraining objective: masked CE + unmasked_weight · unmasked CE + feature_pen_weight · penalty."""

@@ -11,6 +11,7 @@ from fedctl.core.config import Flag
 class MambaConfig:
     # ---- model (a preset, then optional per-field overrides; None keeps the preset's value)
     preset: str = "tiny"  # tiny (CPU demo), pure_ssm_1_layer, pure_ssm_2_layer, pure_ssm_4_layer (width 768)
+    init: str | None = None  # warm start: a HF folder, a final/ export, a run or a fedctl checkpoint of the same architecture
     hidden_size: int | None = None  # model width d_model
     num_layers: int | None = None  # Mamba2 blocks
     state_size: int | None = None  # SSM state dimension N per head
@@ -53,6 +54,7 @@ EXAMPLES = (
     "fedctl train mamba --out runs/mamba --resume --rounds 20",
 )
 FLAGS = (
+    Flag("task.init", "--init", "Warm start: a HF folder, a final/ export, a run or a checkpoint of the same architecture."),
     Flag("task.data", "--data", "Text file, directory (wiki.train.raw / train.txt …) or 'wikitext-2'. Default: demo corpus."),
     Flag("task.preset", "--preset", "tiny, pure_ssm_1_layer, pure_ssm_2_layer, pure_ssm_4_layer."),
     Flag("task.local_updates", "--local-updates", "Optimizer steps per client per round.", int),

@@ -133,6 +133,16 @@ class MambaTask(Task):
         except (ValueError, TypeError) as exc:
             raise FedctlError(f"Mamba2 rejects the model sizes {a}: {exc}", "adjust task.hidden_size/head_dim/expand/n_groups") from exc
 
+    def warm_start(self, model: nn.Module) -> None:
+        """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
+        tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values."""
+        from fedctl.core.weights import load_weights, read_weights
+
+        kept = load_weights(model, read_weights(self.cfg.init), f"--init {self.cfg.init}")
+        if kept:
+            self.ctx.log(f"--init {self.cfg.init}: {len(kept)} tensors not in it keep their fresh values "
+                         f"(e.g. {kept[0]})")
+
     def build_model(self) -> nn.Module:
         """A freshly initialised Mamba2ForCausalLM, identical for the same ctx.seed; the global RNG is left untouched."""
         from transformers import Mamba2ForCausalLM
@@ -140,6 +150,8 @@ class MambaTask(Task):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.ctx.seed)
             model = Mamba2ForCausalLM(self.hf_config())
+        if self.cfg.init is not None:
+            self.warm_start(model)
         model.train()  # Mamba2 has no dropout; train mode only selects the fused kernel on CUDA
         return model.to(self.device)
 
@@ -178,6 +190,12 @@ class MambaTask(Task):
 
     def loss(self, model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         return lm_loss(model, batch), {}
+
+    throughput_units = ("tokens",)
+
+    def throughput(self, batch: torch.Tensor) -> dict[str, float]:
+        """Predicted tokens: each block of seq_len + 1 ids predicts seq_len."""
+        return {"tokens": float(batch.shape[0] * (batch.shape[1] - 1))}
 
     # ------------------------------------------------------------------------------ evaluation
 
