@@ -261,63 +261,6 @@ class Run:
                            "round": server_round}
         return self.run_dir.save_best(payload)
 
-    # -- state movement -------------------------------------------------------------------------
-    @torch.no_grad()
-    def load_global(self) -> None:
-        for k in self.keys:
-            self.params[k].copy_(self.global_state[k])
-
-    def checkpoint_payload(self, server_round: int) -> dict[str, Any]:
-        return {
-            "round": server_round,
-            "task": self.task.name,
-            "strategy": self.strategy.name,
-            "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
-            "strategy_state": self.strategy.state_dict(),
-            "client_optimizer_states": self.optimizer_states,
-            "rng": ckpt_io.rng_state(),
-            "config": self.config,
-            "metrics": self.history,
-        }
-
-    def checkpoint(self, server_round: int) -> Path | None:
-        if self.run_dir is None:
-            return None
-        path = self.run_dir.save_checkpoint(server_round, self.checkpoint_payload(server_round),
-                                            keep=self.fed.keep_checkpoints)
-        self.emit(CheckpointSaved(server_round, path))
-        return path
-
-    def best_so_far(self) -> float | None:
-        """The best logged global value of `best_metric` (after a resume: from the checkpoint's history)."""
-        values = [r[self.fed.best_metric] for r in self.history
-                  if r.get("type") == "eval" and r.get("scope") == "global"
-                  and isinstance(r.get(self.fed.best_metric), (int, float))]
-        values = [v for v in values if math.isfinite(v)]
-        if not values:
-            return None
-        return min(values) if self.fed.best_mode == "min" else max(values)
-
-    def maybe_save_best(self, server_round: int, metrics: dict[str, Any]) -> None:
-        """Write checkpoints/best.pt when this round's global `best_metric` beats every earlier one (strictly:
-        ties keep the earlier round). Called before this round's record joins the history."""
-        key = self.fed.best_metric
-        if self.run_dir is None or key is None:
-            return
-        value = metrics.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            if key not in metrics and not self._best_warned:
-                self._best_warned = True
-                self.emit(Message(f"no best.pt: the evaluation has no '{key}' (it has {', '.join(sorted(metrics))}); "
-                                  "set federation.best_metric to one of those, or null", "warning"))
-            return
-        best = self.best_so_far()
-        if best is not None and not (value < best if self.fed.best_mode == "min" else value > best):
-            return
-        payload = self.checkpoint_payload(server_round)
-        payload["best"] = {"metric": key, "mode": self.fed.best_mode, "value": float(value), "round": server_round}
-        self.run_dir.save_best(payload)
-
     def resume(self) -> int:
         """Load the newest checkpoint of the run directory; return the round to start from."""
         assert self.run_dir is not None
