@@ -138,6 +138,15 @@ def peak_rss_mb() -> float:
     return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
 
 
+# Metrics of where and how fast a round ran, not of what it computed: they differ between identical runs.
+VOLATILE_METRICS = frozenset({"seconds", "time", "examples_per_s", "peak_rss_mb", "cuda_max_allocated_mb"})
+
+
+def is_volatile(key: str) -> bool:
+    """True for a metric that measures the machine (time, memory, throughput), not the training."""
+    return key in VOLATILE_METRICS or key.endswith("_per_s")
+
+
 def resource_record(clients: list[dict[str, float]], units: tuple[str, ...], seconds: float) -> dict[str, Any]:
     """A round's resource record from its clients' training metrics and the wall `seconds` of its training
     phase (sampling to the last client's update, aggregation folded in): `time` (UNIX seconds, now),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedctl.core.config import FederationConfig
-from fedctl.core.engine import run_federated
+from fedctl.core.engine import is_volatile, run_federated
 from fedctl.core.events import ClientFailed, Message, RoundFinished
 from fedctl.core.parallel import ParallelExecutor, plan_workers
 from fedctl.core.strategies import build_strategy
@@ -56,7 +56,7 @@ def children() -> set[int]:
 
 
 def history(res):
-    return [{k: v for k, v in rec.items() if k != "seconds"} for rec in res.history]
+    return [{k: v for k, v in rec.items() if not is_volatile(k)} for rec in res.history]
 
 
 def assert_same(a, b):
