@@ -211,7 +211,7 @@ def test_workers_die_with_a_sigkilled_server():
     import time
     from pathlib import Path
 
-    psutil = pytest.importorskip("psutil")
+    import psutil
     root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-c", _SERVER_DIES], cwd=root, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(root)})

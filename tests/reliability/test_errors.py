@@ -74,9 +74,6 @@ def test_limit_zero_or_positive_still_works(tmp_path, limit):
 # ------------------------------------------------------------------------------------ Flower ports
 
 
-flwr = pytest.importorskip("flwr", reason="train flower-app needs flwr")
-
-
 @pytest.mark.parametrize("ports", [("0", "9094"), ("70000", "9094"), ("9092", "65535"), ("9092", "-5"),
                                    ("9094", "9094"), ("9095", "9094")])
 def test_flower_app_ports_out_of_range_or_colliding(linear_cli, tmp_path, ports):
