@@ -112,3 +112,33 @@ class SpeechBatches:
 
     def seconds(self, client_id: str) -> float:
         return sum(u.frames for u in self.data.train[client_id]) * 0.02
+
+
+class SpeechClients:
+    """What the HuBERT-family tasks share about their clients: each holds length batches (one per micro-batch,
+    bounded by audio seconds) of its utterances. Expects `self.data` (SpeechData), `self.batches`
+    (SpeechBatches) and `self.cfg` (the masking settings)."""
+
+    throughput_units = ("audio_s",)
+
+    def client_ids(self) -> list[str]:
+        return list(self.data.train)
+
+    def _client(self, client_id: str) -> str:
+        if client_id not in self.data.train:
+            raise FedctlError(f"unknown client {client_id!r}", f"clients are {', '.join(self.data.train)}")
+        return client_id
+
+    def train_items(self, client_id: str) -> int:
+        return len(self.batches.train[self._client(client_id)])
+
+    def num_examples(self, client_id: str) -> int:
+        return len(self.data.train[self._client(client_id)])
+
+    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
+        return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
+
+    def throughput(self, batch) -> dict[str, float]:
+        """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
+        return {"audio_s": batch[0].numel() / SAMPLE_RATE}
+

@@ -19,7 +19,7 @@ from fedctl.core.local import LocalTraining, autocast
 from fedctl.core.task import Task, TaskContext
 from fedctl.data.speech.features import SAMPLE_RATE
 from fedctl.errors import FedctlError
-from fedctl.tasks.audio import SpeechBatches, autocast_dtype, make_demo_or_load
+from fedctl.tasks.audio import SpeechBatches, SpeechClients, autocast_dtype, make_demo_or_load
 from fedctl.tasks.distill import model as dm
 from fedctl.tasks.distill.config import DistillConfig
 from fedctl.tasks.hubert import data as hdata
@@ -29,7 +29,7 @@ from fedctl.utils.io import torch_save, write_json
 RECIPES = ("distilhubert", "kd")
 
 
-class DistillTask(Task):
+class DistillTask(SpeechClients, Task):
     """The `distill` workload. Build with `DistillTask(cfg, ctx)`; the model the engine holds is the student."""
 
     name = "distill"
@@ -138,9 +138,6 @@ class DistillTask(Task):
     def shared_keys(self, model: nn.Module) -> list[str]:
         return list(model.state_dict().keys())  # the student only: the teacher is no part of the model
 
-    def client_ids(self) -> list[str]:
-        return list(self.data.train)
-
     def sizes(self) -> dict[str, Any]:
         """Parameter counts of teacher and student (the student built on the meta device: no memory)."""
         import warnings
@@ -176,28 +173,9 @@ class DistillTask(Task):
         student_logits, _ = model(audio, mask)
         return dm.kd_loss(student_logits, teacher_logits, labels.to(self.device), mask, self.cfg.temperature, self.cfg.alpha)
 
-    def train_items(self, client_id: str) -> int:
-        return len(self.batches.train[self._client(client_id)])
-
-    def num_examples(self, client_id: str) -> int:
-        return len(self.data.train[self._client(client_id)])
-
-    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
-        return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
-
-    throughput_units = ("audio_s",)
-
-    def throughput(self, batch) -> dict[str, float]:
-        """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
-        return {"audio_s": batch[0].numel() / 16_000}
-
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.objective(model, *batch)["loss"], {}
 
-    def _client(self, client_id: str) -> str:
-        if client_id not in self.data.train:
-            raise FedctlError(f"unknown client {client_id!r}", f"clients are {', '.join(self.data.train)}")
-        return client_id
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:

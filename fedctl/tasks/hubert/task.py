@@ -20,7 +20,7 @@ from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining, autocast
 from fedctl.core.task import Task, TaskContext
 from fedctl.errors import FedctlError
-from fedctl.tasks.audio import SpeechBatches, autocast_dtype, make_demo_or_load
+from fedctl.tasks.audio import SpeechBatches, SpeechClients, autocast_dtype, make_demo_or_load
 from fedctl.tasks.hubert.config import HubertPretrainConfig
 from fedctl.tasks.hubert.model import (
     IGNORE,
@@ -59,7 +59,7 @@ def check_arch(arch: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------- task
 
 
-class HubertTask(Task):
+class HubertTask(SpeechClients, Task):
     """The `hubert` workload. Build with `HubertTask(cfg, ctx)`; the engine drives it through the Task protocol."""
 
     name = "hubert"
@@ -137,31 +137,7 @@ class HubertTask(Task):
     def shared_keys(self, model: nn.Module) -> list[str]:
         return list(model.state_dict().keys())
 
-    def client_ids(self) -> list[str]:
-        return list(self.data.train)
-
-    def _client(self, client_id: str) -> str:
-        if client_id not in self.data.train:
-            raise FedctlError(f"unknown client {client_id!r}", f"clients are {', '.join(self.data.train)}")
-        return client_id
-
     # ------------------------------------------------------------------------------ training
-
-    def train_items(self, client_id: str) -> int:
-        """Length batches (one per micro-batch): HuBERT batches are bounded by audio seconds, not a count."""
-        return len(self.batches.train[self._client(client_id)])
-
-    def num_examples(self, client_id: str) -> int:
-        return len(self.data.train[self._client(client_id)])
-
-    def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
-        return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
-
-    throughput_units = ("audio_s",)
-
-    def throughput(self, batch) -> dict[str, float]:
-        """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
-        return {"audio_s": batch[0].numel() / 16_000}
 
     def loss(self, model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, Any]]:
         """The pretraining objective: masked CE + unmasked_weight · unmasked CE + feature_pen_weight · penalty."""
