@@ -22,7 +22,7 @@ from torch import nn
 
 from fedctl.attacks.objective import matched_names, per_restart_gradients
 from fedctl.errors import FedctlError
-from fedctl.tasks.asr.models import build_asr_model
+from fedctl.tasks.asr.models import DeepSpeech1, build_asr_model
 from fedctl.utils.io import torch_load
 
 
@@ -119,7 +119,7 @@ def client_dropout(model: nn.Module, p: float, generator: torch.Generator) -> It
         return t * keep / (1 - p)
 
     handles = []
-    if hasattr(model, "fc1"):
+    if isinstance(model, DeepSpeech1):
         for name in ("fc1", "fc2", "fc3", "fc4"):
             handles.append(getattr(model, name).register_forward_hook(lambda m, i, o: drop(o)))
     else:

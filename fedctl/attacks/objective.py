@@ -31,6 +31,7 @@ from torch import nn
 
 from fedctl.tasks.asr import models as asr_models
 from fedctl.tasks.asr.ctc import ctc_loss
+from fedctl.tasks.asr.models import DeepSpeech1
 
 DISTANCES = ("cosine", "l2", "cosine+l2")
 MATCHES = ("last", "all")
@@ -38,13 +39,13 @@ MATCHES = ("last", "all")
 
 def output_layer(model: nn.Module) -> nn.Linear:
     """The victim's output Linear (DS1 `out`: 29 × hidden + bias; DS2 `fc`: 29 × hidden, no bias)."""
-    return model.out if hasattr(model, "out") else model.fc
+    return model.out if isinstance(model, DeepSpeech1) else model.fc
 
 
 def matched_names(model: nn.Module, match: str) -> list[str]:
     """Names of the parameters whose gradient the attacker matches."""
     if match == "last":
-        layer = "out" if hasattr(model, "out") else "fc"
+        layer = "out" if isinstance(model, DeepSpeech1) else "fc"
         return [f"{layer}.weight"] + ([f"{layer}.bias"] if output_layer(model).bias is not None else [])
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
