@@ -53,7 +53,7 @@ def _child(variant: str, rounds: int, events: str, out: str) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     sets = [f"federation.rounds={rounds}", f"run.out={out}"]
     if variant in ("sequential", "workers"):
-        from fedctl.tasks import recipe
+        from fedctl.run import recipe
 
         exp = recipe.resolve("mamba", "mamba_tiny", sets=sets + [f"run.workers={1 if variant == 'sequential' else 0}"])
         recipe.train(exp, on_event=_recorder(events))
