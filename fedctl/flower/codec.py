@@ -1,8 +1,9 @@
 """What travels in a fedctl Flower message, and how tensors and instructions are encoded.
 
 Train instruction (ServerApp → ClientApp), message type "train", group_id = the server round:
-  "arrays"  ArrayRecord   the global shared tensors (dtype and shape preserved; bfloat16 travels
-                          as its raw 16 bits, because numpy has no bfloat16)
+  "arrays"  ArrayRecord   the global shared tensors, packed: one byte buffer ("fedctl.packed") and
+                          its layout ("fedctl.layout": JSON [key, dtype, shape, offset, bytes] per
+                          tensor), so dtype (bfloat16 too), shape and bits are kept exactly
   "config"  ConfigRecord  server-round, client-index, seed (the run seed), instructions (the
                           strategy's ClientInstructions as JSON), fedctl-config (the run's
                           resolved config as YAML text)
@@ -32,23 +33,48 @@ CLIENT_FAILED = 7001  # flwr Error code: the client's task raised; the server le
 BAD_INSTRUCTION = 7002  # flwr Error code: the message does not fit this node (wrong partition, bad config)
 
 
+_PACKED, _LAYOUT = "fedctl.packed", "fedctl.layout"
+
+
 def state_to_record(state: dict[str, torch.Tensor]):
-    """An ArrayRecord holding `state` bit for bit (numpy .npy bytes per tensor)."""
+    """An ArrayRecord holding `state` bit for bit, as ONE byte buffer plus its layout.
+
+    One Array per tensor would make every message dozens of Flower objects (an Array and its chunks
+    per tensor), each pulled with its own HTTP request at every hop; packed, a message is a handful.
+    Raw bytes also keep dtypes numpy lacks (bfloat16) without conversion."""
+    import numpy as np
     from flwr.app import Array, ArrayRecord
 
-    record = ArrayRecord()
+    layout, parts, offset = [], [], 0
     for key, value in state.items():
-        tensor = value.detach().cpu()
-        if tensor.dtype == torch.bfloat16:
-            tensor = tensor.view(torch.int16)  # decoded back by record_to_state from the receiver's dtype
-        record[key] = Array.from_numpy_ndarray(tensor.contiguous().numpy())
+        tensor = value.detach().cpu().contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else torch.empty(0, dtype=torch.uint8)
+        layout.append([key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset, raw.numel()])
+        parts.append(raw)
+        offset += raw.numel()
+    packed = torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+    record = ArrayRecord()
+    record[_PACKED] = Array.from_numpy_ndarray(packed.numpy())
+    record[_LAYOUT] = Array.from_numpy_ndarray(np.frombuffer(json.dumps(layout).encode(), dtype=np.uint8))
     return record
 
 
 def record_to_state(record, like: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors from an ArrayRecord. With `like`, keys must match and each tensor takes the
-    dtype of its counterpart (bfloat16 reinterpreted from its raw bits, never rounded)."""
-    state = {key: torch.from_numpy(array.numpy()) for key, array in record.items()}
+    """Tensors from a state_to_record ArrayRecord. With `like`, keys, dtypes and shapes must match it."""
+    if _PACKED not in record or _LAYOUT not in record:
+        raise ValueError(f"the arrays are not a fedctl state (no '{_PACKED}'/'{_LAYOUT}')")
+    packed = torch.from_numpy(record[_PACKED].numpy())
+    try:
+        layout = json.loads(record[_LAYOUT].numpy().tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"the arrays' layout is unreadable: {exc}") from exc
+    state: dict[str, torch.Tensor] = {}
+    for key, dtype_name, shape, offset, nbytes in layout:
+        dtype = getattr(torch, dtype_name, None)
+        if not isinstance(dtype, torch.dtype) or offset < 0 or offset + nbytes > packed.numel():
+            raise ValueError(f"tensor '{key}' has a bad layout entry ({dtype_name}, {offset}+{nbytes} bytes)")
+        chunk = packed[offset:offset + nbytes].clone()  # its own storage: aligned for any dtype
+        state[key] = (chunk.view(dtype) if nbytes else torch.empty(0, dtype=dtype)).reshape(shape)
     if like is None:
         return state
     if set(state) != set(like):
@@ -56,11 +82,10 @@ def record_to_state(record, like: dict[str, torch.Tensor] | None = None) -> dict
         raise ValueError(f"arrays do not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
     for key, ref in like.items():
         tensor = state[key]
-        if ref.dtype == torch.bfloat16 and tensor.dtype == torch.int16:
-            tensor = tensor.view(torch.bfloat16)
         if tensor.shape != ref.shape:
             raise ValueError(f"tensor '{key}' has shape {tuple(tensor.shape)}, the model {tuple(ref.shape)}")
-        state[key] = tensor.to(ref.dtype)
+        if tensor.dtype != ref.dtype:
+            raise ValueError(f"tensor '{key}' is {tensor.dtype}, the model's {ref.dtype}")
     return state
 
 

@@ -49,7 +49,7 @@ class FlowerExecutor:
     """
 
     def __init__(self, grid: Grid, *, min_nodes: int | None = None, node_timeout: float = 120.0,
-                 round_timeout: float = 3600.0, reply_order: str = "sampled", poll_seconds: float = 0.2,
+                 round_timeout: float = 3600.0, reply_order: str = "sampled", poll_seconds: float = 0.05,
                  log: Callable[[str], None] | None = None) -> None:
         if reply_order not in ("sampled", "arrival"):
             raise FedctlError(f"fedctl-reply-order = '{reply_order}' is unknown", "use sampled or arrival")
@@ -282,6 +282,9 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
+    from fedctl.flower.latency import shorten_pull_backoff
+
+    shorten_pull_backoff()  # this is the ServerApp's own process (flwr-serverapp)
     try:
         run_server(grid, dict(context.run_config))
     except FedctlError as exc:  # one readable line in `flwr log`, then fail the run

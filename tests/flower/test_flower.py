@@ -201,9 +201,18 @@ def test_node_refuses_a_client_it_does_not_hold_and_reads_node_overrides():
 
 
 def test_codec_keeps_bfloat16_bits_and_dtype():
-    state = {"w": torch.randn(3, 4).to(torch.bfloat16), "n": torch.arange(5), "h": torch.randn(2).half()}
-    back = codec.record_to_state(_wire(RecordDict({"a": codec.state_to_record(state)})).array_records["a"], state)
-    assert all(back[k].dtype == state[k].dtype and torch.equal(back[k], state[k]) for k in state)
+    # a 3-byte tensor first: every later tensor sits at an odd offset of the packed buffer
+    state = {"b": torch.tensor([1, 2, 3], dtype=torch.uint8), "w": torch.randn(3, 4).to(torch.bfloat16),
+             "n": torch.arange(5), "h": torch.randn(2).half(), "e": torch.empty(0, 4), "s": torch.tensor(2.5)}
+    record = codec.state_to_record(state)
+    assert len(record) == 2  # one buffer + its layout, whatever the number of tensors
+    back = codec.record_to_state(_wire(RecordDict({"a": record})).array_records["a"], state)
+    assert all(back[k].dtype == state[k].dtype and back[k].shape == state[k].shape and torch.equal(back[k], state[k])
+               for k in state)
+    with pytest.raises(ValueError, match="tensor 'w' is torch.bfloat16, the model's torch.float32"):
+        codec.record_to_state(record, {**state, "w": torch.zeros(3, 4)})
+    with pytest.raises(ValueError, match="missing \\['x'\\]"):
+        codec.record_to_state(record, {**state, "x": torch.zeros(1)})
 
 
 def test_missing_nodes_fail_with_a_clear_error():

@@ -1,0 +1,90 @@
+"""flwr 1.41's hard-coded waits, shortened inside the processes fedctl starts (flwr is pinned to <1.42).
+
+Where a round's time goes on a loopback deployment with long-running ClientApps (measured, mamba_tiny,
+4 SuperNodes on 2 cores): not the training, but three waits that flwr 1.41 hard-codes and exposes no
+setting for:
+  - an idle SuperNode asks the SuperLink for messages every 3 s (`time.sleep(3)` in
+    flwr/supernode/start_client_internal.py), and waits for its ClientApp's reply in 0.5 s steps;
+  - every object pull (SuperNode ← SuperLink, ClientApp ← SuperNode, ServerApp ← SuperLink) that finds
+    an object not uploaded yet backs off 1 s, then 2, 4, … up to 10 s (`PULL_INITIAL_BACKOFF`,
+    `PULL_BACKOFF_CAP` in flwr/supercore/constant.py, bound as default arguments);
+so a 3 MB message that races its own upload waits 1–3 s at each hop.
+
+`shorten_pull_backoff()` (ServerApp, warm ClientApp executor, tuned SuperNode) and `shorten_node_polls()`
+(tuned SuperNode only) lower these to POLL_SECONDS / PULL_BACKOFF. The cost is more polling requests
+(a few per second per node on loopback); results are unaffected (the same messages, in the same order).
+Every patch checks that the flwr function it changes still has the expected signature and raises
+otherwise, so a new flwr fails loudly instead of silently keeping the old latencies.
+"""
+
+from __future__ import annotations
+
+import time as _time
+import types
+
+POLL_SECONDS = 0.1  # SuperNode: idle poll of the SuperLink and wait for a reply (flwr: 3 s and 0.5 s)
+PULL_BACKOFF = (0.02, 0.2)  # object pulls: first retry after, longest wait between retries (flwr: 1 s, 10 s)
+
+
+def shorten_pull_backoff(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKOFF[1]) -> None:
+    """Make every object pull in this process retry after `initial` s (doubling up to `cap` s)."""
+    from flwr.superlink.grid import http_grid
+    from flwr.supercore.inflatable import inflatable_utils
+    from flwr.supernode import start_client_internal
+    from flwr.supernode.runtime import run_clientapp
+
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        defaults = fn.__kwdefaults__ or {}
+        if "initial_backoff" not in defaults or "backoff_cap" not in defaults:
+            raise RuntimeError(f"flwr's {fn.__qualname__} no longer takes initial_backoff/backoff_cap: "
+                               "fedctl.flower.latency needs updating for this flwr version")
+        fn.__kwdefaults__ = {**defaults, "initial_backoff": initial, "backoff_cap": cap}
+    # modules that imported the functions by name hold the same function objects: nothing more to patch
+    for module in (http_grid, start_client_internal, run_clientapp):
+        for name in ("pull_objects", "pull_and_inflate_object_from_tree"):
+            fn = getattr(module, name, None)
+            if fn is not None and fn.__kwdefaults__.get("initial_backoff") != initial:
+                raise RuntimeError(f"{module.__name__}.{name} is not flwr's shared function")
+
+
+class _CappedTime(types.ModuleType):
+    """The `time` module, with sleep() capped at `cap` seconds."""
+
+    def __init__(self, cap: float) -> None:
+        super().__init__("time")
+        self.cap = cap
+
+    def __getattr__(self, name: str):
+        return getattr(_time, name)
+
+    def sleep(self, seconds: float) -> None:
+        _time.sleep(min(seconds, self.cap))
+
+
+def shorten_node_polls(seconds: float = POLL_SECONDS) -> None:
+    """Make this process's SuperNode loop poll every `seconds` instead of 3 s (idle) and 0.5 s (reply)."""
+    from flwr.supernode import start_client_internal
+
+    if getattr(start_client_internal, "time", None) is not _time and not isinstance(start_client_internal.time,
+                                                                                   _CappedTime):
+        raise RuntimeError("flwr.supernode.start_client_internal no longer uses the time module: "
+                           "fedctl.flower.latency needs updating for this flwr version")
+    start_client_internal.time = _CappedTime(seconds)
+
+
+def run_supernode(argv: list[str]) -> None:
+    """`flower-supernode ARGV` in this process, with the shortened waits."""
+    import sys
+
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    shorten_pull_backoff()
+    shorten_node_polls()
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
+
+
+if __name__ == "__main__":
+    import sys
+
+    run_supernode(sys.argv[1:])
