@@ -62,6 +62,16 @@ WorkersOpt = Annotated[
     typer.Option("--workers", help="Client worker processes: 0 = auto (one per core), 1 = sequential, N."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+BackendOpt = Annotated[
+    str,
+    typer.Option("--backend", help="local: this machine (in-process or worker processes); flower: clients on Flower "
+                                   "SuperNodes through --federation."),
+]
+FederationOpt = Annotated[
+    str | None,
+    typer.Option("--federation", help="--backend flower: the SuperLink connection [superlink.NAME] in Flower's "
+                                      "config.toml ($FLWR_HOME or ~/.flwr)."),
+]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out.")]
 SaveDeltasOpt = Annotated[
     list[str] | None,

@@ -10,9 +10,11 @@ import typer
 
 from fedctl.cli.console import out, print_json, saved
 from fedctl.cli.options import (
+    BackendOpt,
     ClientsOpt,
     ConfigOpt,
     DeviceOpt,
+    FederationOpt,
     FractionOpt,
     JsonOpt,
     OutDirOpt,
@@ -46,8 +48,18 @@ def _run(
     as_json: bool,
     central: bool = False,
     save_deltas: list[str] | None = None,
+    backend: str = "local",
+    federation: str | None = None,
 ) -> None:
     from fedctl.run import recipe
+
+    if backend not in ("local", "flower"):
+        raise FedctlError(f"--backend {backend} is unknown", "use --backend local or --backend flower")
+    if backend == "flower" and not federation:
+        raise FedctlError("--backend flower needs --federation NAME",
+                          "name a SuperLink connection of Flower's config.toml, e.g. --federation my-cluster")
+    if federation and backend != "flower":
+        raise FedctlError("--federation is only used with --backend flower", "add --backend flower")
 
     fed_flags = {**fed_flags, **parse_save_deltas(save_deltas)}
 
@@ -70,6 +82,9 @@ def _run(
             flags={"run": run_flags, "federation": fed_flags, "task": task_flags},
             sets=sets, central=central,
         )
+    if backend == "flower":
+        _run_flower(exp, federation, resume=resume, as_json=as_json)
+        return
     with RunRenderer(quiet=as_json) as render:
         outcome = recipe.train(exp, on_event=render, resume=resume)
     final = recipe.final_metrics(outcome.result)
@@ -80,6 +95,31 @@ def _run(
     if outcome.sample is not None:
         out.print(f"[bold]Sample:[/] {outcome.sample}", highlight=False)
     saved(outcome.run_dir, "run")
+
+
+def _run_flower(exp, federation: str, *, resume: bool, as_json: bool) -> None:
+    from fedctl.core.events import RoundFinished, RunFinished
+    from fedctl.flower import require_flwr
+
+    require_flwr()
+    from fedctl.flower.backend import run_on_flower
+
+    rounds: list[dict[str, Any]] = []
+    done: list[int] = []
+    with RunRenderer(quiet=as_json) as render:
+        def on_event(event: object) -> None:
+            if isinstance(event, RoundFinished):
+                rounds.append(event.metrics)
+            elif isinstance(event, RunFinished):
+                done.append(event.rounds_done)
+            render(event)
+
+        run_dir = run_on_flower(exp, federation, resume=resume, on_event=on_event)
+    if as_json:
+        print_json({"run_dir": str(run_dir), "rounds": done[-1], "final": rounds[-1] if rounds else {},
+                    "backend": "flower", "federation": federation})
+        return
+    saved(run_dir, "run")
 
 
 TrainCommand = multi_value_command("--save-deltas", "--target-modules")
@@ -131,6 +171,8 @@ def workload_command(workload: Workload) -> None:
           for i, f in enumerate(flags)),
         inspect.Parameter("save_deltas", inspect.Parameter.KEYWORD_ONLY, annotation=SaveDeltasOpt, default=None),
         inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=ResumeOpt, default=False),
+        inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, annotation=BackendOpt, default="local"),
+        inspect.Parameter("federation", inspect.Parameter.KEYWORD_ONLY, annotation=FederationOpt, default=None),
         inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=JsonOpt, default=False),
     ]
 
@@ -147,7 +189,8 @@ def workload_command(workload: Workload) -> None:
             sections[section][name] = value
         _run(workload.name, config=kwargs["config"], sets=kwargs["sets"], run_flags=sections["run"],
              fed_flags=sections["federation"], task_flags=sections["task"], resume=kwargs["resume"],
-             as_json=kwargs["as_json"], save_deltas=kwargs["save_deltas"])
+             as_json=kwargs["as_json"], save_deltas=kwargs["save_deltas"], backend=kwargs["backend"],
+             federation=kwargs["federation"])
 
     command.__signature__ = inspect.Signature(params)
     command.__doc__ = workload.summary
@@ -214,6 +257,7 @@ def _register_commands() -> None:
     from fedctl.cli import train_flower
 
     app.command("flower-app", epilog=train_flower.EPILOG)(train_flower.flower_app)
+    app.command("flower-node", epilog=train_flower.NODE_EPILOG)(train_flower.flower_node)
 
 
 _register_commands()

@@ -73,3 +73,53 @@ def flower_app(
         out.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     out.print()
     saved(written.app_dir, "Flower App")
+
+
+NODE_EPILOG = (
+    "Examples:\n\n  fedctl train flower-node --superlink 10.0.0.5:9092 --root-certificates certs/ca.crt "
+    "--auth-key certs/node0.key --partition-id 0 --num-partitions 4 --set task.data=/srv/corpus\n\n"
+    "  fedctl train flower-node --superlink 127.0.0.1:9092 --insecure --port 9095")
+
+
+def flower_node(
+    superlink: Annotated[str, typer.Option("--superlink", help="The SuperLink's Fleet API, HOST:PORT.")],
+    partition_id: Annotated[int | None, typer.Option("--partition-id", help="The client index this node trains.")] = None,
+    num_partitions: Annotated[int | None, typer.Option("--num-partitions", help="The federation's clients.")] = None,
+    sets: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE for this node only, e.g. task.data=/srv/corpus.")] = None,
+    root_certificates: Annotated[Path | None, typer.Option("--root-certificates", help="CA certificate of the SuperLink's TLS certificate.")] = None,
+    auth_key: Annotated[Path | None, typer.Option("--auth-key", help="This node's private key (SuperNode authentication).")] = None,
+    insecure: Annotated[bool, typer.Option("--insecure", help="No TLS (loopback tests only); prints a warning.")] = False,
+    port: Annotated[int, typer.Option("--port", help="This SuperNode's Runtime API port on 127.0.0.1.")] = 9094,
+    connect_timeout: Annotated[float, typer.Option("--connect-timeout", help="Give up after this many seconds without the SuperLink.")] = 60.0,
+    cold: Annotated[bool, typer.Option("--cold", help="flwr's stock SuperNode: a fresh ClientApp process per message.")] = False,
+    logs: Annotated[Path, typer.Option("--logs", help="Directory for the SuperNode's and executor's logs.")] = Path("flower-node-logs"),
+) -> None:
+    """Run one Flower SuperNode for this host, with a long-running ClientApp (Ctrl-C stops it)."""
+    import signal
+
+    from fedctl.cli.console import err, warn
+    from fedctl.flower import require_flwr
+
+    require_flwr()
+    from fedctl.flower.node import Node, NodeSpec
+
+    spec = NodeSpec(superlink=superlink, partition_id=partition_id, num_partitions=num_partitions,
+                    node_sets=list(sets or []), root_certificates=root_certificates, auth_key=auth_key,
+                    insecure=insecure, port=port, connect_timeout=connect_timeout, cold=cold)
+    if insecure:
+        warn("--insecure: weights and data statistics travel unencrypted; use only on a trusted loopback")
+
+    def terminate(signum, frame):  # SIGTERM stops the node's processes like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    node = Node(spec, logs)
+    try:
+        node.start()
+        err.print(f"SuperNode up (Runtime API 127.0.0.1:{port}, "
+                  f"{'stock per-message ClientApps' if cold else 'warm ClientApp executor'}), "
+                  f"connecting to {superlink}; logs in {logs}. Ctrl-C stops it.", highlight=False)
+        node.wait()
+    except KeyboardInterrupt:
+        node.stop()
+        err.print("SuperNode stopped.", highlight=False)

@@ -103,6 +103,7 @@ fedctl-min-nodes = {int(min_nodes)}              # SuperNodes to wait for; 0 = f
 fedctl-node-timeout = 120.0      # seconds to wait for them
 fedctl-round-timeout = {float(round_timeout)}   # seconds a round waits; a silent client is left out
 fedctl-reply-order = "sampled"   # sampled: bitwise reproducible; arrival: fold replies as they come
+fedctl-events = "text"           # json: machine-readable event lines (fedctl train --backend flower)
 """)
     write_text(app_dir / ".flwr" / "config.toml", f"""\
 # The SuperLink connection `flwr run` uses: FLWR_HOME={app_dir / '.flwr'} flwr run {app_dir} {CONNECTION}

@@ -14,6 +14,8 @@ Run config keys (`[tool.flwr.app.config]` of the app's pyproject.toml, or `flwr 
   fedctl-min-nodes      SuperNodes to wait for before round 1 (0 → federation.clients)
   fedctl-node-timeout   seconds to wait for them
   fedctl-round-timeout  seconds a round waits for replies; a client without one is left out
+  fedctl-events         text (default): readable log lines; json: one `fedctl-event {...}` line per
+                        engine event, which `fedctl train --backend flower` renders as its round table
   fedctl-reply-order    sampled (default): fold replies in sampling order, so a run is bitwise
                         reproducible and equals the in-process engine; arrival: as they come
 """
@@ -230,6 +232,61 @@ def _print_event(event: object) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+EVENT_PREFIX = "fedctl-event "  # `fedctl-events = "json"`: one such line per engine event in the ServerApp log
+_EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, ClientFailed, CheckpointSaved, EventMessage,
+                                               RunFinished)}
+
+
+def event_line(event: object) -> str | None:
+    """The ServerApp log line carrying `event` to `fedctl train --backend flower`, or None for unshipped types."""
+    import dataclasses
+    import json
+    import math
+
+    name = type(event).__name__
+    if _EVENT_TYPES.get(name) is not type(event):
+        return None
+
+    def plain(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        return str(value)  # paths
+
+    fields = {f.name: plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
+    return EVENT_PREFIX + json.dumps({"type": name, **fields})
+
+
+def parse_event_line(line: str) -> object | None:
+    """The engine event an `event_line` carries (None for any other line, or a line that is not one)."""
+    import json
+    from pathlib import Path
+
+    start = line.find(EVENT_PREFIX)
+    if start < 0:
+        return None
+    try:
+        data = json.loads(line[start + len(EVENT_PREFIX):])
+        cls = _EVENT_TYPES[data.pop("type")]
+        for key in ("run_dir", "path"):
+            if data.get(key) is not None:
+                data[key] = Path(data[key])
+        return cls(**data)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _print_event_json(event: object) -> None:
+    line = event_line(event)
+    if line:
+        print(line, file=sys.stderr, flush=True)
+
+
 def experiment_from_run_config(run_config: dict[str, Any]):
     """The fedctl experiment a Flower run config names (see the module docstring for the keys)."""
     from fedctl.core.config import load_yaml
@@ -243,7 +300,9 @@ def experiment_from_run_config(run_config: dict[str, Any]):
             raise FedctlError("fedctl-resume needs fedctl-out", "set fedctl-out to the run directory to continue")
         from pathlib import Path
 
-        return recipe.load_run_config(Path(out))
+        # the app's own config may raise the round count (fedctl train --resume --rounds N writes it so)
+        rounds = (load_yaml(resolve_template(config)).get("federation") or {}).get("rounds") if config else None
+        return recipe.load_run_config(Path(out), rounds)
     if not config:
         raise FedctlError("the Flower run config has no fedctl-config",
                           "write the app with `fedctl train flower-app --config ...`, or pass -c 'fedctl-config=\"PATH\"'")
@@ -257,7 +316,7 @@ def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[objec
     with clients on the grid's SuperNodes. Returns the engine's RunResult."""
     from fedctl.run import recipe
 
-    emit = on_event or _print_event
+    emit = on_event or (_print_event_json if str(run_config.get("fedctl-events", "text")) == "json" else _print_event)
     resume = bool(run_config.get("fedctl-resume", False))
     exp = experiment_from_run_config(run_config)
     if exp.federation.keep_optimizer_state:

@@ -1,0 +1,147 @@
+"""`fedctl train … --backend flower` on a real loopback deployment: a SuperLink and two `fedctl train flower-node`
+processes (flwr SuperNodes with fedctl's warm ClientApp executor), all on 127.0.0.1, started and always stopped
+here. The run — one round, then `--resume` to a second — must leave the local backend's weights bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedctl.cli.app import app
+
+TINY = ["task.demo_sentences=400", "task.seq_len=32", "task.vocab_size=300", "task.local_updates=2",
+        "task.eval_batches=2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # flower-node stops its SuperNode and executor on SIGTERM
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _train(args: list[str]) -> dict:
+    config = [] if "--resume" in args else ["--config", "mamba_tiny", *sum((["--set", s] for s in TINY), [])]
+    res = CliRunner().invoke(app, ["train", "mamba", *config, *args, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout[res.stdout.index("{"):])
+
+
+def test_backend_flower_matches_local_and_resumes(tmp_path, monkeypatch):
+    bindir = Path(sys.executable).parent
+    port, node_ports = _free_port(), [_free_port(), _free_port()]
+    home = tmp_path / "flwr-home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'[superlink.loop]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+    monkeypatch.setenv("FLWR_HOME", str(home))
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(bindir / "flower-superlink"), "--insecure", "--port", str(port),
+             "--disable-runtime-dependency-installation"],
+            env=env, stdout=open(tmp_path / "superlink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_for_port(port, 30)
+        for k, node_port in enumerate(node_ports):
+            procs.append(subprocess.Popen(
+                [str(bindir / "fedctl"), "train", "flower-node", "--superlink", f"127.0.0.1:{port}", "--insecure",
+                 "--port", str(node_port), "--partition-id", str(k), "--num-partitions", "2",
+                 "--logs", str(tmp_path / f"node{k}")],
+                env=env, stdout=open(tmp_path / f"node{k}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
+        flower = tmp_path / "flower-run"
+        first = _train(["--clients", "2", "--rounds", "1", "--out", str(flower), "--backend", "flower",
+                        "--federation", "loop"])
+        assert first["backend"] == "flower" and first["rounds"] == 1
+        resumed = _train(["--out", str(flower), "--resume", "--rounds", "2", "--backend", "flower",
+                          "--federation", "loop"])
+        assert resumed["rounds"] == 2 and resumed["final"]["val_loss"] < 6.0
+        # each node built its task once and served every message of both runs from the same process
+        for k in range(2):
+            served = (tmp_path / f"node{k}" / "executor.log").read_text()
+            assert served.count("(train, round") == 2, served[-2000:]
+        # tiny run's nodes are still up: the local reference run
+        local = tmp_path / "local-run"
+        _train(["--clients", "2", "--rounds", "2", "--out", str(local)])
+    finally:
+        _stop(procs)
+    children = psutil.Process().children(recursive=True)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], children
+    remote = torch.load(flower / "checkpoints" / "round_002.pt", weights_only=True)["model"]
+    ref = torch.load(local / "checkpoints" / "round_002.pt", weights_only=True)["model"]
+    assert remote.keys() == ref.keys() and all(torch.equal(remote[k], ref[k]) for k in ref)
+    records = [json.loads(line) for line in (flower / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records if r["type"] == "fit"] == [1, 2]
+
+
+def test_backend_flower_bad_input_is_one_error_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "mamba", "--backend", "flower", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "Error: --backend flower needs --federation NAME" in res.output
+    res = runner.invoke(app, ["train", "mamba", "--backend", "flower", "--federation", "nowhere",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and f"Flower has no connection 'nowhere': {tmp_path / 'config.toml'} does not exist" \
+        in res.output and "Hint:" in res.output
+    (tmp_path / "config.toml").write_text('[superlink.dead]\naddress = "127.0.0.1:1"\ninsecure = true\n')
+    t0 = time.monotonic()
+    res = runner.invoke(app, ["train", "mamba", "--config", "mamba_tiny", "--backend", "flower", "--federation", "dead",
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "did not finish" in res.output and "Connection to the SuperLink is unavailable" \
+        in res.output, res.output
+    assert time.monotonic() - t0 < 60
+    assert "Traceback" not in res.output
+    res = runner.invoke(app, ["train", "mamba", "--federation", "dead", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and "--federation is only used with --backend flower" in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--superlink", "nohostport"], "is not HOST:PORT"),
+    (["--superlink", "127.0.0.1:9092"], "needs the SuperLink's CA certificate"),
+    (["--superlink", "127.0.0.1:9092", "--root-certificates", "/nonexistent/ca.crt"], "does not exist"),
+    (["--superlink", "127.0.0.1:9092", "--insecure", "--partition-id", "3", "--num-partitions", "2"], "outside 0..1"),
+])
+def test_flower_node_refuses_bad_input(args, message):
+    res = CliRunner().invoke(app, ["train", "flower-node", *args])
+    assert res.exit_code == 1 and message in res.output and "Hint:" in res.output, res.output
+
+
+def test_flower_node_gives_up_on_an_unreachable_superlink(tmp_path):
+    t0 = time.monotonic()
+    res = subprocess.run([str(Path(sys.executable).parent / "fedctl"), "train", "flower-node", "--superlink",
+                          "127.0.0.1:1", "--insecure", "--port", str(_free_port()), "--connect-timeout", "2",
+                          "--logs", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "flwr exit code 305" in res.stderr + res.stdout, res.stderr
+    assert time.monotonic() - t0 < 60
+    assert not [c for c in psutil.Process().children(recursive=True) if c.is_running()
+                and c.status() != psutil.STATUS_ZOMBIE]
