@@ -110,10 +110,11 @@ def _cpu_seconds(pid: int, last: float) -> float:
         return last
 
 
-def measure(variant: str, rounds: int = ROUNDS) -> dict:
+def measure(variant: str, rounds: int = ROUNDS, module: str = "bench.bench_parallel") -> dict:
+    """Run `module._child(variant, ...)` in a fresh process and measure its whole process tree."""
     with tempfile.TemporaryDirectory() as tmp:
         events = Path(tmp) / "events.jsonl"
-        code = (f"from bench.bench_parallel import _child; _child({variant!r}, {rounds}, {str(events)!r}, "
+        code = (f"from {module} import _child; _child({variant!r}, {rounds}, {str(events)!r}, "
                 f"{str(Path(tmp) / 'run')!r})")
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "RAY_DEDUP_LOGS": "0"}
         log = open(Path(tmp) / "log.txt", "w")
@@ -153,7 +154,9 @@ def measure(variant: str, rounds: int = ROUNDS) -> dict:
         if rc != 0:
             tail = (Path(tmp) / "log.txt").read_text()[-3000:]
             raise RuntimeError(f"{variant} exited with {rc}:\n{tail}")
-        ends = [json.loads(line)["t"] for line in events.read_text().splitlines()]
+        records = [json.loads(line) for line in events.read_text().splitlines()]
+        ends = [r["t"] for r in records if "t" in r]
+        compute = next((r["compute"] for r in records if "compute" in r), None)  # bench_flower's deployments
     per_round = [b - a for a, b in zip(ends, ends[1:])]
     steady = statistics.median(per_round)
 
@@ -164,7 +167,7 @@ def measure(variant: str, rounds: int = ROUNDS) -> dict:
     return {"variant": variant, "startup_s": ends[0] - t_launch - steady, "steady_s": steady,
             "steady_cpu_s": statistics.median(cpu_round),
             "round_s": [ends[0] - t_launch] + per_round, "peak_pss_mb": peak["pss"] / 1024,
-            "peak_rss_mb": peak["rss"] / 1024, "processes": peak["procs"]}
+            "peak_rss_mb": peak["rss"] / 1024, "processes": peak["procs"], "compute": compute}
 
 
 def main(quick: bool = False) -> dict:

@@ -1,6 +1,6 @@
 """Runs every benchmark in one process and prints their side-by-side ratios.
 
-    python bench/run.py [--quick] [--only engine,merge,speech,parallel] [--json out.json]
+    python bench/run.py [--quick] [--only engine,merge,speech,parallel,flower] [--json out.json]
     python bench/run.py --gpu [--dry] [--out DIR]    # the bounded GPU check (bench/gpu_check.py)
 """
 
@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge": "bench.bench_merge",
           "speech": "bench.bench_speech", "hubert": "bench.bench_hubert", "parallel": "bench.bench_parallel",
-          "attack": "bench.bench_attack"}
+          "flower": "bench.bench_flower", "attack": "bench.bench_attack"}
 
 
 def main() -> None:

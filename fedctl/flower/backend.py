@@ -84,7 +84,8 @@ def run_on_flower(exp, federation: str, *, resume: bool, on_event: Callable[[obj
     app = write_flower_app(exp, run_dir / "flower-app")
     overrides = ['fedctl-events="json"'] + (["fedctl-resume=true"] if resume else [])
     cmd = [_flwr(), "run", str(app.app_dir), federation, "--stream", "-c", " ".join(overrides)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FLWR_DISABLE_UPDATE_CHECK": "1"}  # no network call to PyPI
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     tail: deque[str] = deque(maxlen=40)

@@ -87,7 +87,11 @@ def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
         key = hashlib.sha256((config_yaml + "\0" + "\0".join(node_sets)).encode()).hexdigest()
         if key not in cache:
             cache.clear()
-            task = factory(yaml.safe_load(config_yaml) or {}, node_sets)
+            config = yaml.safe_load(config_yaml) or {}
+            threads = int((config.get("run") or {}).get("threads") or 0)
+            if threads > 0:  # as the in-process engine: same thread count, same floating-point results
+                torch.set_num_threads(threads)
+            task = factory(config, node_sets)
             model = task.build_model()
             cache[key] = _Worker(task, model, list(task.shared_keys(model)), model.state_dict())
         return cache[key]

@@ -98,6 +98,15 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def wait_for_port(port: int, seconds: float) -> None:
+    """Until something listens on 127.0.0.1:`port`; TimeoutError after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not _port_open(port):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds:g} s")
+        time.sleep(0.1)
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
     """SIGTERM every process group, then SIGKILL what is still alive after 10 s."""
     for p in procs:
@@ -144,6 +153,7 @@ class Node:
         self.log_dir = Path(log_dir)
         self.env = {**os.environ, **(env or {})}
         self.env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env["FLWR_DISABLE_UPDATE_CHECK"] = "1"  # no network call to PyPI at start-up
         self.procs: list[subprocess.Popen] = []
 
     def _start(self, name: str, cmd: list[str]) -> subprocess.Popen:
