@@ -214,6 +214,7 @@ def _register_commands() -> None:
     from fedctl.cli import train_flower
 
     app.command("flower-app", epilog=train_flower.EPILOG)(train_flower.flower_app)
+    app.command("flower-certs", epilog=train_flower.CERTS_EPILOG)(train_flower.flower_certs)
 
 
 _register_commands()
