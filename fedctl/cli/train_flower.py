@@ -108,7 +108,13 @@ def flower_certs(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a CA, the SuperLink's TLS certificate and one authentication key pair per SuperNode."""
-    from fedctl.flower.security import DEFAULT_HOSTS, connection_toml, deployment_commands, host_port, make_certs
+    from fedctl.flower.security import (
+        DEFAULT_HOSTS,
+        connection_toml,
+        deployment_commands,
+        host_port,
+        make_certs,
+    )
 
     certs = make_certs(out_dir, nodes, hosts or DEFAULT_HOSTS)
     node_configs = [f"partition-id={k} num-partitions={nodes}" for k in range(nodes)]

@@ -20,7 +20,14 @@ from pathlib import Path
 
 from fedctl.core.config import dump_yaml, to_dict
 from fedctl.errors import FedctlError
-from fedctl.flower.security import MANIFEST, FlowerCerts, connection_toml, deployment_commands, load_certs, make_certs
+from fedctl.flower.security import (
+    MANIFEST,
+    FlowerCerts,
+    connection_toml,
+    deployment_commands,
+    load_certs,
+    make_certs,
+)
 from fedctl.utils.io import write_text
 
 CONNECTION = "fedctl-local"
