@@ -233,7 +233,8 @@ def _manifest(certs: FlowerCerts) -> dict:
 
 def make_certs(out: str | os.PathLike, nodes: int, hosts: list[str] | tuple[str, ...] = DEFAULT_HOSTS, *,
                days: int = 365) -> FlowerCerts:
-    """Write a CA, the SuperLink's TLS certificate for `hosts` and `nodes` SuperNode key pairs into `out`.
+    """Write a CA, the SuperLink's TLS certificate for `hosts` (+ 127.0.0.1, ::1, localhost) and `nodes`
+    SuperNode key pairs into `out`.
 
     Nothing is ever overwritten: if any target file exists, a FedctlError names it and nothing is
     written. Private keys are 0600 from their first byte; public files follow the umask. A failure
@@ -244,7 +245,9 @@ def make_certs(out: str | os.PathLike, nodes: int, hosts: list[str] | tuple[str,
                           "pass --nodes N with N >= 1, one key pair per SuperNode")
     if days < 1:
         raise FedctlError(f"certificate validity of {days} days", "use at least 1 day")
-    hosts = check_hosts(hosts)
+    # The SuperLink's own SuperExec dials 127.0.0.1 when the SuperLink binds 0.0.0.0 (flwr/supercore/address.py
+    # resolve_bind_address) and checks the certificate too: the loopback names are always in it.
+    hosts = check_hosts([*check_hosts(hosts), *DEFAULT_HOSTS])
     root = Path(out).expanduser().absolute()
     if os.path.lexists(root) and not root.is_dir():
         raise FedctlError(f"--out {root} is a file, not a folder", "choose a folder for the certificates")
@@ -276,7 +279,8 @@ def make_certs(out: str | os.PathLike, nodes: int, hosts: list[str] | tuple[str,
 
 
 def load_certs(path: str | os.PathLike, nodes: int | None = None) -> FlowerCerts:
-    """The certs directory at `path` (written by make_certs); with `nodes`, it must hold that many keys."""
+    """The certs directory at `path` (written by make_certs); with `nodes`, it must hold that many keys.
+    Only ca.crt and the public keys must be present here: the private keys may live on their hosts."""
     root = Path(path).expanduser().absolute()
     manifest = root / MANIFEST
     try:
@@ -291,9 +295,8 @@ def load_certs(path: str | os.PathLike, nodes: int | None = None) -> FlowerCerts
     if nodes is not None and certs.nodes < nodes:
         raise FedctlError(f"{root} holds keys for {certs.nodes} SuperNodes, {nodes} needed",
                           f"make a new set with `fedctl train flower-certs --out DIR --nodes {nodes}`")
-    needed = [certs.ca_cert, certs.server_cert, certs.server_key]
-    for k in range(nodes if nodes is not None else certs.nodes):
-        needed += [certs.node_key(k), certs.node_public_key(k)]
+    # only the public files: private keys may (should) already sit on their own hosts
+    needed = [certs.ca_cert] + [certs.node_public_key(k) for k in range(nodes if nodes is not None else certs.nodes)]
     for file in needed:
         if not file.is_file():
             raise FedctlError(f"{file} is missing from the certs directory",

@@ -3,8 +3,8 @@
 (a) In process: a Grid that serialises every message to protobuf bytes and hands it to the real
     ClientApp object; final weights must equal `run_federated` in-process bit for bit (float32 and
     seeds are preserved, and replies are folded in sampling order).
-A real loopback deployment (flower-superlink + 2 flower-supernode + flwr run) is checked by
-`python scripts/flower_deploy_check.py` (60–90 s: each train message starts a fresh ClientApp process).
+A real loopback deployment (flower-superlink + 2 flower-supernode + flwr run, TLS + node authentication) is
+checked in tests/flower/test_security.py and by `python scripts/flower_deploy_check.py`.
 """
 
 from __future__ import annotations

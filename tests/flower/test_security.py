@@ -50,19 +50,20 @@ def test_chain_verifies_with_sans_for_every_host(tmp_path):
     from cryptography import x509
     from cryptography.x509.verification import DNSName, IPAddress, PolicyBuilder, Store
 
-    certs = make_certs(tmp_path / "certs", 2, ["127.0.0.1", "::1", "localhost", "superlink.lab"])
+    certs = make_certs(tmp_path / "certs", 2, ["superlink.lab", "10.0.0.5"])
+    assert certs.hosts == ("superlink.lab", "10.0.0.5", "127.0.0.1", "::1", "localhost")  # loopback: always in
     ca = x509.load_pem_x509_certificate(certs.ca_cert.read_bytes())
     server = x509.load_pem_x509_certificate(certs.server_cert.read_bytes())
     server.verify_directly_issued_by(ca)  # the CA signed it
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     import ipaddress
 
-    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
-    assert san.get_values_for_type(x509.DNSName) == ["localhost", "superlink.lab"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(h) for h in ("10.0.0.5", "127.0.0.1", "::1")]
+    assert san.get_values_for_type(x509.DNSName) == ["superlink.lab", "localhost"]
     # a full web-PKI path validation (what TLS clients do) for each name a node may dial
     verifier = PolicyBuilder().store(Store([ca]))
-    for name in (IPAddress(ipaddress.ip_address("127.0.0.1")), IPAddress(ipaddress.ip_address("::1")),
-                 DNSName("localhost"), DNSName("superlink.lab")):
+    for name in (IPAddress(ipaddress.ip_address("10.0.0.5")), IPAddress(ipaddress.ip_address("127.0.0.1")),
+                 IPAddress(ipaddress.ip_address("::1")), DNSName("localhost"), DNSName("superlink.lab")):
         chain = verifier.build_server_verifier(name).verify(server, [])
         assert chain[-1] == ca
     from cryptography.x509.verification import VerificationError
@@ -154,6 +155,12 @@ def test_cli_prints_the_deployment_lines(tmp_path):
     res = _cli("train", "flower-app", "--config", "mamba_tiny", "--clients", "3", "--out", str(tmp_path / "run"),
                "--app", str(tmp_path / "fa"), "--certs", str(c))
     assert res.exit_code == 1 and "Error: " + str(c) + " holds keys for 2 SuperNodes, 3 needed" in res.output
+    # on the SuperLink host the node private keys are gone (they live on their nodes): still enough
+    for key in c.glob("supernode-*/auth.key"):
+        key.unlink()
+    res = _cli("train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--out", str(tmp_path / "run"),
+               "--app", str(tmp_path / "fa"), "--certs", str(c))
+    assert res.exit_code == 0, res.output
 
 
 # ---- real processes on 127.0.0.1 ----------------------------------------------------------------------------
