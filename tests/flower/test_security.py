@@ -14,6 +14,7 @@ import json
 import os
 import re
 import stat
+import sys
 import time
 
 import psutil
@@ -21,7 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from fedctl.errors import FedctlError
-from fedctl.flower.loopback import LoopbackFederation
+from fedctl.flower.loopback import MARKER, LoopbackFederation
 from fedctl.flower.security import load_certs, make_certs
 
 # the tiny Mamba run of scripts/flower_deploy_check.py
@@ -200,7 +201,15 @@ def test_two_rounds_over_tls_with_node_auth_equal_in_process(tmp_path):
 
 def test_unregistered_keyless_and_untrusting_nodes_are_refused(tmp_path):
     other = make_certs(tmp_path / "other", 2)  # keys and a CA this federation never saw
-    with LoopbackFederation(tmp_path / "fed", nodes=1) as fed:
+    seen = []
+
+    def companion(index, runtime_api, env):  # stands in for a long-running ClientApp executor
+        seen.append((index, runtime_api, MARKER in env))
+        return [sys.executable, "-c", "import time; time.sleep(600)"]
+
+    with LoopbackFederation(tmp_path / "fed", nodes=1, node_companion=companion) as fed:
+        node_port = fed.supernodes[0].command[fed.supernodes[0].command.index("--port") + 1]
+        assert seen == [(0, f"127.0.0.1:{node_port}", True)] and fed.companions[0].popen.poll() is None
         fed.register([other.node_public_key(1)])  # registered, but it will not trust the SuperLink's CA
         t0 = time.monotonic()
         refused = {
