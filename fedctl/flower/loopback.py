@@ -167,9 +167,8 @@ class LoopbackFederation:
         """Stop every process this federation started, and everything they started: SIGTERM to each
         process group and descendant, `grace` seconds to exit, then SIGKILL. Safe to call twice."""
         t0 = time.monotonic()
-        targets = [s for s in reversed(self.services)]  # nodes and companions before the SuperLink
-        self._terminate([s.popen.pid for s in targets], grace)
-        for service in targets:
+        self._terminate([s.pid for s in self.services], grace)  # all at once: the whole stop takes one grace period
+        for service in self.services:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 service.popen.wait(timeout=1.0)  # reap: no zombies left behind
         self._terminate([p.pid for p in self.survivors()], grace)
