@@ -258,6 +258,7 @@ def _register_commands() -> None:
 
     app.command("flower-app", epilog=train_flower.EPILOG)(train_flower.flower_app)
     app.command("flower-node", epilog=train_flower.NODE_EPILOG)(train_flower.flower_node)
+    app.command("flower-certs", epilog=train_flower.CERTS_EPILOG)(train_flower.flower_certs)
 
 
 _register_commands()

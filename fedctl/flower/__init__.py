@@ -8,19 +8,26 @@ on every SuperNode, together with fedctl itself.
 
 How to run (flwr 1.41; every command below was checked against the installed CLIs):
 
-    # 1. write a Flower App directory for a fedctl config (prints these commands, filled in)
+    # 1. write a Flower App directory for a fedctl config; it prints these commands with absolute paths.
+    #    Secure by default: TLS + SuperNode authentication with the certificates and node keys in
+    #    --certs DIR (`fedctl train flower-certs`) or, without it, a set made in flower-app/.flwr/certs (C below)
     fedctl train flower-app --config mamba_tiny --out runs/mamba-flower --app flower-app/
 
     # 2. the SuperLink (one port serves the Fleet, Control and Runtime HTTP APIs; binds 127.0.0.1)
-    flower-superlink --insecure --port 9092 --disable-runtime-dependency-installation
+    flower-superlink --ssl-ca-certfile C/ca.crt --ssl-certfile C/superlink/server.crt \
+        --ssl-keyfile C/superlink/server.key --enable-supernode-auth --port 9092 --disable-runtime-dependency-installation
 
-    # 3. one SuperNode per client (partition-id = the client index it trains)
-    flower-supernode --insecure --superlink 127.0.0.1:9092 --port 9094 --node-config 'partition-id=0 num-partitions=2'
-    flower-supernode --insecure --superlink 127.0.0.1:9092 --port 9095 --node-config 'partition-id=1 num-partitions=2'
+    # 3. register each SuperNode's public key, then start one SuperNode per client
+    FLWR_HOME=flower-app/.flwr flwr supernode register C/supernode-0/auth.pub fedctl-local
+    flower-supernode --root-certificates C/ca.crt --auth-supernode-private-key C/supernode-0/auth.key \
+        --superlink 127.0.0.1:9092 --port 9094 --node-config 'partition-id=0 num-partitions=2'
+    (the same for node 1 on port 9095)
 
     # 4. submit the run (the app ships the SuperLink connection in flower-app/.flwr/config.toml)
     FLWR_HOME=flower-app/.flwr flwr run flower-app fedctl-local --stream
 
+Multi-machine recipe: README "Multi-machine with Flower". fedctl.flower.security makes the PKI,
+fedctl.flower.loopback.LoopbackFederation runs all of it on 127.0.0.1 for tests and benchmarks.
 The run directory (config.yaml, metrics.jsonl, checkpoints/, final/) is written by the ServerApp
 on the SuperLink machine, exactly as `fedctl train` writes it. Node-local data: see
 fedctl.flower.client_app. Not supported over Flower: federation.keep_optimizer_state.

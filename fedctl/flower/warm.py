@@ -79,8 +79,14 @@ class WarmExecutor:
         return res.token if res.HasField("task") and res.token else None
 
     def serve_forever(self, stop_after: int | None = None) -> None:
+        import httpx
+
         while stop_after is None or self.tasks_run < stop_after:
-            token = self.acquire()
+            try:
+                token = self.acquire()
+            except httpx.TransportError:  # the SuperNode's API is not up yet, or restarting: ask again
+                time.sleep(max(self.poll_seconds, 0.5))
+                continue
             if token is None:
                 time.sleep(self.poll_seconds)
                 continue

@@ -3,8 +3,8 @@
 (a) In process: a Grid that serialises every message to protobuf bytes and hands it to the real
     ClientApp object; final weights must equal `run_federated` in-process bit for bit (float32 and
     seeds are preserved, and replies are folded in sampling order).
-A real loopback deployment (flower-superlink + 2 flower-supernode + flwr run) is checked by
-`python scripts/flower_deploy_check.py` (60–90 s: each train message starts a fresh ClientApp process).
+A real loopback deployment (flower-superlink + 2 flower-supernode + flwr run, TLS + node authentication) is
+checked in tests/flower/test_security.py and by `python scripts/flower_deploy_check.py`.
 """
 
 from __future__ import annotations
@@ -238,9 +238,9 @@ def test_cli_writes_a_runnable_flower_app(tmp_path):
 
     from fedctl.cli.app import app
 
-    res = CliRunner().invoke(app, ["train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--rounds", "2",
-                                   "--out", str(tmp_path / "run"), "--app", str(tmp_path / "fa"),
-                                   "--superlink-port", "19192", "--json"])
+    args = ["train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--rounds", "2",
+            "--out", str(tmp_path / "run"), "--app", str(tmp_path / "fa"), "--superlink-port", "19192", "--json"]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     info = json.loads(res.output)
     project = tomllib.loads((tmp_path / "fa" / "pyproject.toml").read_text())
@@ -248,15 +248,53 @@ def test_cli_writes_a_runnable_flower_app(tmp_path):
         "serverapp": "fedctl.flower.server_app:app", "clientapp": "fedctl.flower.client_app:app"}
     cfg = project["tool"]["flwr"]["app"]["config"]
     assert cfg["fedctl-config"] == str(tmp_path / "fa" / "fedctl.yaml") and cfg["fedctl-out"] == str(tmp_path / "run")
+    # secure by default: TLS against a fresh CA in .flwr/certs (never packed into the app bundle), node keys registered
+    certs = tmp_path / "fa" / ".flwr" / "certs"
     conn = tomllib.loads((tmp_path / "fa" / ".flwr" / "config.toml").read_text())["superlink"]
-    assert conn["default"] == "fedctl-local" and conn["fedctl-local"] == {"address": "127.0.0.1:19192", "insecure": True}
-    assert info["commands"][0] == "flower-superlink --insecure --port 19192 --disable-runtime-dependency-installation"
-    assert info["commands"][2].endswith("--port 9095 --node-config 'partition-id=1 num-partitions=2'")
-    assert len(info["commands"]) == 4 and " flwr run " in info["commands"][3]
+    assert conn["default"] == "fedctl-local"
+    assert conn["fedctl-local"] == {"address": "127.0.0.1:19192", "root-certificates": str(certs / "ca.crt")}
+    assert info["certs"] == str(certs) and info["insecure"] is False
+    assert info["commands"][0] == (
+        f"flower-superlink --ssl-ca-certfile {certs}/ca.crt --ssl-certfile {certs}/superlink/server.crt "
+        f"--ssl-keyfile {certs}/superlink/server.key --enable-supernode-auth --port 19192 "
+        "--disable-runtime-dependency-installation")
+    assert info["commands"][1:3] == [f"FLWR_HOME={tmp_path}/fa/.flwr flwr supernode register "
+                                     f"{certs}/supernode-{k}/auth.pub fedctl-local" for k in range(2)]
+    assert info["commands"][4] == (
+        f"flower-supernode --root-certificates {certs}/ca.crt --auth-supernode-private-key "
+        f"{certs}/supernode-1/auth.key --superlink 127.0.0.1:19192 --port 9095 "
+        "--node-config 'partition-id=1 num-partitions=2'")
+    assert len(info["commands"]) == 6 and " flwr run " in info["commands"][5]
+    assert "--insecure" not in (tmp_path / "fa" / "README.md").read_text()
     from fedctl.core.config import load_yaml
 
     resolved = load_yaml(tmp_path / "fa" / "fedctl.yaml")
     assert resolved["federation"]["clients"] == 2 and resolved["run"]["out"] == str(tmp_path / "run")
+    # written again: the same certificates are reused, not replaced
+    ca = (certs / "ca.crt").read_bytes()
+    assert CliRunner().invoke(app, args).exit_code == 0 and (certs / "ca.crt").read_bytes() == ca
+
+
+def test_cli_insecure_only_when_asked_and_with_a_warning(tmp_path):
+    import tomllib
+
+    from fedctl.cli.app import app
+
+    res = CliRunner().invoke(app, ["train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--out",
+                                   str(tmp_path / "run"), "--app", str(tmp_path / "fa"), "--superlink-port", "19192",
+                                   "--insecure", "--json"])
+    assert res.exit_code == 0, res.output
+    assert "Warning: --insecure: plain HTTP and no SuperNode authentication" in res.stderr
+    info = json.loads(res.stdout)
+    assert info["insecure"] is True and info["certs"] is None and not (tmp_path / "fa" / ".flwr" / "certs").exists()
+    conn = tomllib.loads((tmp_path / "fa" / ".flwr" / "config.toml").read_text())["superlink"]
+    assert conn["fedctl-local"] == {"address": "127.0.0.1:19192", "insecure": True}
+    assert info["commands"][0] == "flower-superlink --insecure --port 19192 --disable-runtime-dependency-installation"
+    assert info["commands"][2].endswith("--port 9095 --node-config 'partition-id=1 num-partitions=2'")
+    assert "WARNING: written with --insecure" in (tmp_path / "fa" / "README.md").read_text()
+    res = CliRunner().invoke(app, ["train", "flower-app", "--config", "mamba_tiny", "--app", str(tmp_path / "fb"),
+                                   "--out", str(tmp_path / "run2"), "--insecure", "--certs", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "Error: --certs and --insecure contradict each other" in res.output
 
 
 def test_cli_without_flwr_says_how_to_install(monkeypatch):
