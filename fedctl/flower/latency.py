@@ -11,7 +11,8 @@ setting for:
 so a 3 MB message that races its own upload waits 1–3 s at each hop.
 
 `shorten_pull_backoff()` (ServerApp, warm ClientApp executor, tuned SuperNode) and `shorten_node_polls()`
-(tuned SuperNode only) lower these to POLL_SECONDS / PULL_BACKOFF. The cost is more polling requests
+(tuned SuperNode only) lower these to POLL_SECONDS / PULL_BACKOFF; `shorten_heartbeat()` (tuned SuperNode)
+lets the SuperLink notice a dead node after 20 s instead of 60 s. The cost is more polling requests
 (a few per second per node on loopback); results are unaffected (the same messages, in the same order).
 Every patch checks that the flwr function it changes still has the expected signature and raises
 otherwise, so a new flwr fails loudly instead of silently keeping the old latencies.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import time as _time
 import types
 
+HEARTBEAT_SECONDS = 10  # a SuperNode's declared heartbeat interval (flwr: 30 s; its minimum is 10 s)
 POLL_SECONDS = 0.1  # SuperNode: idle poll of the SuperLink and wait for a reply (flwr: 3 s and 0.5 s)
 PULL_BACKOFF = (0.02, 0.2)  # object pulls: first retry after, longest wait between retries (flwr: 1 s, 10 s)
 
@@ -38,7 +40,8 @@ def shorten_pull_backoff(initial: float = PULL_BACKOFF[0], cap: float = PULL_BAC
         if "initial_backoff" not in defaults or "backoff_cap" not in defaults:
             raise RuntimeError(f"flwr's {fn.__qualname__} no longer takes initial_backoff/backoff_cap: "
                                "fedctl.flower.latency needs updating for this flwr version")
-        fn.__kwdefaults__ = {**defaults, "initial_backoff": initial, "backoff_cap": cap}
+        # retries are now ~50× as frequent: bound them by flwr's max_time (2 h) alone, not by its 500 tries
+        fn.__kwdefaults__ = {**defaults, "initial_backoff": initial, "backoff_cap": cap, "max_tries_per_object": None}
     # modules that imported the functions by name hold the same function objects: nothing more to patch
     for module in (http_grid, start_client_internal, run_clientapp):
         for name in ("pull_objects", "pull_and_inflate_object_from_tree"):
@@ -72,6 +75,24 @@ def shorten_node_polls(seconds: float = POLL_SECONDS) -> None:
     start_client_internal.time = _CappedTime(seconds)
 
 
+def shorten_heartbeat(seconds: int = HEARTBEAT_SECONDS) -> None:
+    """Declare (and send) this SuperNode's heartbeat every `seconds` instead of 30 s: the SuperLink then
+    notices a node that died after 2 × `seconds` (flwr's HEARTBEAT_PATIENCE) and answers its pending
+    messages with a NODE_UNAVAILABLE error, so the round leaves that client out 20 s later, not 60 s."""
+    from flwr.common import constant
+    from flwr.supercore import heartbeat
+    from flwr.supernode import fleet_http_connection
+
+    if not constant.HEARTBEAT_MIN_INTERVAL <= seconds <= constant.HEARTBEAT_MAX_INTERVAL:
+        raise ValueError(f"heartbeat {seconds} s is outside flwr's {constant.HEARTBEAT_MIN_INTERVAL}-"
+                         f"{constant.HEARTBEAT_MAX_INTERVAL} s")
+    for module in (heartbeat, fleet_http_connection):
+        if not hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
+            raise RuntimeError(f"{module.__name__} has no HEARTBEAT_DEFAULT_INTERVAL: "
+                               "fedctl.flower.latency needs updating for this flwr version")
+        module.HEARTBEAT_DEFAULT_INTERVAL = seconds
+
+
 def run_supernode(argv: list[str]) -> None:
     """`flower-supernode ARGV` in this process, with the shortened waits."""
     import sys
@@ -80,6 +101,7 @@ def run_supernode(argv: list[str]) -> None:
 
     shorten_pull_backoff()
     shorten_node_polls()
+    shorten_heartbeat()
     sys.argv = ["flower-supernode", *argv]
     flower_supernode()
 

@@ -109,8 +109,10 @@ class FlowerExecutor:
 
     def assign(self, num_clients: int) -> dict[int, int | None]:
         """Client index -> SuperNode id; recomputed when the set of connected nodes changes."""
-        need = self.min_nodes or num_clients
-        node_ids = self._wait_for_nodes(need)
+        if self.nodes:  # later rounds: whoever is connected now; a lost node's clients are left out
+            node_ids = sorted(self.grid.get_node_ids())
+        else:  # round 1 waits for the federation to assemble
+            node_ids = self._wait_for_nodes(self.min_nodes or num_clients)
         if frozenset(node_ids) == self._node_set and self.nodes:
             return self.nodes
         partitions = self._partition_ids(node_ids)

@@ -251,3 +251,43 @@ def test_unreachable_superlink_is_a_bounded_error(tmp_path):
         assert re.search(r"Giving up reconnection after 3\.\d+ seconds", node.output()), node.output()
         assert "Exit Code: 305" in node.output() and "Connection refused" in node.output()
     _assert_nothing_survives(fed)
+
+
+def test_a_node_that_dies_is_left_out_and_the_run_completes(tmp_path):
+    """SIGKILL one of two warm SuperNodes after round 1: the SuperLink notices within 2 heartbeats (10 s each on
+    fedctl's nodes) and answers its message with NODE_UNAVAILABLE; rounds 2 and 3 complete with the other client
+    (federation.min_fit_clients = 1), the dead client listed as failed."""
+    import threading
+
+    import psutil
+
+    run = tmp_path / "run"
+    with LoopbackFederation(tmp_path / "fed", nodes=2, warm=True, env={"OMP_NUM_THREADS": "1"}) as fed:
+        args = ["train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--rounds", "3", "--out", str(run),
+                "--app", str(tmp_path / "fa"), "--certs", str(fed.certs.root), "--superlink-port", str(fed.port),
+                "--json", "--set", "federation.min_fit_clients=1"]
+        assert _cli(*args, *[a for item in TINY for a in ("--set", item)]).exit_code == 0
+        killed = []
+
+        def kill_node_1_after_round_1():
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                text = (run / "metrics.jsonl").read_text() if (run / "metrics.jsonl").exists() else ""
+                if '"type": "fit"' in text:
+                    for service in (fed.supernodes[1], fed.companions[1]):
+                        for proc in [psutil.Process(service.pid), *psutil.Process(service.pid).children(True)]:
+                            proc.kill()
+                    killed.append(time.monotonic())
+                    return
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=kill_node_1_after_round_1, daemon=True)
+        watcher.start()
+        code, output = fed.run_app(tmp_path / "fa", timeout=300)
+        watcher.join()
+        assert code == 0 and killed, output
+    _assert_nothing_survives(fed)
+    fits = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    fits = [r for r in fits if r["type"] == "fit"]
+    assert [(r["round"], r["clients"]) for r in fits] == [(1, 2), (2, 1), (3, 1)]
+    assert [len(r["failed"]) for r in fits] == [0, 1, 1]
