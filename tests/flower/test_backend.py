@@ -90,6 +90,11 @@ def test_backend_flower_matches_local_and_resumes(tmp_path, monkeypatch):
         for k in range(2):
             served = (tmp_path / f"node{k}" / "executor.log").read_text()
             assert served.count("(train, round") == 2, served[-2000:]
+        # a run the ServerApp refuses (its data is missing where the SuperLink runs): flwr's log reason, exit 1
+        res = CliRunner().invoke(app, ["train", "mamba", "--config", "mamba_tiny", "--clients", "2", "--data",
+                                       str(tmp_path / "missing.txt"), "--out", str(tmp_path / "bad"),
+                                       "--backend", "flower", "--federation", "loop"])
+        assert res.exit_code == 1 and "did not finish" in res.output and "missing.txt" in res.output, res.output
         # tiny run's nodes are still up: the local reference run
         local = tmp_path / "local-run"
         _train(["--clients", "2", "--rounds", "2", "--out", str(local)])
