@@ -51,6 +51,13 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             os.killpg(p.pid, signal.SIGKILL)
 
 
+def _new_children(before: set[int]) -> list[psutil.Process]:
+    """Live children of this test process that were not there before (the suite may hold e.g. a
+    multiprocessing resource tracker started by an earlier test)."""
+    return [c for c in psutil.Process().children(recursive=True)
+            if c.pid not in before and c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
 def _train(args: list[str]) -> dict:
     config = [] if "--resume" in args else ["--config", "mamba_tiny", *sum((["--set", s] for s in TINY), [])]
     res = CliRunner().invoke(app, ["train", "mamba", *config, *args, "--json"])
@@ -66,6 +73,7 @@ def test_backend_flower_matches_local_and_resumes(tmp_path, monkeypatch):
     (home / "config.toml").write_text(f'[superlink.loop]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     monkeypatch.setenv("FLWR_HOME", str(home))
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     procs: list[subprocess.Popen] = []
     try:
         procs.append(subprocess.Popen(
@@ -100,8 +108,7 @@ def test_backend_flower_matches_local_and_resumes(tmp_path, monkeypatch):
         _train(["--clients", "2", "--rounds", "2", "--out", str(local)])
     finally:
         _stop(procs)
-    children = psutil.Process().children(recursive=True)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE], children
+    assert not _new_children(before)
     remote = torch.load(flower / "checkpoints" / "round_002.pt", weights_only=True)["model"]
     ref = torch.load(local / "checkpoints" / "round_002.pt", weights_only=True)["model"]
     assert remote.keys() == ref.keys() and all(torch.equal(remote[k], ref[k]) for k in ref)
@@ -142,11 +149,11 @@ def test_flower_node_refuses_bad_input(args, message):
 
 
 def test_flower_node_gives_up_on_an_unreachable_superlink(tmp_path):
+    before = {c.pid for c in psutil.Process().children(recursive=True)}
     t0 = time.monotonic()
     res = subprocess.run([str(Path(sys.executable).parent / "fedctl"), "train", "flower-node", "--superlink",
                           "127.0.0.1:1", "--insecure", "--port", str(_free_port()), "--connect-timeout", "2",
                           "--logs", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and "flwr exit code 305" in res.stderr + res.stdout, res.stderr
     assert time.monotonic() - t0 < 60
-    assert not [c for c in psutil.Process().children(recursive=True) if c.is_running()
-                and c.status() != psutil.STATUS_ZOMBIE]
+    assert not _new_children(before)
