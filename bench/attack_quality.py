@@ -37,7 +37,7 @@ from fedctl.attacks.runner import AttackSpec, read_metrics, run_attack  # noqa: 
 CELLS = [
     ("ds1-h256-10f", "ds1", "tiny", {"n_hidden": 256}, 10),
     ("ds1-h256-20f", "ds1", "tiny", {"n_hidden": 256}, 20),
-    ("ds1-h256-40f", "ds1", "tiny", {"n_hidden": 256}, 40),
+    ("ds1-h256-30f", "ds1", "tiny", {"n_hidden": 256}, 30),
     ("ds1-h64-10f", "ds1", "tiny", {"n_hidden": 64}, 10),
     ("ds2-tiny-h256-21f", "ds2", "tiny", {"n_hidden": 256}, 21),
     ("ds2-small-21f", "ds2", "small", {}, 21),
