@@ -145,6 +145,10 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         raise FedctlError(f"unknown --match {cfg.match!r}", "use last (output layer, as the reference) or all")
     if cfg.method not in ("gradient", "hfgm"):
         raise FedctlError(f"unknown --method {cfg.method!r}", "use gradient or hfgm")
+    if cfg.optimizer not in ("lbfgs", "adam"):
+        raise FedctlError(f"unknown --optimizer {cfg.optimizer!r}", "use lbfgs or adam (the reference's)")
+    if cfg.dtype not in ("float64", "float32"):
+        raise FedctlError(f"unknown --dtype {cfg.dtype!r}", "use float64 (L-BFGS needs it) or float32")
     if spec.batch_size < 1:
         raise FedctlError("--batch-size must be at least 1", "e.g. --batch-size 1 (the reference)")
     if not 0 < cfg.top_grad_fraction <= 1:
