@@ -255,15 +255,15 @@ def test_unreachable_superlink_is_a_bounded_error(tmp_path):
 
 def test_a_node_that_dies_is_left_out_and_the_run_completes(tmp_path):
     """SIGKILL one of two warm SuperNodes after round 1: the SuperLink notices within 2 heartbeats (10 s each on
-    fedctl's nodes) and answers its message with NODE_UNAVAILABLE; rounds 2 and 3 complete with the other client
-    (federation.min_fit_clients = 1), the dead client listed as failed."""
+    fedctl's nodes) and answers its message with NODE_UNAVAILABLE; round 2 completes with the other client
+    (federation.min_fit_clients = 1), the dead client listed as failed, and the run finishes."""
     import threading
 
     import psutil
 
     run = tmp_path / "run"
     with LoopbackFederation(tmp_path / "fed", nodes=2, warm=True, env={"OMP_NUM_THREADS": "1"}) as fed:
-        args = ["train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--rounds", "3", "--out", str(run),
+        args = ["train", "flower-app", "--config", "mamba_tiny", "--clients", "2", "--rounds", "2", "--out", str(run),
                 "--app", str(tmp_path / "fa"), "--certs", str(fed.certs.root), "--superlink-port", str(fed.port),
                 "--json", "--set", "federation.min_fit_clients=1"]
         assert _cli(*args, *[a for item in TINY for a in ("--set", item)]).exit_code == 0
@@ -289,5 +289,5 @@ def test_a_node_that_dies_is_left_out_and_the_run_completes(tmp_path):
     _assert_nothing_survives(fed)
     fits = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     fits = [r for r in fits if r["type"] == "fit"]
-    assert [(r["round"], r["clients"]) for r in fits] == [(1, 2), (2, 1), (3, 1)]
-    assert [len(r["failed"]) for r in fits] == [0, 1, 1]
+    assert [(r["round"], r["clients"], r["failed"]) for r in fits] == [(1, 2, []), (2, 1, ["client_1"])]
+    assert (run / "checkpoints" / "round_002.pt").exists()
