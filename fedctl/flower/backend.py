@@ -17,10 +17,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import tomllib
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+
+import tomllib
 
 from fedctl.core.events import RunFinished
 from fedctl.errors import FedctlError

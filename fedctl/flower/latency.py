@@ -30,8 +30,8 @@ PULL_BACKOFF = (0.02, 0.2)  # object pulls: first retry after, longest wait betw
 
 def shorten_pull_backoff(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKOFF[1]) -> None:
     """Make every object pull in this process retry after `initial` s (doubling up to `cap` s)."""
-    from flwr.superlink.grid import http_grid
     from flwr.supercore.inflatable import inflatable_utils
+    from flwr.superlink.grid import http_grid
     from flwr.supernode import start_client_internal
     from flwr.supernode.runtime import run_clientapp
 

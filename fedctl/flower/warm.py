@@ -29,8 +29,9 @@ import logging
 import os
 import sys
 import time
-import tomllib
 import zipfile
+
+import tomllib
 
 FEDCTL_CLIENTAPP = "fedctl.flower.client_app:app"
 log = logging.getLogger("fedctl.flower.warm")

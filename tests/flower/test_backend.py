@@ -1,6 +1,6 @@
-"""`fedctl train … --backend flower` on a real loopback deployment: a SuperLink and two `fedctl train flower-node`
-processes (flwr SuperNodes with fedctl's warm ClientApp executor), all on 127.0.0.1, started and always stopped
-here. The run — one round, then `--resume` to a second — must leave the local backend's weights bit for bit."""
+"""`fedctl train … --backend flower` on a real loopback deployment: a SuperLink with TLS and SuperNode
+authentication and two `fedctl train flower-node` processes (flwr SuperNodes with fedctl's warm ClientApp
+executor), all on 127.0.0.1, started and always stopped here."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -65,55 +66,78 @@ def _train(args: list[str]) -> dict:
     return json.loads(res.stdout[res.stdout.index("{"):])
 
 
-def test_backend_flower_matches_local_and_resumes(tmp_path, monkeypatch):
+def test_backend_flower_over_tls_matches_local_resumes_and_survives_a_dead_node(tmp_path, monkeypatch):
+    """Over TLS with SuperNode authentication (a LoopbackFederation SuperLink, two `fedctl train flower-node`
+    processes with the CA and their keys): `--backend flower` for 1 round, then `--resume` to 2, equals the local
+    backend bit for bit; a run the ServerApp refuses is one Error line; then node 1 is SIGKILLed after round 1
+    of a new run: the SuperLink notices within 2 heartbeats (10 s each on fedctl's nodes), answers with
+    NODE_UNAVAILABLE, and round 2 completes without that client (min_fit_clients = 1)."""
+    from fedctl.flower.loopback import CONNECTION, LoopbackFederation
+    from fedctl.flower.security import make_certs
+
     bindir = Path(sys.executable).parent
-    port, node_ports = _free_port(), [_free_port(), _free_port()]
-    home = tmp_path / "flwr-home"
-    home.mkdir()
-    (home / "config.toml").write_text(f'[superlink.loop]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
-    monkeypatch.setenv("FLWR_HOME", str(home))
+    certs = make_certs(tmp_path / "fed" / "certs", 2)
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     procs: list[subprocess.Popen] = []
-    try:
-        procs.append(subprocess.Popen(
-            [str(bindir / "flower-superlink"), "--insecure", "--port", str(port),
-             "--disable-runtime-dependency-installation"],
-            env=env, stdout=open(tmp_path / "superlink.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_for_port(port, 30)
-        for k, node_port in enumerate(node_ports):
-            procs.append(subprocess.Popen(
-                [str(bindir / "fedctl"), "train", "flower-node", "--superlink", f"127.0.0.1:{port}", "--insecure",
-                 "--port", str(node_port), "--partition-id", str(k), "--num-partitions", "2",
-                 "--logs", str(tmp_path / f"node{k}")],
-                env=env, stdout=open(tmp_path / f"node{k}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-        flower = tmp_path / "flower-run"
-        first = _train(["--clients", "2", "--rounds", "1", "--out", str(flower), "--backend", "flower",
-                        "--federation", "loop"])
-        assert first["backend"] == "flower" and first["rounds"] == 1
-        resumed = _train(["--out", str(flower), "--resume", "--rounds", "2", "--backend", "flower",
-                          "--federation", "loop"])
-        assert resumed["rounds"] == 2 and resumed["final"]["val_loss"] < 6.0
-        # each node built its task once and served every message of both runs from the same process
-        for k in range(2):
-            served = (tmp_path / f"node{k}" / "executor.log").read_text()
-            assert served.count("(train, round") == 2, served[-2000:]
-        # a run the ServerApp refuses (its data is missing where the SuperLink runs): flwr's log reason, exit 1
-        res = CliRunner().invoke(app, ["train", "mamba", "--config", "mamba_tiny", "--clients", "2", "--data",
-                                       str(tmp_path / "missing.txt"), "--out", str(tmp_path / "bad"),
-                                       "--backend", "flower", "--federation", "loop"])
-        assert res.exit_code == 1 and "did not finish" in res.output and "missing.txt" in res.output, res.output
-        # tiny run's nodes are still up: the local reference run
-        local = tmp_path / "local-run"
-        _train(["--clients", "2", "--rounds", "2", "--out", str(local)])
-    finally:
-        _stop(procs)
-    assert not _new_children(before)
+    flower, local, dying = tmp_path / "flower-run", tmp_path / "local-run", tmp_path / "dying-run"
+    with LoopbackFederation(tmp_path / "fed", nodes=0) as fed:
+        try:
+            fed.register([certs.node_public_key(k) for k in range(2)])
+            monkeypatch.setenv("FLWR_HOME", str(fed.flwr_home))
+            env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+            for k in range(2):
+                procs.append(subprocess.Popen(
+                    [str(bindir / "fedctl"), "train", "flower-node", "--superlink", fed.address,
+                     "--root-certificates", str(certs.ca_cert), "--auth-key", str(certs.node_key(k)),
+                     "--port", str(_free_port()), "--partition-id", str(k), "--num-partitions", "2",
+                     "--logs", str(tmp_path / f"node{k}")],
+                    env=env, stdout=open(tmp_path / f"node{k}.log", "w"), stderr=subprocess.STDOUT,
+                    start_new_session=True))
+            first = _train(["--clients", "2", "--rounds", "1", "--out", str(flower), "--backend", "flower",
+                            "--federation", CONNECTION])
+            assert first["backend"] == "flower" and first["rounds"] == 1
+            resumed = _train(["--out", str(flower), "--resume", "--rounds", "2", "--backend", "flower",
+                              "--federation", CONNECTION])
+            assert resumed["rounds"] == 2 and resumed["final"]["val_loss"] < 6.0
+            # both nodes joined through TLS with their registered keys
+            assert sorted(n["status"] for n in fed.list_nodes()) == ["online", "online"]
+            # each node built its task once and served every message of both runs from the same process
+            for k in range(2):
+                served = (tmp_path / f"node{k}" / "executor.log").read_text()
+                assert served.count("(train, round") == 2, served[-2000:]
+            # a run the ServerApp refuses (its data is missing where the SuperLink runs): flwr's reason, exit 1
+            res = CliRunner().invoke(app, ["train", "mamba", "--config", "mamba_tiny", "--clients", "2", "--data",
+                                           str(tmp_path / "missing.txt"), "--out", str(tmp_path / "bad"),
+                                           "--backend", "flower", "--federation", CONNECTION])
+            assert res.exit_code == 1 and "did not finish" in res.output and "missing.txt" in res.output, res.output
+
+            def kill_node_1_after_round_1():
+                deadline = time.monotonic() + 240
+                while time.monotonic() < deadline:
+                    if (dying / "metrics.jsonl").exists() and '"type": "fit"' in (dying / "metrics.jsonl").read_text():
+                        for proc in psutil.Process(procs[1].pid).children(recursive=True):
+                            proc.kill()  # the SuperNode and its executor die without a word
+                        procs[1].kill()
+                        return
+                    time.sleep(0.2)
+
+            killer = threading.Thread(target=kill_node_1_after_round_1, daemon=True)
+            killer.start()
+            _train(["--clients", "2", "--rounds", "2", "--out", str(dying), "--backend", "flower",
+                    "--federation", CONNECTION, "--set", "federation.min_fit_clients=1"])
+            killer.join()
+            _train(["--clients", "2", "--rounds", "2", "--out", str(local)])  # the local reference
+        finally:
+            _stop(procs)
+    assert not fed.survivors() and not _new_children(before)
     remote = torch.load(flower / "checkpoints" / "round_002.pt", weights_only=True)["model"]
     ref = torch.load(local / "checkpoints" / "round_002.pt", weights_only=True)["model"]
     assert remote.keys() == ref.keys() and all(torch.equal(remote[k], ref[k]) for k in ref)
     records = [json.loads(line) for line in (flower / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records if r["type"] == "fit"] == [1, 2]
+    fits = [json.loads(line) for line in (dying / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["clients"], r["failed"]) for r in fits if r["type"] == "fit"] == \
+        [(1, 2, []), (2, 1, ["client_1"])]
 
 
 def test_backend_flower_bad_input_is_one_error_line(tmp_path, monkeypatch):
