@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,12 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 5
 CLIENTS = 4
 VARIANTS = ["in-process", "workers", "flower-sim", "deploy-warm", "deploy-cold"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _child(variant: str, rounds: int, events: str, out: str) -> None:
@@ -60,6 +53,7 @@ def _child(variant: str, rounds: int, events: str, out: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["FLWR_HOME"] = str(home)
     exp = recipe.resolve("mamba", "mamba_tiny", sets=sets)
+    from fedctl.flower.loopback import free_port as _free_port
     from fedctl.flower.node import Node, NodeSpec
 
     port = _free_port()

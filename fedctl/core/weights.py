@@ -78,3 +78,12 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | 
             raise FedctlError(f"{where} does not match the model: first differing tensor '{k}' is missing there",
                               "pass weights of the same architecture (same preset and config)")
     return [k for k in params if k not in covered]
+
+
+def warm_start(model: nn.Module, init: str | Path, log) -> None:
+    """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
+    tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values, and `log`
+    says how many."""
+    kept = load_weights(model, read_weights(init), f"--init {init}")
+    if kept:
+        log(f"--init {init}: {len(kept)} tensors not in it keep their fresh values (e.g. {kept[0]})")

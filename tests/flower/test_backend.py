@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,25 +19,10 @@ import torch
 from typer.testing import CliRunner
 
 from fedctl.cli.app import app
+from fedctl.flower.loopback import free_port as _free_port
 
 TINY = ["task.demo_sentences=400", "task.seq_len=32", "task.vocab_size=300", "task.local_updates=2",
         "task.eval_batches=2"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {seconds} s")
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining, autocast
 from fedctl.core.task import Task, TaskContext
+from fedctl.core.weights import warm_start
 from fedctl.data.speech.features import SAMPLE_RATE
 from fedctl.errors import FedctlError
 from fedctl.tasks.audio import SpeechBatches, SpeechClients, autocast_dtype, make_demo_or_load
@@ -113,23 +114,13 @@ class DistillTask(SpeechClients, Task):
                                    head.logit_temp, c.kd_hidden_size, c.kd_num_layers, c.kd_num_heads, c.kd_ffn_size,
                                    c.attn_implementation)
 
-    def warm_start(self, model: nn.Module) -> None:
-        """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
-        tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values."""
-        from fedctl.core.weights import load_weights, read_weights
-
-        kept = load_weights(model, read_weights(self.cfg.init), f"--init {self.cfg.init}")
-        if kept:
-            self.ctx.log(f"--init {self.cfg.init}: {len(kept)} tensors not in it keep their fresh values "
-                         f"(e.g. {kept[0]})")
-
     def build_model(self) -> nn.Module:
         """The student, deterministic for ctx.seed (teacher-initialised parts are copies); global RNG untouched."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.ctx.seed)
             model = self.build_student()
         if self.cfg.init is not None:
-            self.warm_start(model)
+            warm_start(model, self.cfg.init, self.ctx.log)
         if self.cfg.gradient_checkpointing:
             model.hubert.gradient_checkpointing_enable()
         model.train()

@@ -19,6 +19,7 @@ from torch import nn
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining, autocast
 from fedctl.core.task import Task, TaskContext
+from fedctl.core.weights import warm_start
 from fedctl.errors import FedctlError
 from fedctl.tasks.audio import SpeechBatches, SpeechClients, autocast_dtype, make_demo_or_load
 from fedctl.tasks.hubert.config import HubertPretrainConfig
@@ -111,16 +112,6 @@ class HubertTask(SpeechClients, Task):
     def hf_config(self):
         return hubert_config(self.arch, self.cfg.attn_implementation)
 
-    def warm_start(self, model: nn.Module) -> None:
-        """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
-        tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values."""
-        from fedctl.core.weights import load_weights, read_weights
-
-        kept = load_weights(model, read_weights(self.cfg.init), f"--init {self.cfg.init}")
-        if kept:
-            self.ctx.log(f"--init {self.cfg.init}: {len(kept)} tensors not in it keep their fresh values "
-                         f"(e.g. {kept[0]})")
-
     def build_model(self) -> nn.Module:
         """HubertModel + pretraining head, freshly initialised, identical for the same ctx.seed (global RNG untouched)."""
         with torch.random.fork_rng(devices=[]):
@@ -128,7 +119,7 @@ class HubertTask(SpeechClients, Task):
             model = HubertPretrainModel(self.hf_config(), self.num_classes, self.arch["final_dim"],
                                         self.cfg.logit_temp, self.arch["feature_grad_mult"])
         if self.cfg.init is not None:
-            self.warm_start(model)
+            warm_start(model, self.cfg.init, self.ctx.log)
         if self.cfg.gradient_checkpointing:
             model.hubert.gradient_checkpointing_enable()
         model.train()

@@ -19,6 +19,7 @@ from torch import nn
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining
 from fedctl.core.task import Task, TaskContext
+from fedctl.core.weights import warm_start
 from fedctl.errors import FedctlError
 from fedctl.tasks.mamba import data as mdata
 from fedctl.tasks.mamba.config import MambaConfig
@@ -133,16 +134,6 @@ class MambaTask(Task):
         except (ValueError, TypeError) as exc:
             raise FedctlError(f"Mamba2 rejects the model sizes {a}: {exc}", "adjust task.hidden_size/head_dim/expand/n_groups") from exc
 
-    def warm_start(self, model: nn.Module) -> None:
-        """Load `init` (a HF folder, final/ export, run or checkpoint of this architecture) into the fresh model;
-        tensors it lacks (e.g. a pretraining head next to a HubertModel export) keep their fresh values."""
-        from fedctl.core.weights import load_weights, read_weights
-
-        kept = load_weights(model, read_weights(self.cfg.init), f"--init {self.cfg.init}")
-        if kept:
-            self.ctx.log(f"--init {self.cfg.init}: {len(kept)} tensors not in it keep their fresh values "
-                         f"(e.g. {kept[0]})")
-
     def build_model(self) -> nn.Module:
         """A freshly initialised Mamba2ForCausalLM, identical for the same ctx.seed; the global RNG is left untouched."""
         from transformers import Mamba2ForCausalLM
@@ -151,7 +142,7 @@ class MambaTask(Task):
             torch.manual_seed(self.ctx.seed)
             model = Mamba2ForCausalLM(self.hf_config())
         if self.cfg.init is not None:
-            self.warm_start(model)
+            warm_start(model, self.cfg.init, self.ctx.log)
         model.train()  # Mamba2 has no dropout; train mode only selects the fused kernel on CUDA
         return model.to(self.device)
 
