@@ -15,6 +15,16 @@ Per-restart parameter gradients:
   per-restart losses (`torch.autograd.grad(..., is_grads_batched=True)`, torch's vmap over the backward
   pass). On CUDA this needs cuDNN off for the RNN double backward (`double_backward_safe`).
 
+Without transcripts (`alignment_loss`): for a CTC over log-softmax outputs, dCTC/dz_t = p_t − γ_t, with p_t the
+softmax of the logits z_t and γ_t the CTC posterior occupancy of each class at frame t (a point of the simplex).
+Every parameter gradient the client shares is therefore also the gradient of the frame-level soft-target
+cross-entropy Σ_t CE(γ_t, log p_t). The attacker who lacks the transcripts optimises free alignment logits A
+(Γ_t = softmax(A_t)) with the features and uses Σ_t CE(Γ_t, log p_t) in place of the CTC: a relaxation that
+contains the truth. The client's 1/target_length is absorbed too: Γ = λγ + (1 − λ)p gives exactly λ times the
+CTC's logit gradient, so λ_j = 1/L_j per utterance reproduces it (any distance; L_j >= 1 keeps λ_j in (0, 1]),
+and under the cosine only the ratios of the λ_j matter (one utterance: any λ).
+`recovered_posteriors` undoes that mixing to read γ (and a transcript) off the attacker's Γ.
+
 BatchNorm (DS2): in train mode each restart must see the statistics of its own b utterances, as the client
 saw those of its batch; `grouped_batch_norm` makes the victim's BatchNorms take statistics per group of b
 and leaves the running buffers untouched (the client's buffers are what the attacker holds).
@@ -23,6 +33,7 @@ and leaves the running buffers untouched (the client's buffers are what the atta
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -31,7 +42,8 @@ from torch import nn
 
 from fedctl.tasks.asr import models as asr_models
 from fedctl.tasks.asr.ctc import ctc_loss
-from fedctl.tasks.asr.models import DeepSpeech1
+from fedctl.tasks.asr.models import DeepSpeech1, time_mask
+from fedctl.tasks.asr.text import greedy_decode
 
 DISTANCES = ("cosine", "l2", "cosine+l2")
 MATCHES = ("last", "all")
@@ -56,6 +68,49 @@ def client_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: tor
     per_utt = ctc_loss(log_probs.double(), targets, out_lengths, target_lengths, reduction="none")
     per_utt = per_utt / target_lengths.clamp(min=1).to(per_utt.dtype)
     return per_utt.view(groups, -1).mean(dim=1)
+
+
+def alignment_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, alignment: torch.Tensor,
+                   groups: int) -> torch.Tensor:
+    """[groups] losses without transcripts: each group's mean over its utterances of the frame-level soft-target
+    cross-entropy Σ_{t < out_lengths} CE(softmax(alignment_t), log_probs_t) (float64, as `client_loss`).
+
+    alignment: [T', B, C] free logits of the alignment posteriors Γ. No 1/target_length: the transcript
+    length is unknown, and Γ's mixing with p absorbs it (module docstring)."""
+    log_probs = log_probs.double()
+    posteriors = alignment.to(log_probs.dtype).softmax(dim=-1)
+    valid = time_mask(out_lengths, log_probs.shape[0]).to(log_probs.dtype)
+    per_utt = -((posteriors * log_probs).sum(dim=-1) * valid).sum(dim=0)
+    return per_utt.view(groups, -1).mean(dim=1)
+
+
+def recovered_posteriors(log_probs: torch.Tensor, out_lengths: torch.Tensor,
+                         alignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CTC posteriors γ [T', B, C] read off the attacker's Γ = softmax(alignment), and the mixing λ [B].
+
+    The relaxation only pins Γ = λγ + (1 − λ)p per utterance (module docstring). γ is exactly zero for every
+    class missing from the transcript, so the true λ is the smallest one that keeps γ = p + (Γ − p)/λ
+    non-negative: λ̂ = max over valid frames and classes of 1 − Γ/p. Each valid frame of the result is a
+    distribution whatever Γ is; frames t >= out_lengths[b] are returned as Γ."""
+    p = log_probs.double().exp()
+    mixed = alignment.double().softmax(dim=-1)
+    valid = time_mask(out_lengths, log_probs.shape[0])[..., None]
+    slack = torch.where(valid, 1.0 - mixed / p, torch.full_like(p, -math.inf))
+    lam = slack.amax(dim=(0, 2)).clamp(min=1e-12, max=1.0)
+    out = torch.where(valid, p + (mixed - p) / lam[None, :, None], mixed)
+    return out.clamp(min=0.0), lam
+
+
+@torch.no_grad()
+def recovered_transcripts(model: nn.Module, features: torch.Tensor, lengths: torch.Tensor,
+                          alignment: torch.Tensor) -> list[str]:
+    """Transcripts read off a reconstruction without transcripts: best-path CTC decoding (per-frame argmax,
+    repeats merged, blanks dropped) of `recovered_posteriors` at the reconstructed features [T, b, F].
+    BatchNorm statistics as the attack's (per batch, buffers untouched)."""
+    with grouped_batch_norm(1, features.shape[1]):
+        log_probs, out_lengths = model(features.to(next(model.parameters()).dtype), lengths)
+    posteriors, _ = recovered_posteriors(log_probs, out_lengths, alignment)
+    return greedy_decode(posteriors.clamp(min=1e-300).log(), out_lengths)
 
 
 def _group_stats_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask: torch.Tensor,
@@ -102,13 +157,15 @@ def grouped_batch_norm(groups: int, batch: int) -> Iterator[None]:
         asr_models.masked_batch_norm = original
 
 
-def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
-                          target_lengths: torch.Tensor, groups: int, match: str = "last",
-                          create_graph: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor | None,
+                          target_lengths: torch.Tensor | None, groups: int, match: str = "last",
+                          create_graph: bool = True, alignment: torch.Tensor | None = None
+                          ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each restart's gradient of its client loss w.r.t. the matched parameters.
 
     x [T, G·b, F] (restart-major: utterance j of restart g at column g·b + j), lengths [G·b], targets
-    [G·b, S], target_lengths [G·b]. Returns ([G, *param.shape] per matched parameter, losses [G]).
+    [G·b, S], target_lengths [G·b]. With `alignment` [T', G·b, C] (transcripts withheld) the loss is
+    `alignment_loss` and targets are unused. Returns ([G, *param.shape] per matched parameter, losses [G]).
     """
     batch = x.shape[1]
     layer = output_layer(model)
@@ -123,7 +180,10 @@ def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tens
             log_probs, out_lengths = model(x, lengths)
     finally:
         handle.remove()
-    losses = client_loss(log_probs, out_lengths, targets, target_lengths, groups)
+    if alignment is None:
+        losses = client_loss(log_probs, out_lengths, targets, target_lengths, groups)
+    else:
+        losses = alignment_loss(log_probs, out_lengths, alignment, groups)
     if match == "last":
         z = captured["z"]
         (g,) = torch.autograd.grad(losses.sum(), z, create_graph=create_graph)  # [T', G·b, C]

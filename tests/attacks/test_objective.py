@@ -1,6 +1,7 @@
 """The attack's objective: per-restart gradients (batched) equal each restart's own autograd gradient, for
 the output layer and for every layer, DS1 and DS2 (train-mode BatchNorm per restart); distances; the
-second derivative goes through the log-space CTC, never F.ctc_loss."""
+second derivative goes through the log-space CTC, never F.ctc_loss; without transcripts, the relaxed
+(alignment) loss gives exactly the CTC's parameter gradients at the CTC posteriors."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from fedctl.attacks.case import Defense, apply_defense, client_update, load_victim
-from fedctl.attacks.objective import gradient_distance, per_restart_gradients, top_masks
+from fedctl.attacks.objective import gradient_distance, per_restart_gradients, recovered_posteriors, top_masks
+from fedctl.tasks.asr.ctc import ctc_loss
 from fedctl.tasks.asr.data import collate
+from fedctl.tasks.asr.models import time_mask
 
 
 def _case(arch, frames, restarts, seed=0):
@@ -100,3 +103,35 @@ def test_client_dropout_changes_the_shared_gradient_but_not_the_model():
     again = client_update(model, x, lengths, targets, tlens)
     assert float((clean[0] - dropped[0]).abs().max()) > 1e-4
     torch.testing.assert_close(clean[0], again[0], rtol=0, atol=0)
+
+
+def test_alignment_loss_reproduces_the_ctc_gradient_exactly():
+    # dCTC/dz_t = p_t − γ_t: with the alignment posteriors set to the CTC's own (γ = −dCTC/dlog_probs, from the
+    # log-space CTC by autograd) the relaxed loss gives every parameter gradient the client shares, times the
+    # target length; mixed with p at λ = 1/L it gives them exactly, per utterance of a batch.
+    model = load_victim("ds1", "tiny", seed=0).double()
+    gen = torch.Generator().manual_seed(0)
+    x, lengths, targets, tlens = collate([torch.randn(12, 26, generator=gen, dtype=torch.float64),
+                                          torch.randn(9, 26, generator=gen, dtype=torch.float64)], [[3, 4, 5], [7, 7]])
+    log_probs, out_lengths = model(x, lengths)
+    lp = log_probs.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(ctc_loss(lp, targets, out_lengths, tlens, reduction="sum"), lp)
+    gamma, p = -grad, lp.detach().exp()
+    lam = 1.0 / tlens.double()
+    mixed = lam[None, :, None] * gamma + (1 - lam[None, :, None]) * p
+    valid = time_mask(out_lengths, lp.shape[0])
+    torch.testing.assert_close(gamma.sum(dim=-1)[valid], torch.ones(int(valid.sum()), dtype=torch.float64))
+    for match in ("last", "all"):
+        shared = client_update(model, x, lengths, targets, tlens, match=match)
+        scale = max(float(s.abs().max()) for s in shared)
+        relaxed, _ = per_restart_gradients(model, x, lengths, None, None, 1, match, create_graph=False,
+                                           alignment=mixed.log())
+        assert max(float((r[0] - s).abs().max()) for r, s in zip(relaxed, shared)) < 1e-10 * scale
+        alone = client_update(model, x[:, :1], lengths[:1], targets[:1], tlens[:1], match=match)  # L = 3
+        relaxed, _ = per_restart_gradients(model, x[:, :1], lengths[:1], None, None, 1, match, create_graph=False,
+                                           alignment=gamma[:, :1].clamp(min=1e-300).log())
+        assert max(float((r[0] - 3 * s).abs().max()) for r, s in zip(relaxed, alone)) < 1e-10 * scale
+    # the attacker reads γ and λ back off the mixture (γ is zero for classes missing from the transcript)
+    recovered, lam_hat = recovered_posteriors(log_probs.detach(), out_lengths, mixed.log())
+    torch.testing.assert_close(lam_hat, lam, rtol=1e-12, atol=0)
+    assert float((recovered - gamma)[valid].abs().max()) < 1e-12
