@@ -8,6 +8,9 @@ reconstructs the input features. The client's dropout masks are unknown to the a
 without dropout). BatchNorm runs in the same mode with the same buffers for client and attacker: in train
 mode with statistics over the client's batch, buffers not updated (the attacker holds the buffers the
 client started from).
+
+Transcripts withheld (`AttackConfig.transcripts=False`, `--no-transcripts`): the attacker holds the input
+lengths but not the transcripts, and recovers them with the features (`objective.alignment_loss`).
 """
 
 from __future__ import annotations

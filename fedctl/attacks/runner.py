@@ -25,15 +25,17 @@ import torch
 from fedctl.attacks.analysis import SpeakerID, feature_metrics
 from fedctl.attacks.attack import AttackConfig, reconstruct
 from fedctl.attacks.case import Defense, client_update, load_victim
-from fedctl.attacks.objective import DISTANCES, MATCHES
+from fedctl.attacks.objective import DISTANCES, MATCHES, output_layer, recovered_transcripts
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.ctc import check_feasible
 from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition
 from fedctl.tasks.asr.models import output_lengths
+from fedctl.tasks.asr.text import error_rates
 from fedctl.utils.io import torch_save, write_text
 
 COLUMNS = ["utterance", "duration_ms", "speaker", "method", "defense", "restart", "grad_distance", "feature_mae",
-           "random_mae", "mae_ratio", "cosine", "snr_db", "iterations", "seconds", "frames", "budget"]
+           "random_mae", "mae_ratio", "cosine", "snr_db", "iterations", "seconds", "frames", "budget",
+           "transcript_cer"]  # transcript_cer: of the transcript recovered with --no-transcripts; empty otherwise
 
 
 @dataclass
@@ -153,6 +155,9 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         raise FedctlError("--batch-size must be at least 1", "e.g. --batch-size 1 (the reference)")
     if not 0 < cfg.top_grad_fraction <= 1:
         raise FedctlError(f"--top-grad-fraction {cfg.top_grad_fraction} is not in (0, 1]", "e.g. 1.0 (keep all)")
+    if not cfg.transcripts and cfg.method == "hfgm":
+        raise FedctlError("--method hfgm needs the transcripts (it perturbs the features only; without transcripts "
+                          "the alignments are unknowns too)", "use --method gradient with --no-transcripts")
     if spec.local_steps != 1:
         raise FedctlError("--local-steps > 1 (unrolled local SGD) is not implemented yet",
                           "attack a FedSGD update (--local-steps 1)")
@@ -205,12 +210,17 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         else:
             target = client_update(model, x, lengths, targets, target_lengths, match=cfg.match,
                                    defense=spec.defense, local_steps=spec.local_steps, local_lr=spec.local_lr)
-        budget = sum(t.numel() for t in target) / float(x.shape[2] * int(lengths.sum()))
+        unknowns = x.shape[2] * int(lengths.sum())
+        if not cfg.transcripts:  # the alignment posteriors too: C − 1 free numbers per output frame
+            unknowns += (output_layer(model).out_features - 1) * int(output_lengths(spec.arch, lengths).sum())
+        budget = sum(t.numel() for t in target) / float(unknowns)
         log(f"batch {n_batch}: {[u.id for u in batch]} ({x.shape[0]} frames, budget {budget:.1f} entries/unknown)")
         if progress:
             progress(f"[{n_batch + 1}/{len(batches)}] {', '.join(u.id for u in batch)}: {x.shape[0]} frames, "
                      f"{budget:.1f} gradient entries per unknown")
-        result = reconstruct(model, target, tuple(x.shape), lengths, targets, target_lengths, cfg, log=log)
+        known = (targets, target_lengths) if cfg.transcripts else (None, None)  # withheld: never reach the attack
+        result = reconstruct(model, target, tuple(x.shape), lengths, *known, cfg, log=log)
+        hyps = None if cfg.transcripts else recovered_transcripts(model, result.features, lengths, result.alignment)
         for j, u in enumerate(batch):
             T = int(lengths[j])
             x_hat, x_true, x_init = result.features[:T, j], x[:T, j], result.init[:T, j]
@@ -221,9 +231,14 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
                    "random_mae": f"{m['random_mae']:.6g}", "mae_ratio": f"{m['feature_mae'] / m['random_mae']:.6g}",
                    "cosine": f"{m['cosine']:.6g}", "snr_db": f"{m['snr_db']:.4g}", "iterations": result.iterations,
                    "seconds": f"{result.seconds / len(batch):.4g}", "frames": T, "budget": f"{budget:.4g}"}
+            if hyps is not None:
+                cer = error_rates([u.transcript], [hyps[j]])["cer"] if u.transcript.strip() else float("nan")
+                row["transcript_cer"] = f"{cer:.4g}"
+                log(f"{u.id}: recovered transcript {hyps[j]!r} (true {u.transcript!r}, CER {cer:.3g})")
             rows.append(row)
             torch_save({"x_hat": x_hat.clone(), "x_true": x_true.clone(), "x_init": x_init.clone(),
-                        "speaker": u.speaker, "curve": result.curve}, out / "recon" / f"{u.id}.pt")
+                        "speaker": u.speaker, "curve": result.curve,
+                        **({} if hyps is None else {"transcript_hat": hyps[j]})}, out / "recon" / f"{u.id}.pt")
             if len(rows) <= spec.plots:
                 _plot(out / "plots" / f"{u.id}.png", x_true, x_hat, result.curve,
                       f"{u.id} ({spec.arch}, {cfg.method}): MAE {m['feature_mae']:.3g} vs random "
@@ -256,6 +271,9 @@ def summarize(rows: list[dict]) -> dict:
         out[name] = {"utterances": len(rs)}
         for key in ("feature_mae", "random_mae", "mae_ratio", "cosine", "snr_db", "seconds", "budget", "iterations"):
             out[name][key] = _mean([float(r[key]) for r in rs])
+        cers = [float(r["transcript_cer"]) for r in rs if r.get("transcript_cer")]
+        if cers:  # attacked without transcripts
+            out[name]["transcript_cer"] = _mean(cers)
     return {"bins": out}
 
 

@@ -1,6 +1,7 @@
 """`fedctl attack sweep --config attack_sweep_tiny`: method × defence × duration bin, one resumable attack
 folder per cell (`out/<method>/<defence>/<bin>/`), then one table: MAE ratio to the random start, SNR and
-speaker top-1/top-5 on the reconstructions (with clean and chance alongside). Written to `out/sweep.csv`."""
+speaker top-1/top-5 on the reconstructions (with clean and chance alongside), and the recovered transcripts'
+CER when `attack: {transcripts: false}`. Written to `out/sweep.csv`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from fedctl.utils.io import write_text
 KEYS = {"arch", "preset", "model", "bins", "batch_start", "batch_end", "batch_size", "max_frames", "victim_seed", "crop_transcript", "batch_stride",
         "attack", "methods", "defenses"}
 SWEEP_COLUMNS = ["method", "defense", "bin", "utterances", "budget", "mae_ratio", "snr_db", "seconds",
-                 "speaker_top1", "speaker_top5", "clean_top1", "clean_top5", "chance_top1", "chance_top5"]
+                 "speaker_top1", "speaker_top5", "clean_top1", "clean_top5", "chance_top1", "chance_top5",
+                 "transcript_cer"]  # empty unless attack.transcripts is false
 
 
 def load_sweep(path: Path) -> dict:
@@ -69,7 +71,9 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list
                              "seconds": mean("seconds"),
                              "speaker_top1": spk["reconstructed"]["top1"], "speaker_top5": spk["reconstructed"]["top5"],
                              "clean_top1": spk["clean"]["top1"], "clean_top5": spk["clean"]["top5"],
-                             "chance_top1": spk["chance"]["top1"], "chance_top5": spk["chance"]["top5"]})
+                             "chance_top1": spk["chance"]["top1"], "chance_top5": spk["chance"]["top5"],
+                             "transcript_cer": (mean("transcript_cer") if all(r.get("transcript_cer") for r in metrics)
+                                                else "")})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS)
     writer.writeheader()

@@ -3,7 +3,8 @@
 Threat model (honest-but-curious server): the attacker holds the victim's weights and BatchNorm buffers,
 one client's shared gradient (FedSGD on one batch), that client's transcripts and input lengths, and
 reconstructs the input features. Client dropout masks are unknown to it; BatchNorm runs in the same mode
-with the same buffers for client and attacker. Withholding transcripts is not supported.
+with the same buffers for client and attacker. With `--no-transcripts` the attacker lacks the transcripts
+and recovers them too (features and CTC alignments; `fedctl.attacks.objective.alignment_loss`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from fedctl.cli.options import JsonOpt
 THREAT = ("Threat model: the attacker (server) holds the victim's weights and BatchNorm buffers, one client's "
           "shared gradient (FedSGD, one batch), that client's transcripts and input lengths, and reconstructs "
           "the input features (DS1: 26 MFCCs per 20 ms frame; DS2: 257-bin normalized log-STFT). The client's "
-          "dropout masks are unknown to it. Defences are applied by the client before sharing. Withholding the "
-          "transcripts is not supported.")
+          "dropout masks are unknown to it. Defences are applied by the client before sharing. With "
+          "--no-transcripts the transcripts are withheld: the attacker recovers the features and the CTC "
+          "alignments together (gradient method) and metrics.csv reports the recovered transcript's CER.")
 
 app = typer.Typer(help="Gradient-inversion attacks on DeepSpeech 1/2 clients. " + THREAT, no_args_is_help=True,
                   rich_markup_mode="rich")
@@ -32,6 +34,7 @@ _EPILOG = ("Examples:\n\n"
            "--max-iter 500 --out atk/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --method hfgm --max-iter 2000 --out atk_hfgm/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --defense-clip 1 --defense-noise 0.01 --out atk_dp/\n\n"
+           "  fedctl attack {arch} --corpus corpus/ --no-transcripts --out atk_notext/\n\n"
            "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
 
 
@@ -59,6 +62,7 @@ def _command(arch: str):
         distance: Annotated[str, typer.Option("--distance", help="cosine, l2 or cosine+l2.")] = "cosine",
         distance_weight: Annotated[float, typer.Option("--distance-weight", help="w of w·cos + (1−w)·MSE.")] = 1.0,
         match: Annotated[str, typer.Option("--match", help="last (output layer, as the reference) or all.")] = "last",
+        transcripts: Annotated[bool, typer.Option("--transcripts/--no-transcripts", help="Attacker holds the client's transcripts; --no-transcripts: it recovers them too (gradient method).")] = True,
         preset: Annotated[str, typer.Option("--preset", help="Model preset: tiny, small or reference.")] = "tiny",
         hidden: Annotated[int | None, typer.Option("--hidden", help="Override the model's n_hidden.")] = None,
         checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights (.pt or final/).")] = None,
@@ -93,7 +97,7 @@ def _command(arch: str):
             attack=AttackConfig(method=method, optimizer=optimizer, dtype=dtype, restarts=seeds, lr=lr, lr_step=lr_step, max_iter=max_iter,
                                 patience=patience, distance=distance, distance_weight=distance_weight, match=match,
                                 top_grad_fraction=top_grad_fraction, seed=seed, hfgm_directions=hfgm_directions,
-                                hfgm_plateau=hfgm_plateau),
+                                hfgm_plateau=hfgm_plateau, transcripts=transcripts),
             out=str(out_dir), max_frames=max_frames, crop_transcript=crop_transcript)
         summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False))
         if json_:
@@ -108,12 +112,13 @@ def _command(arch: str):
 
 def _render(summary: dict, arch: str, method: str) -> None:
     table = Table(title=f"{arch} {method}: per duration bin ({summary['skipped']} resumed from metrics.csv)")
-    for col in ("bin", "utts", "budget", "MAE", "random MAE", "ratio", "cosine", "SNR dB", "s/utt"):
+    cer = any("transcript_cer" in b for b in summary["bins"].values())  # attacked without transcripts
+    for col in ("bin", "utts", "budget", "MAE", "random MAE", "ratio", "cosine", "SNR dB", "s/utt") + (("CER",) * cer):
         table.add_column(col, justify="right")
     for name, b in summary["bins"].items():
         table.add_row(name, str(b["utterances"]), f"{b['budget']:.1f}×", f"{b['feature_mae']:.3g}",
                       f"{b['random_mae']:.3g}", f"{b['mae_ratio']:.3f}", f"{b['cosine']:.3f}", f"{b['snr_db']:.1f}",
-                      f"{b['seconds']:.1f}")
+                      f"{b['seconds']:.1f}", *([f"{b.get('transcript_cer', float('nan')):.3f}"] * cer))
     out.print(table)
 
 

@@ -40,6 +40,7 @@ def test_metrics_csv_has_every_column_and_resume_skips_finished(corpus, tmp_path
         assert 1000 <= int(r["duration_ms"]) < 2000 and r["method"] == "gradient" and r["defense"] == "none"
         assert float(r["random_mae"]) > 0 and float(r["feature_mae"]) > 0 and int(r["iterations"]) == 3
         assert abs(float(r["mae_ratio"]) - float(r["feature_mae"]) / float(r["random_mae"])) < 1e-3
+        assert r["transcript_cer"] == ""  # transcripts given: nothing recovered to score
     assert len(list((out / "plots").glob("*.png"))) == 2 and (out / "attack.log").exists()
     assert len(list((out / "recon").glob("*.pt"))) == 2
     first = (out / "metrics.csv").read_text()
@@ -50,6 +51,22 @@ def test_metrics_csv_has_every_column_and_resume_skips_finished(corpus, tmp_path
     assert summary["skipped"] == 2 and summary["attacked"] == 1
     rows = _rows(out / "metrics.csv")
     assert len(rows) == 3 and (out / "metrics.csv").read_text().startswith(first)
+
+
+def test_no_transcripts_reports_the_recovered_transcripts_cer(corpus, tmp_path):
+    out = tmp_path / "nt"
+    res = _attack("ds1", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 2000, "--batch-end", 1, *FAST,
+                  "--max-frames", 9, "--crop-transcript", "--no-transcripts", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "CER" in res.stdout
+    rows = _rows(out / "metrics.csv")
+    assert list(rows[0]) == COLUMNS and len(rows) == 1
+    for r in rows:
+        assert 0.0 <= float(r["transcript_cer"]) <= 3.0  # 3 true characters; at most 9 decoded
+        # 29 × 17 output-layer entries for 9 frames × (26 features + 28 free alignment posteriors)
+        assert abs(float(r["budget"]) - 29 * 17 / (9 * (26 + 28))) < 1e-3
+        assert "transcript_hat" in torch.load(out / "recon" / f"{r['utterance']}.pt", weights_only=True)
+    assert (out / "attack.log").read_text().count("recovered transcript") == 1
 
 
 def test_ds2_hfgm_with_defences_runs_and_table_renders(corpus, tmp_path):
@@ -68,6 +85,7 @@ def test_ds2_hfgm_with_defences_runs_and_table_renders(corpus, tmp_path):
     (["--max-frames", "3"], "too short for its transcript"),
     (["--optimizer", "sgd"], "unknown --optimizer"),
     (["--dtype", "float16"], "unknown --dtype"),
+    (["--no-transcripts", "--method", "hfgm"], "--method hfgm needs the transcripts"),
 ])
 def test_bad_input_is_one_line_error_and_hint(corpus, tmp_path, args, message):
     res = _attack("ds1", "--corpus", corpus, *FAST, "--out", tmp_path / "x", *args)
