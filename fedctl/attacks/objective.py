@@ -23,7 +23,7 @@ cross-entropy Σ_t CE(γ_t, log p_t). The attacker who lacks the transcripts opt
 contains the truth. The client's 1/target_length is absorbed too: Γ = λγ + (1 − λ)p gives exactly λ times the
 CTC's logit gradient, so λ_j = 1/L_j per utterance reproduces it (any distance; L_j >= 1 keeps λ_j in (0, 1]),
 and under the cosine only the ratios of the λ_j matter (one utterance: any λ).
-`recovered_posteriors` undoes that mixing to read γ (and a transcript) off the attacker's Γ.
+`fedctl.attacks.transcript` undoes that mixing to read γ, and the transcript, off the attacker's Γ.
 
 BatchNorm (DS2): in train mode each restart must see the statistics of its own b utterances, as the client
 saw those of its batch; `grouped_batch_norm` makes the victim's BatchNorms take statistics per group of b
@@ -33,7 +33,6 @@ and leaves the running buffers untouched (the client's buffers are what the atta
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -43,7 +42,6 @@ from torch import nn
 from fedctl.tasks.asr import models as asr_models
 from fedctl.tasks.asr.ctc import ctc_loss
 from fedctl.tasks.asr.models import DeepSpeech1, time_mask
-from fedctl.tasks.asr.text import greedy_decode
 
 DISTANCES = ("cosine", "l2", "cosine+l2")
 MATCHES = ("last", "all")
@@ -82,35 +80,6 @@ def alignment_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, alignment
     valid = time_mask(out_lengths, log_probs.shape[0]).to(log_probs.dtype)
     per_utt = -((posteriors * log_probs).sum(dim=-1) * valid).sum(dim=0)
     return per_utt.view(groups, -1).mean(dim=1)
-
-
-def recovered_posteriors(log_probs: torch.Tensor, out_lengths: torch.Tensor,
-                         alignment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CTC posteriors γ [T', B, C] read off the attacker's Γ = softmax(alignment), and the mixing λ [B].
-
-    The relaxation only pins Γ = λγ + (1 − λ)p per utterance (module docstring). γ is exactly zero for every
-    class missing from the transcript, so the true λ is the smallest one that keeps γ = p + (Γ − p)/λ
-    non-negative: λ̂ = max over valid frames and classes of 1 − Γ/p. Each valid frame of the result is a
-    distribution whatever Γ is; frames t >= out_lengths[b] are returned as Γ."""
-    p = log_probs.double().exp()
-    mixed = alignment.double().softmax(dim=-1)
-    valid = time_mask(out_lengths, log_probs.shape[0])[..., None]
-    slack = torch.where(valid, 1.0 - mixed / p, torch.full_like(p, -math.inf))
-    lam = slack.amax(dim=(0, 2)).clamp(min=1e-12, max=1.0)
-    out = torch.where(valid, p + (mixed - p) / lam[None, :, None], mixed)
-    return out.clamp(min=0.0), lam
-
-
-@torch.no_grad()
-def recovered_transcripts(model: nn.Module, features: torch.Tensor, lengths: torch.Tensor,
-                          alignment: torch.Tensor) -> list[str]:
-    """Transcripts read off a reconstruction without transcripts: best-path CTC decoding (per-frame argmax,
-    repeats merged, blanks dropped) of `recovered_posteriors` at the reconstructed features [T, b, F].
-    BatchNorm statistics as the attack's (per batch, buffers untouched)."""
-    with grouped_batch_norm(1, features.shape[1]):
-        log_probs, out_lengths = model(features.to(next(model.parameters()).dtype), lengths)
-    posteriors, _ = recovered_posteriors(log_probs, out_lengths, alignment)
-    return greedy_decode(posteriors.clamp(min=1e-300).log(), out_lengths)
 
 
 def _group_stats_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, mask: torch.Tensor,

@@ -25,7 +25,8 @@ import torch
 from fedctl.attacks.analysis import SpeakerID, feature_metrics
 from fedctl.attacks.attack import AttackConfig, reconstruct
 from fedctl.attacks.case import Defense, client_update, load_victim
-from fedctl.attacks.objective import DISTANCES, MATCHES, output_layer, recovered_transcripts
+from fedctl.attacks.objective import DISTANCES, MATCHES, output_layer
+from fedctl.attacks.transcript import recovered_transcripts
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.ctc import check_feasible
 from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition
@@ -210,9 +211,10 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         else:
             target = client_update(model, x, lengths, targets, target_lengths, match=cfg.match,
                                    defense=spec.defense, local_steps=spec.local_steps, local_lr=spec.local_lr)
+        out_frames = output_lengths(spec.arch, lengths)
         unknowns = x.shape[2] * int(lengths.sum())
         if not cfg.transcripts:  # the alignment posteriors too: C − 1 free numbers per output frame
-            unknowns += (output_layer(model).out_features - 1) * int(output_lengths(spec.arch, lengths).sum())
+            unknowns += (output_layer(model).out_features - 1) * int(out_frames.sum())
         budget = sum(t.numel() for t in target) / float(unknowns)
         log(f"batch {n_batch}: {[u.id for u in batch]} ({x.shape[0]} frames, budget {budget:.1f} entries/unknown)")
         if progress:
@@ -232,13 +234,16 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
                    "cosine": f"{m['cosine']:.6g}", "snr_db": f"{m['snr_db']:.4g}", "iterations": result.iterations,
                    "seconds": f"{result.seconds / len(batch):.4g}", "frames": T, "budget": f"{budget:.4g}"}
             if hyps is not None:
-                cer = error_rates([u.transcript], [hyps[j]])["cer"] if u.transcript.strip() else float("nan")
+                hyp, greedy = hyps[j]
+                cer = error_rates([u.transcript], [hyp])["cer"] if u.transcript.strip() else float("nan")
                 row["transcript_cer"] = f"{cer:.4g}"
-                log(f"{u.id}: recovered transcript {hyps[j]!r} (true {u.transcript!r}, CER {cer:.3g})")
+                log(f"{u.id}: recovered transcript {hyp!r} (best path {greedy!r}; true {u.transcript!r}, CER {cer:.3g})")
             rows.append(row)
             torch_save({"x_hat": x_hat.clone(), "x_true": x_true.clone(), "x_init": x_init.clone(),
                         "speaker": u.speaker, "curve": result.curve,
-                        **({} if hyps is None else {"transcript_hat": hyps[j]})}, out / "recon" / f"{u.id}.pt")
+                        **({} if hyps is None else {"transcript_hat": hyps[j][0],
+                                                    "alignment": result.alignment[: int(out_frames[j]), j].clone()})},
+                        out / "recon" / f"{u.id}.pt")
             if len(rows) <= spec.plots:
                 _plot(out / "plots" / f"{u.id}.png", x_true, x_hat, result.curve,
                       f"{u.id} ({spec.arch}, {cfg.method}): MAE {m['feature_mae']:.3g} vs random "

@@ -11,6 +11,7 @@ from fedctl.attacks import objective
 from fedctl.attacks.attack import AttackConfig, initial_features, reconstruct
 from fedctl.attacks.case import client_update, load_victim
 from fedctl.attacks.objective import gradient_distance, per_restart_gradients
+from fedctl.attacks.transcript import recovered_transcripts
 from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus
 
 
@@ -165,4 +166,4 @@ def test_without_transcripts_the_prototype_case_recovers_features_and_transcript
     assert _cos(result.features, x) >= 0.99
     assert float((result.features - x).abs().mean() / (result.init - x).abs().mean()) <= 0.1
     assert result.alignment.shape == (10, 1, 29) and result.distance < 1e-4
-    assert objective.recovered_transcripts(model, result.features, lengths, result.alignment) == ["sgn"]
+    assert recovered_transcripts(model, result.features, lengths, result.alignment) == [("sgn", "sgn")]

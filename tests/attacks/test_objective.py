@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fedctl.attacks.case import Defense, apply_defense, client_update, load_victim
-from fedctl.attacks.objective import gradient_distance, per_restart_gradients, recovered_posteriors, top_masks
+from fedctl.attacks.objective import gradient_distance, per_restart_gradients, top_masks
 from fedctl.tasks.asr.ctc import ctc_loss
 from fedctl.tasks.asr.data import collate
 from fedctl.tasks.asr.models import time_mask
@@ -131,7 +131,3 @@ def test_alignment_loss_reproduces_the_ctc_gradient_exactly():
         relaxed, _ = per_restart_gradients(model, x[:, :1], lengths[:1], None, None, 1, match, create_graph=False,
                                            alignment=gamma[:, :1].clamp(min=1e-300).log())
         assert max(float((r[0] - 3 * s).abs().max()) for r, s in zip(relaxed, alone)) < 1e-10 * scale
-    # the attacker reads γ and λ back off the mixture (γ is zero for classes missing from the transcript)
-    recovered, lam_hat = recovered_posteriors(log_probs.detach(), out_lengths, mixed.log())
-    torch.testing.assert_close(lam_hat, lam, rtol=1e-12, atol=0)
-    assert float((recovered - gamma)[valid].abs().max()) < 1e-12
