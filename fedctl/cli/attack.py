@@ -22,8 +22,9 @@ THREAT = ("Threat model: the attacker (server) holds the victim's weights and Ba
           "shared gradient (FedSGD, one batch), that client's transcripts and input lengths, and reconstructs "
           "the input features (DS1: 26 MFCCs per 20 ms frame; DS2: 257-bin normalized log-STFT). The client's "
           "dropout masks are unknown to it. Defences are applied by the client before sharing. With "
-          "--no-transcripts the transcripts are withheld: the attacker recovers the features and the CTC "
-          "alignments together (gradient method) and metrics.csv reports the recovered transcript's CER.")
+          "--no-transcripts the transcripts are withheld (input lengths stay known): the attacker recovers the "
+          "features and the CTC alignments together (gradient method), reads the transcript off the alignments, "
+          "and metrics.csv reports its CER.")
 
 app = typer.Typer(help="Gradient-inversion attacks on DeepSpeech 1/2 clients. " + THREAT, no_args_is_help=True,
                   rich_markup_mode="rich")
