@@ -5,6 +5,8 @@ utterances), SNR in dB and seconds per utterance. Writes `<out>/quality.csv` and
 
     python bench/attack_quality.py --out bench/results/attack_quality            # the committed table
     python bench/attack_quality.py --out /tmp/aq --utterances 2 --quick          # a smoke run
+    python bench/attack_quality.py --out bench/results/attack_quality_notext --cells ds1-h256-10f,ds1-h256-20f \
+        --methods gradient,notext                                                # with vs without transcripts
 
 Data: a synthetic eSpeak corpus (`fedctl data synth --speakers 12 --utterances 5 --seed 1`, made under
 `<out>/corpus` unless `--corpus` is given); utterances of 1.0-2.5 s, every `stride`-th one so that a cell
@@ -50,9 +52,12 @@ METHODS = {
     "hfgm": dict(method="hfgm", restarts=1, max_iter=150, lr=1.0, hfgm_directions=31, hfgm_plateau=30),
     "adam": dict(method="gradient", optimizer="adam", dtype="float32", restarts=2, max_iter=300, lr=1.0,
                  lr_step=100, patience=100),
+    # gradient with the transcripts withheld (features and alignments recovered together), same budget
+    "notext": dict(method="gradient", optimizer="lbfgs", restarts=2, max_iter=300, patience=100, transcripts=False),
 }
 COLUMNS = ["cell", "arch", "preset", "frames", "budget", "method", "utterances", "mae_ratio_median",
-           "mae_ratio_q1", "mae_ratio_q3", "snr_db_median", "cosine_median", "seconds_per_utt", "iterations_mean"]
+           "mae_ratio_q1", "mae_ratio_q3", "snr_db_median", "cosine_median", "seconds_per_utt", "iterations_mean",
+           "transcript_cer_mean"]
 
 
 def _quartiles(vals: list[float]) -> tuple[float, float, float]:
@@ -62,7 +67,8 @@ def _quartiles(vals: list[float]) -> tuple[float, float, float]:
     return q1, med, q3
 
 
-def run(out: Path, corpus: Path | None, utterances: int, quick: bool) -> list[dict]:
+def run(out: Path, corpus: Path | None, utterances: int, quick: bool, cells: list[str] | None = None,
+        methods: list[str] | None = None) -> list[dict]:
     if corpus is None:
         corpus = out / "corpus"
         if not corpus.exists():
@@ -71,8 +77,9 @@ def run(out: Path, corpus: Path | None, utterances: int, quick: bool) -> list[di
             synth_corpus(corpus, speakers=12, utterances=5, seed=1)
     rows = []
     for name, arch, preset, model, frames in CELLS[:2] if quick else CELLS:
-        methods = ["gradient", "hfgm"] + (["adam"] if name == CELLS[0][0] else [])
-        for method in methods:
+        if cells and name not in cells:
+            continue
+        for method in methods or ["gradient", "hfgm"] + (["adam"] if name == CELLS[0][0] else []):
             kw = dict(METHODS[method])
             if quick:
                 kw["max_iter"] = 20
@@ -85,9 +92,12 @@ def run(out: Path, corpus: Path | None, utterances: int, quick: bool) -> list[di
             m = read_metrics(out / name / method / "metrics.csv")
             ratios = [float(r["mae_ratio"]) for r in m]
             q1, med, q3 = _quartiles(ratios)
+            cers = [float(r["transcript_cer"]) for r in m if r.get("transcript_cer")]
             rows.append({"cell": name, "arch": arch, "preset": preset + "".join(f"+h{v}" for v in model.values()),
                          "frames": frames, "budget": float(m[0]["budget"]),
-                         "method": method if method != "gradient" else "gradient (lbfgs)",
+                         "method": {"gradient": "gradient (lbfgs)",
+                                    "notext": "gradient (lbfgs), no transcripts"}.get(method, method),
+                         "transcript_cer_mean": statistics.mean(cers) if cers else "",
                          "utterances": len(m), "mae_ratio_median": med, "mae_ratio_q1": q1, "mae_ratio_q3": q3,
                          "snr_db_median": statistics.median(float(r["snr_db"]) for r in m),
                          "cosine_median": statistics.median(float(r["cosine"]) for r in m),
@@ -114,17 +124,20 @@ def write(out: Path, rows: list[dict], command: str, wall_s: float) -> None:
         "MAE / MAE of the random start U[-1, 1] (lower is better; 1 = no better than the start).",
         "gradient = L-BFGS in float64, 2 batched restarts, ≤ 300 objective evaluations; adam = the reference "
         "optimiser (lr 1, halved every 100, float32) on the same utterances and budget; hfgm = Dang et al.'s "
-        "zero-order search, K 31, plateau 30, ≤ 150 iterations (scaled down from K 127 / 50k iterations).",
+        "zero-order search, K 31, plateau 30, ≤ 150 iterations (scaled down from K 127 / 50k iterations); "
+        "no transcripts = gradient with the transcripts withheld (features and CTC alignments recovered together; "
+        "the budget counts the alignment unknowns; CER of the recovered transcript, mean over utterances).",
         "",
         "| cell | arch | preset | frames | budget (entries/unknown) | method | utts | MAE ratio median [IQR] | "
-        "SNR dB (median) | cosine (median) | s/utt |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "SNR dB (median) | cosine (median) | s/utt | transcript CER |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['cell']} | {r['arch']} | {r['preset']} | {r['frames']} | {r['budget']:.2f}× | "
                      f"{r['method']} | {r['utterances']} | {r['mae_ratio_median']:.3g} "
                      f"[{r['mae_ratio_q1']:.3g}, {r['mae_ratio_q3']:.3g}] | {r['snr_db_median']:.1f} | "
-                     f"{r['cosine_median']:.3f} | {r['seconds_per_utt']:.0f} |")
+                     f"{r['cosine_median']:.3f} | {r['seconds_per_utt']:.0f} | "
+                     f"{'—' if r['transcript_cer_mean'] == '' else format(r['transcript_cer_mean'], '.3f')} |")
     (out / "quality.md").write_text("\n".join(lines) + "\n")
 
 
@@ -134,11 +147,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--corpus", type=Path, default=None)
     p.add_argument("--utterances", type=int, default=5, help="per cell (the issue asks for 20)")
     p.add_argument("--quick", action="store_true", help="two cells, 20 iterations: a smoke run")
+    p.add_argument("--cells", default=None, help=f"comma-separated subset of: {', '.join(c[0] for c in CELLS)}")
+    p.add_argument("--methods", default=None, help=f"comma-separated, for every cell: {', '.join(METHODS)}")
     args = p.parse_args(argv)
+    cells = args.cells.split(",") if args.cells else None
+    methods = args.methods.split(",") if args.methods else None
+    unknown = sorted(set(cells or []) - {c[0] for c in CELLS}) + sorted(set(methods or []) - set(METHODS))
+    if unknown:
+        p.error(f"unknown cell(s) or method(s): {', '.join(unknown)}")
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rows = run(args.out, args.corpus, args.utterances, args.quick)
+    rows = run(args.out, args.corpus, args.utterances, args.quick, cells, methods)
     command = "python bench/attack_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write(args.out, rows, command.strip(), time.perf_counter() - t0)
     print((args.out / "quality.md").read_text())
