@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fedctl.attacks.analysis import SpeakerID, feature_metrics
+from fedctl.attacks.analysis import SpeakerID, feature_metrics, windows
 from fedctl.attacks.attack import AttackConfig, reconstruct
 from fedctl.attacks.case import Defense, client_update, load_victim
 from fedctl.attacks.objective import DISTANCES, MATCHES
@@ -260,9 +260,10 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: str, min_dur: int = 0,
-                    max_dur: int | None = None) -> dict:
+                    max_dur: int | None = None, frames: int | None = None) -> dict:
     """Top-1/top-5 speaker identification of the reconstructions in `out_dirs` (recon/*.pt), of their clean
-    features and by chance, with a `SpeakerID` trained on the clean features of the corpus's other utterances."""
+    features and by chance, with a `SpeakerID` trained on the clean features of the corpus's other utterances:
+    whole utterances, or, when the attack cropped to `frames` frames, every `frames`-frame window of them."""
     recs = {}
     for d in out_dirs:
         for p in sorted((Path(d) / "recon").glob("*.pt")):
@@ -274,10 +275,15 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
     train = [u for u in utts if u.id not in recs]
     if len({u.speaker for u in train}) < 2:
         raise FedctlError("too few other utterances to train the speaker model", "attack a subset of a larger corpus")
-    sid = SpeakerID([cache(u) for u in train], [u.speaker for u in train])
+    feats, labels = [], []
+    for u in train:
+        w = windows(cache(u), frames)
+        feats += w
+        labels += [u.speaker] * len(w)
+    sid = SpeakerID(feats, labels)
     ids = sorted(recs)
     spk = [recs[i]["speaker"] for i in ids]
     return {"reconstructed": sid.topk([recs[i]["x_hat"] for i in ids], spk),
             "clean": sid.topk([recs[i]["x_true"] for i in ids], spk),
             "random_start": sid.topk([recs[i]["x_init"] for i in ids], spk),
-            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes)}
+            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes), "train_examples": len(feats)}
