@@ -133,7 +133,7 @@ def _one_round(task, run_dir=None, prune=0.0):
 
 @pytest.fixture(scope="module")
 def ds2_task(corpus):
-    return make_task(corpus[1][2], arch="ds2", min_dur=1000, local_updates=2)
+    return make_task(corpus[1][2], arch="ds2", min_dur=1000, local_updates=1, batch_size=4)
 
 
 def test_dropout_0_is_bit_identical_and_dropout_changes_the_update_but_not_evaluation(ds2_task, monkeypatch):
@@ -175,7 +175,6 @@ def test_dropout_out_of_range_is_one_error_naming_the_key(corpus, tmp_path):
     from tests.reliability.helpers import assert_user_error, cli
 
     _, parts = corpus
-    for value in ("1", "-0.5"):
-        res = cli("train", "asr", "--config", "asr_ds2_tiny", "--set", f"task.parts={parts[2]}", "--clients", "2",
-                  "--set", f"task.dropout={value}", "--out", tmp_path / value)
-        assert "task.dropout" in assert_user_error(res)
+    res = cli("train", "asr", "--config", "asr_ds2_tiny", "--set", f"task.parts={parts[2]}", "--clients", "2",
+              "--set", "task.dropout=1", "--out", tmp_path / "run")
+    assert "task.dropout" in assert_user_error(res)
