@@ -169,16 +169,14 @@ def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig
     from fedctl.core import client_stats
     from fedctl.core.prune import prune_update
 
-    prune = cfg.instructions.prune
-    shared = list(keys) if keys is not None else list(model.state_dict())
     start = None
-    if prune > 0:
+    if cfg.instructions.prune > 0:
         params = model.state_dict()
-        start = {k: params[k].detach().clone() for k in shared}
+        start = {k: params[k].detach().clone() for k in (params if keys is None else keys)}
     result = fit(task, model, client_id, cfg)
     if start is not None:
         params = model.state_dict()
-        prune_update({k: params[k] for k in shared}, start, prune)
+        prune_update({k: params[k] for k in start}, start, cfg.instructions.prune)
     task.client_trained(model, client_id, cfg.server_round)
     result.stats.update(client_stats.requested(task, model, client_id, cfg.instructions, cfg.seed, keys))
     return result
