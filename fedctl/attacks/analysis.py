@@ -30,6 +30,16 @@ def feature_metrics(x_hat: torch.Tensor, x_true: torch.Tensor, x_random: torch.T
     }
 
 
+def windows(features: torch.Tensor, frames: int | None) -> list[torch.Tensor]:
+    """The speaker model's training examples from one clean utterance [T, F]: the whole utterance
+    (frames None), or every `frames`-long window at a hop of frames // 2 (at least one: the utterance itself
+    when shorter), so that a model scored on `frames`-frame reconstructions is trained on inputs that long."""
+    if frames is None or features.shape[0] <= frames:
+        return [features]
+    hop = max(1, frames // 2)
+    return [features[s: s + frames] for s in range(0, features.shape[0] - frames + 1, hop)]
+
+
 def utterance_stats(features: torch.Tensor) -> np.ndarray:
     """[2F]: per-coefficient mean and std over time of one utterance's features [T, F]."""
     f = features.double()

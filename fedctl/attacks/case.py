@@ -24,8 +24,9 @@ import torch
 from torch import nn
 
 from fedctl.attacks.objective import matched_names, per_restart_gradients
+from fedctl.core.prune import prune_smallest
 from fedctl.errors import FedctlError
-from fedctl.tasks.asr.models import DeepSpeech1, build_asr_model
+from fedctl.tasks.asr.models import build_asr_model
 from fedctl.utils.io import torch_load
 
 
@@ -111,29 +112,16 @@ def load_victim(arch: str, preset: str, *, checkpoint: str | Path | None = None,
 
 @contextlib.contextmanager
 def client_dropout(model: nn.Module, p: float, generator: torch.Generator) -> Iterator[None]:
-    """Dropout p on the client's hidden activations (masks unknown to the attacker): DS1 after fc1-fc4
-    (Dang's dense layers 1, 2, 3, 5), DS2 after both convolutions and on the output layer's input."""
-    if p <= 0:
-        yield
-        return
-
-    def drop(t: torch.Tensor) -> torch.Tensor:
-        keep = (torch.rand(t.shape, generator=generator) >= p).to(t.dtype)
-        return t * keep / (1 - p)
-
-    handles = []
-    if isinstance(model, DeepSpeech1):
-        for name in ("fc1", "fc2", "fc3", "fc4"):
-            handles.append(getattr(model, name).register_forward_hook(lambda m, i, o: drop(o)))
-    else:
-        for name in ("conv1", "conv2"):
-            handles.append(getattr(model, name).register_forward_hook(lambda m, i, o: drop(o)))
-        handles.append(model.fc.register_forward_pre_hook(lambda m, i: (drop(i[0]),)))
+    """The client's dropout p in the forward passes inside the block, masks drawn from `generator` (unknown to
+    the attacker, whose own forward passes run with the victim's dropout, 0). The model's own dropout
+    (`DeepSpeech._drop`: DS1 after fc1-fc4, DS2 after both convolutions and on the output layer's input,
+    the one that `task.dropout` trains with) is restored afterwards."""
+    before = (model.dropout, model.dropout_generator)
+    model.dropout, model.dropout_generator = max(0.0, float(p)), generator
     try:
         yield
     finally:
-        for h in handles:
-            h.remove()
+        model.dropout, model.dropout_generator = before
 
 
 def client_update(model: nn.Module, features: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
@@ -172,14 +160,11 @@ def client_update(model: nn.Module, features: torch.Tensor, lengths: torch.Tenso
 
 
 def apply_defense(update: dict[str, torch.Tensor], defense: Defense, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Pruning (per tensor, smallest |g| zeroed), then global L2 clipping, then Gaussian noise."""
+    """Pruning (per tensor, smallest |g| zeroed: `fedctl.core.prune`, as `federation.prune` in training), then
+    global L2 clipping, then Gaussian noise."""
     out = dict(update)
     if defense.prune > 0:
-        for n, g in out.items():
-            k = int(defense.prune * g.numel())
-            if k >= 1:
-                cut = g.abs().flatten().kthvalue(k).values
-                out[n] = torch.where(g.abs() > cut, g, torch.zeros_like(g))
+        out = {n: prune_smallest(g, defense.prune) for n, g in out.items()}
     if defense.clip > 0:
         norm = torch.sqrt(sum(g.double().square().sum() for g in out.values()))
         scale = min(1.0, defense.clip / (float(norm) + 1e-12))

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.prune import top_magnitude_mask
 from fedctl.tasks.asr import models as asr_models
 from fedctl.tasks.asr.ctc import ctc_loss
 from fedctl.tasks.asr.models import DeepSpeech1, time_mask
@@ -176,8 +177,8 @@ def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tens
 
 
 def top_masks(target: Sequence[torch.Tensor], fraction: float) -> list[torch.Tensor | None]:
-    """Flat indices of the largest-|g*| entries of each matched tensor of >= 2 dims (the reference masks the
-    weight, never the bias); None keeps the whole tensor."""
+    """Flat indices (ascending) of the largest-|g*| entries of each matched tensor of >= 2 dims (the reference
+    masks the weight, never the bias); None keeps the whole tensor."""
     if fraction >= 1.0:
         return [None] * len(target)
     out = []
@@ -185,8 +186,8 @@ def top_masks(target: Sequence[torch.Tensor], fraction: float) -> list[torch.Ten
         if t.dim() < 2:
             out.append(None)
             continue
-        k = max(1, int(fraction * t.numel()))
-        out.append(torch.topk(t.abs().flatten(), k).indices)
+        keep = max(1, int(fraction * t.numel()))
+        out.append(top_magnitude_mask(t, keep).flatten().nonzero().flatten())
     return out
 
 

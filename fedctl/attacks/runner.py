@@ -3,7 +3,7 @@
 
 - `metrics.csv`: one row per attacked utterance (columns `COLUMNS`), rewritten atomically after each batch,
   so an interrupted attack resumes without redoing the utterances already in it;
-- `attack.log`: the resolved settings and per-iteration progress;
+- `attack.log`: the resolved settings and per-iteration progress; `settings.json`: the settings of the last run;
 - `recon/<utterance>.pt`: {x_hat, x_true, x_init, speaker, curve} for later analysis (speaker ID);
 - `plots/<utterance>.png`: true / reconstructed / |difference| features and the distance curve, for the
   first `plots` utterances.
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fedctl.attacks.analysis import SpeakerID, feature_metrics
+from fedctl.attacks.analysis import SpeakerID, feature_metrics, windows
 from fedctl.attacks.attack import AttackConfig, reconstruct
 from fedctl.attacks.case import Defense, client_update, load_victim
 from fedctl.attacks.objective import DISTANCES, MATCHES, output_layer
@@ -32,7 +32,7 @@ from fedctl.tasks.asr.ctc import check_feasible
 from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition
 from fedctl.tasks.asr.models import output_lengths
 from fedctl.tasks.asr.text import error_rates
-from fedctl.utils.io import torch_save, write_text
+from fedctl.utils.io import torch_load, torch_save, write_text
 
 COLUMNS = ["utterance", "duration_ms", "speaker", "method", "defense", "restart", "grad_distance", "feature_mae",
            "random_mae", "mae_ratio", "cosine", "snr_db", "iterations", "seconds", "frames", "budget",
@@ -198,6 +198,7 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
 
     settings = {k: v for k, v in asdict(spec).items()}
     log("settings " + json.dumps(settings, default=str))
+    write_text(out / "settings.json", json.dumps(settings, default=str, indent=1) + "\n")
     skipped = 0
     batches = [utts[i: i + spec.batch_size] for i in range(0, len(utts), spec.batch_size)]
     for n_batch, batch in enumerate(batches):
@@ -283,13 +284,27 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: str, min_dur: int = 0,
-                    max_dur: int | None = None) -> dict:
+                    max_dur: int | None = None, frames: int | None = None) -> dict:
     """Top-1/top-5 speaker identification of the reconstructions in `out_dirs` (recon/*.pt), of their clean
-    features and by chance, with a `SpeakerID` trained on the clean features of the corpus's other utterances."""
+    features and by chance, with a `SpeakerID` trained on the clean features of the corpus's other utterances:
+    whole utterances, or, when the attack cropped to `frames` frames, every `frames`-frame window of them."""
     recs = {}
+    crops = set()
     for d in out_dirs:
         for p in sorted((Path(d) / "recon").glob("*.pt")):
-            recs[p.stem] = torch.load(p, weights_only=True)
+            recs[p.stem] = torch_load(p, what="reconstruction")
+        settings = Path(d) / "settings.json"
+        if settings.is_file():
+            try:
+                crops.add(json.loads(settings.read_text()).get("max_frames"))
+            except (json.JSONDecodeError, AttributeError) as exc:
+                raise FedctlError(f"{settings} is not a fedctl attack settings file ({exc})",
+                                  "re-run the attack into a fresh --out folder") from exc
+    if frames is None and len(crops) > 1:
+        raise FedctlError(f"the attack folders cropped features to different lengths ({sorted(crops, key=str)})",
+                          "score each folder on its own, or pass --frames N")
+    if frames is None and crops:
+        frames = crops.pop()  # score at the length the attack reconstructed
     if not recs:
         raise FedctlError(f"no reconstructions under {', '.join(map(str, out_dirs))}/recon", "run the attack first")
     utts = load_corpus(corpus or [], min_dur=min_dur, max_dur=max_dur)
@@ -297,10 +312,15 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
     train = [u for u in utts if u.id not in recs]
     if len({u.speaker for u in train}) < 2:
         raise FedctlError("too few other utterances to train the speaker model", "attack a subset of a larger corpus")
-    sid = SpeakerID([cache(u) for u in train], [u.speaker for u in train])
+    feats, labels = [], []
+    for u in train:
+        w = windows(cache(u), frames)
+        feats += w
+        labels += [u.speaker] * len(w)
+    sid = SpeakerID(feats, labels)
     ids = sorted(recs)
     spk = [recs[i]["speaker"] for i in ids]
     return {"reconstructed": sid.topk([recs[i]["x_hat"] for i in ids], spk),
             "clean": sid.topk([recs[i]["x_true"] for i in ids], spk),
             "random_start": sid.topk([recs[i]["x_init"] for i in ids], spk),
-            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes)}
+            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes), "train_examples": len(feats)}

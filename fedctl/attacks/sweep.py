@@ -62,7 +62,7 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list
                     progress(f"cell {method} / {dname} / {lo}-{hi} ms")
                 run_attack(spec, progress)
                 metrics = read_metrics(cell / "metrics.csv")
-                spk = speaker_leakage([cell], corpus, spec.arch)
+                spk = speaker_leakage([cell], corpus, spec.arch, frames=spec.max_frames)
                 def mean(k, metrics=metrics):
                     return sum(float(r[k]) for r in metrics) / len(metrics)
 

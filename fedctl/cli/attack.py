@@ -127,6 +127,58 @@ for _arch in ("ds1", "ds2"):
     app.command(name=_arch, epilog=_EPILOG.format(arch=_arch))(_command(_arch))
 
 
+@app.command(epilog="Examples:\n\n  fedctl attack speakers atk_ds1/ --corpus corpus/\n\n"
+                     "  fedctl attack speakers atk_none/ atk_dp/ --corpus corpus/ --frames 10")
+def speakers(
+    attack_dirs: Annotated[list[Path], typer.Argument(help="Output folder(s) of fedctl attack (with recon/).")],
+    corpus: Annotated[list[Path], typer.Option("--corpus", help="The corpus the attack read (LibriSpeech layout).")],
+    frames: Annotated[int | None, typer.Option("--frames", help="Score N-frame windows (default: the attack's "
+                                                "--max-frames, or whole utterances).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Speaker leakage: top-1/top-5 identification of the reconstructed features, next to the clean features,
+    the random starts and chance. The speaker model (logistic regression on per-utterance MFCC mean/std) is
+    trained on the clean features of the corpus's other utterances, as windows of the scored length."""
+    from fedctl.attacks.runner import speaker_leakage
+    from fedctl.errors import FedctlError
+
+    arch = _attack_arch(attack_dirs)
+    if frames is not None and frames < 1:
+        raise FedctlError(f"--frames {frames} is not a positive number of frames", "e.g. --frames 10, or omit it")
+    res = speaker_leakage([str(d) for d in attack_dirs], [str(c) for c in corpus], arch, frames=frames)
+    if json_:
+        print_json(res)
+        return
+    table = Table(title=f"speaker identification: {res['utterances']} reconstructions, {res['speakers']} speakers, "
+                        f"model trained on {res['train_examples']} clean windows")
+    for col in ("features", "top-1", "top-5"):
+        table.add_column(col, justify="right")
+    for name in ("reconstructed", "clean", "random_start", "chance"):
+        table.add_row(name.replace("_", " "), f"{res[name]['top1']:.2f}", f"{res[name]['top5']:.2f}")
+    out.print(table)
+
+
+def _attack_arch(dirs: list[Path]) -> str:
+    """The architecture the attack folders were made with (settings.json), one for all."""
+    import json
+
+    from fedctl.errors import FedctlError
+
+    archs = set()
+    for d in dirs:
+        if not (d / "recon").is_dir():
+            raise FedctlError(f"{d} holds no reconstructions (recon/)", "pass the --out folder of fedctl attack ds1|ds2")
+        try:
+            archs.add(json.loads((d / "settings.json").read_text())["arch"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FedctlError(f"{d / 'settings.json'} is missing or not a fedctl attack settings file",
+                              "re-run the attack (it resumes) to write it") from exc
+    if len(archs) != 1:
+        raise FedctlError(f"the attack folders mix architectures ({', '.join(sorted(archs))})",
+                          "score ds1 and ds2 attacks separately")
+    return archs.pop()
+
+
 @app.command(epilog="Examples:\n\n  fedctl attack sweep --config attack_sweep_tiny --corpus corpus/ --out sweep_tiny/")
 def sweep(
     config: Annotated[str, typer.Option("--config", "-c", help="Sweep YAML (see templates/attack_sweep_tiny.yaml).")],

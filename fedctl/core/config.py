@@ -99,6 +99,7 @@ class FederationConfig:
     save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
     save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
     dp: dict = field(default_factory=dict)  # client-level DP: {mode, clip, clipping_norm, noise_multiplier, ...}; {} = off
+    prune: float = 0.0  # each client shares only the largest-|Δ| (1 − prune) of every tensor of its update; 0 = off
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ that need all updates at once are the documented exception).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import resource
@@ -312,6 +313,8 @@ class Run:
         t0 = time.perf_counter()
         sampled = sample_clients(len(self.client_ids), self.fed.fraction, self.fed.min_fit_clients, self.seed, server_round)
         instructions = self.strategy.configure_fit(server_round)
+        if self.fed.prune > 0:  # the run's setting, not the strategy's: it travels with every client's instructions
+            instructions = dataclasses.replace(instructions, prune=self.fed.prune)
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0

@@ -30,6 +30,7 @@ class ClientInstructions:
     client_lr: float | None = None  # FedOpt's eta_l: overrides the workload's learning rate
     entropy: EntropyRequest | None = None  # statistics to measure after training
     fisher: FisherRequest | None = None
+    prune: float = 0.0  # federation.prune: zero this fraction of each shared tensor's update, smallest |Δ| first
 
     @property
     def wants_stats(self) -> bool:
@@ -46,4 +47,5 @@ class ClientInstructions:
             client_lr=None if data.get("client_lr") is None else float(data["client_lr"]),
             entropy=EntropyRequest(**data["entropy"]) if data.get("entropy") else None,
             fisher=FisherRequest(**data["fisher"]) if data.get("fisher") else None,
+            prune=float(data.get("prune", 0.0)),
         )

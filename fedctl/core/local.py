@@ -160,11 +160,23 @@ def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitR
 
 def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig,
                  keys: list[str] | None = None) -> FitResult:
-    """What every executor runs for a sampled client: local training, the task's after-training hook, and
-    the statistics the strategy asked for, measured on the trained model."""
-    from fedctl.core import client_stats
+    """What every executor runs for a sampled client: local training, update pruning (`federation.prune`),
+    the task's after-training hook, and the statistics the strategy asked for, measured on the model it shares.
 
+    Pruning happens here, in the client, so that it holds for every workload, strategy, executor and backend,
+    and that what leaves the client (saved client deltas included) is the pruned update. It keeps a copy of
+    the shared tensors as they arrived (memory: one more model)."""
+    from fedctl.core import client_stats
+    from fedctl.core.prune import prune_update
+
+    start = None
+    if cfg.instructions.prune > 0:
+        params = model.state_dict()
+        start = {k: params[k].detach().clone() for k in (params if keys is None else keys)}
     result = fit(task, model, client_id, cfg)
+    if start is not None:
+        params = model.state_dict()
+        prune_update({k: params[k] for k in start}, start, cfg.instructions.prune)
     task.client_trained(model, client_id, cfg.server_round)
     result.stats.update(client_stats.requested(task, model, client_id, cfg.instructions, cfg.seed, keys))
     return result

@@ -117,6 +117,9 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
                           "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     build_strategy(f.strategy, f.strategy_args)  # checks name and options
+    if not 0.0 <= f.prune < 1.0:
+        raise FedctlError(f"federation.prune = {f.prune} is outside [0, 1)",
+                          "the fraction of each update tensor zeroed, e.g. --set federation.prune=0.9 keeps the top 10%")
     if f.dp:
         dp_config(dict(f.dp))
     resolve_device(exp.run.device)

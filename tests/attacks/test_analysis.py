@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from fedctl.attacks.analysis import SpeakerID, feature_metrics
+from fedctl.attacks.analysis import SpeakerID, feature_metrics, windows
 from fedctl.tasks.asr.data import FeatureCache, load_corpus
 
 
@@ -30,3 +30,11 @@ def test_speaker_id_beats_chance_on_held_out_clean_features(corpus):
     assert got["top1"] >= 0.75  # 4 eSpeak voices: clean MFCC statistics separate them
     noise = [torch.rand_like(cache(u)) * 2 - 1 for u in test]  # a random start carries no speaker
     assert sid.topk(noise, [u.speaker for u in test])["top1"] <= 0.5
+
+
+def test_windows_cover_the_utterance_at_half_hop():
+    x = torch.arange(10.0).view(10, 1)
+    got = windows(x, 4)
+    assert [int(w[0, 0]) for w in got] == [0, 2, 4, 6]  # starts at hop 2, the last window ends at frame 10
+    assert all(w.shape == (4, 1) for w in got)
+    assert windows(x, None)[0] is x and windows(x, 10)[0] is x and windows(x, 20)[0] is x

@@ -127,3 +127,29 @@ def test_victim_checkpoint_model_settings_come_from_its_config(tmp_path):
                                                                  "lr": 0.1}}}, ckpt)
     victim = load_victim("ds1", "tiny", checkpoint=ckpt)
     assert victim.config.n_hidden == 24 and torch.equal(victim.out.weight, model.out.weight)
+
+
+def test_speakers_scores_reconstructions_at_the_attacks_crop_and_refuses_bad_folders(corpus, tmp_path):
+    from fedctl.attacks.analysis import windows
+    from fedctl.tasks.asr.data import FeatureCache, load_corpus
+
+    out = tmp_path / "atk"
+    res = _attack("ds1", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 2500, "--batch-end", 3, *FAST,
+                  "--max-frames", 9, "--crop-transcript", "--out", out)
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["attack", "speakers", str(out), "--corpus", str(corpus), "--json"])
+    assert res.exit_code == 0, res.output
+    got = json.loads(res.stdout[res.stdout.index("{"):])
+    attacked = {p.stem for p in (out / "recon").glob("*.pt")}
+    cache = FeatureCache("ds1")
+    # settings.json says the attack cropped to 9 frames: the model trains on every 9-frame window of the others
+    expected = sum(len(windows(cache(u), 9)) for u in load_corpus([str(corpus)]) if u.id not in attacked)
+    assert got["train_examples"] == expected and got["utterances"] == 3 and got["speakers"] == 4
+    assert got["chance"] == {"top1": 0.25, "top5": 1.0}
+    table = runner.invoke(app, ["attack", "speakers", str(out), "--corpus", str(corpus)])
+    assert table.exit_code == 0 and "reconstructed" in table.stdout and "random start" in table.stdout
+    for args, needle in (([str(tmp_path)], "no reconstructions"), ([str(out), "--frames", "0"], "--frames 0")):
+        bad = runner.invoke(app, ["attack", "speakers", *args, "--corpus", str(corpus)])
+        lines = [ln for ln in bad.output.splitlines() if ln.strip()]
+        assert bad.exit_code == 1 and needle in lines[0] and lines[0].startswith("Error:")
+        assert lines[1].startswith("Hint:") and "Traceback" not in bad.output

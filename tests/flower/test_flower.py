@@ -137,6 +137,14 @@ def test_flower_equals_in_process_bit_for_bit(name, args):
     assert 9 * 212 * 4 < grid.wire_bytes < 9 * (212 * 4 + 2000)
 
 
+def test_federation_prune_is_applied_by_flower_clients():
+    nodes = [{"partition-id": k, "num-partitions": 3} for k in range(3)]
+    local = run_federated(ToyClassifier(), build_strategy("fedavg"), fed(rounds=1, prune=0.5), seed=7)
+    remote, _, _ = flower_run(ToyClassifier, build_strategy("fedavg"), fed(rounds=1, prune=0.5), nodes)
+    assert same_weights(local, remote)  # the prune fraction travels in the instructions; the ClientApp prunes
+    assert not same_weights(local, run_federated(ToyClassifier(), build_strategy("fedavg"), fed(rounds=1), seed=7))
+
+
 @pytest.mark.parametrize("reply_order", ["sampled", "arrival"])
 def test_sampling_and_shared_nodes_match_in_process(reply_order):
     # 4 clients, half sampled per round, on 2 nodes without partition-id: round-robin over nodes

@@ -87,6 +87,13 @@ def test_lr_inf_fails_before_any_round(linear_cli, tmp_path):
     assert not (tmp_path / "run").exists()  # refused at config time: no run directory, no round trained
 
 
+@pytest.mark.parametrize("value", ["1", "1.5", "-0.1"])
+def test_prune_outside_0_1_is_one_error_naming_the_key(linear_cli, tmp_path, value):
+    res = linear_cli("train", "mamba", "--set", f"federation.prune={value}", "--out", tmp_path / "run")
+    assert "federation.prune" in assert_user_error(res)
+    assert not (tmp_path / "run").exists()
+
+
 @SETTINGS
 @given(seed=st.one_of(st.integers(min_value=2**63, max_value=2**80), st.integers(max_value=-1, min_value=-(2**80))))
 def test_seeds_outside_64_bits_are_refused(seed):

@@ -163,3 +163,24 @@ def test_double_backward_safe_is_a_no_op_on_cpu():
     with double_backward_safe(model):
         assert torch.backends.cudnn.enabled == before
     assert torch.backends.cudnn.enabled == before
+
+
+@pytest.mark.parametrize("arch", ["ds1", "ds2"])
+def test_dropout_acts_only_in_training_and_draws_nothing_at_0(arch):
+    torch.manual_seed(0)
+    model = build_asr_model(arch, "tiny")
+    feats, lengths = torch.randn(40, 2, 26 if arch == "ds1" else 257), torch.tensor([40, 31])
+    rng = torch.get_rng_state()
+    clean, _ = model(feats, lengths)
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout 0: no random draws, the forward of before
+    model.dropout = 0.5
+    assert not torch.allclose(model(feats, lengths)[0], clean)  # masks from torch's RNG (training)
+    rng = torch.get_rng_state()
+    model.dropout_generator = torch.Generator().manual_seed(1)  # the attack's client: its own masks
+    first = model(feats, lengths)[0]
+    model.dropout_generator.manual_seed(1)
+    assert torch.equal(model(feats, lengths)[0], first) and torch.equal(torch.get_rng_state(), rng)
+    model.eval()
+    eval_out = model(feats, lengths)[0]
+    model.dropout = 0.0
+    assert torch.equal(model(feats, lengths)[0], eval_out)  # eval mode: dropout off whatever its probability

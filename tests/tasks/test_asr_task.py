@@ -123,3 +123,58 @@ def test_central_equals_one_client_federation_bit_for_bit_and_bad_init_via_cli(c
               "--init", tmp_path / "fed" / "final" / "hf", "--out", tmp_path / "bad")
     assert res.exit_code == 1 and "Traceback" not in res.output
     assert "(ds1) does not fit this ds2 model" in res.stderr and "Hint:" in res.stderr
+
+
+def _one_round(task, run_dir=None, prune=0.0):
+    fed = FederationConfig(rounds=1, clients=2, prune=prune, checkpoint_every=100, save_deltas_every=1,
+                           save_deltas_entity="clients")
+    return run_federated(task, build_strategy("fedavg"), fed, seed=0, run_dir=run_dir).model
+
+
+@pytest.fixture(scope="module")
+def ds2_task(corpus):
+    return make_task(corpus[1][2], arch="ds2", min_dur=1000, local_updates=1, batch_size=4)
+
+
+def test_dropout_0_is_bit_identical_and_dropout_changes_the_update_but_not_evaluation(ds2_task, monkeypatch):
+    from fedctl.tasks.asr.models import DeepSpeech
+
+    task = ds2_task
+    off = _one_round(task)
+    with monkeypatch.context() as m:
+        m.setattr(DeepSpeech, "_drop", lambda self, x: x)  # the model as it was before it had dropout
+        before = _one_round(task)
+    assert all(torch.equal(v, before.state_dict()[k]) for k, v in off.state_dict().items())
+    monkeypatch.setattr(task.cfg, "dropout", 0.3)
+    dropped = _one_round(task)
+    assert dropped.dropout == 0.3
+    for name in ("conv1.weight", "conv2.weight", "fc.weight"):  # every placement's layer trains differently
+        assert not torch.equal(dropped.get_parameter(name), off.get_parameter(name)), name
+    scores = task.evaluate(dropped)
+    dropped.dropout = 0.0
+    assert task.evaluate(dropped) == scores  # evaluation runs without dropout
+
+
+def test_pruned_client_updates_keep_exactly_their_top_tenth_per_tensor(ds2_task, tmp_path):
+    from safetensors.torch import load_file
+
+    from fedctl.core.prune import kept_entries
+
+    _one_round(ds2_task, run_dir=tmp_path, prune=0.9)
+    paths = sorted((tmp_path / "deltas" / "clients" / "round_001").glob("*.safetensors"))
+    assert len(paths) == 2
+    for path in paths:
+        delta = load_file(str(path))
+        assert len(delta) == 29  # 21 parameters + 8 BatchNorm running statistics (the counters are integers)
+        # e.g. conv1.weight 902 -> 91 entries, fc.weight 464 -> 47, bn1.running_mean 2 -> 1
+        assert {k: int((v != 0).sum()) for k, v in delta.items()} == \
+            {k: kept_entries(v.numel(), 0.9) for k, v in delta.items()}, path.name
+
+
+def test_dropout_out_of_range_is_one_error_naming_the_key(corpus, tmp_path):
+    from tests.reliability.helpers import assert_user_error, cli
+
+    _, parts = corpus
+    res = cli("train", "asr", "--config", "asr_ds2_tiny", "--set", f"task.parts={parts[2]}", "--clients", "2",
+              "--set", "task.dropout=1", "--out", tmp_path / "run")
+    assert "task.dropout" in assert_user_error(res)

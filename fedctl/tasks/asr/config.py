@@ -35,6 +35,8 @@ class AsrConfig:
     local_updates: int = 8  # optimizer steps per client per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's utterances per round when local_updates = 0
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
+    dropout: float = 0.0  # dropout in training forward passes, in [0, 1): ds1 after fc1-fc4, ds2 after both convs
+                          # and on the output layer's input (where `fedctl attack --defense-dropout` puts it)
 
     # ---- evaluation
     eval_batch_size: int = 16  # utterances per evaluation forward pass

@@ -23,6 +23,13 @@ and in train mode BatchNorm takes its statistics over valid frames only (`masked
 statistics are still over the whole batch, as any BatchNorm's are). Output frames t >= out_lengths[b] are
 padding with unspecified values.
 
+Dropout (`model.dropout`, default 0, training forward passes only): DS1 on the outputs of fc1-fc4 (before
+the activation; Dang's dense layers 1, 2, 3, 5), DS2 on the outputs of both convolutions (before BatchNorm)
+and on the output layer's input. A training setting, not part of the architecture (neither in the config nor
+in exports): `task.dropout` sets it for federated training, and the attack's client
+(`fedctl.attacks.case.client_dropout`) sets it with its own generator around the forward pass whose gradient
+it shares, so that both measure the same mechanism.
+
 cuDNN pitfalls (why `double_backward_safe` exists; both only on CUDA):
 1. cuDNN RNNs have no double backward ("Double backwards is not supported for CuDNN RNNs", pytorch#5261,
    #25315). Matching the output layer's gradient only needs a first-order backward through the RNN, but
@@ -138,7 +145,24 @@ def _check_inputs(name: str, features: torch.Tensor, lengths: torch.Tensor, n_fe
     return lengths
 
 
-class DeepSpeech1(nn.Module):
+class DeepSpeech(nn.Module):
+    """What DS1 and DS2 share: their dropout (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = 0.0  # probability, in training forward passes only
+        self.dropout_generator: torch.Generator | None = None  # None: torch's RNG (the engine seeds it per client)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.dropout
+        if p <= 0 or not self.training:  # draws nothing: with dropout 0 a forward is what it was without it
+            return x
+        gen = self.dropout_generator
+        keep = torch.rand(x.shape, generator=gen, device=x.device if gen is None else gen.device) >= p
+        return x * keep.to(x.device, x.dtype) / (1 - p)
+
+
+class DeepSpeech1(DeepSpeech):
     """DS1 with its context layer inside (see module docstring)."""
 
     def __init__(self, config: DS1Config = DS1Config()):
@@ -168,15 +192,15 @@ class DeepSpeech1(nn.Module):
         lengths = _check_inputs("DS1", features, lengths, self.config.n_mfcc)
         valid = time_mask(lengths, features.shape[0])[..., None]
         x = stack_context(torch.where(valid, features, torch.zeros_like(features)), self.config.n_context)
-        h = self._act(self.fc1(x))
-        h = self._act(self.fc2(h))
-        h = self._act(self.fc3(h))
+        h = self._act(self._drop(self.fc1(x)))
+        h = self._act(self._drop(self.fc2(h)))
+        h = self._act(self._drop(self.fc3(h)))
         h = _packed_rnn(self.bi_lstm, h, lengths)
-        h = self._act(self.fc4(h))
+        h = self._act(self._drop(self.fc4(h)))
         return self.out(h).log_softmax(dim=-1), lengths
 
 
-class DeepSpeech2(nn.Module):
+class DeepSpeech2(DeepSpeech):
     """DS2 with the Myrtle conv front end, bias-free bidirectional GRUs and BatchNorm (see module docstring)."""
 
     def __init__(self, config: DS2Config = DS2Config()):
@@ -217,9 +241,9 @@ class DeepSpeech2(nn.Module):
         clip = self.config.relu_clip
         valid = time_mask(lengths, features.shape[0])[..., None]
         x = torch.where(valid, features, torch.zeros_like(features)).permute(1, 2, 0).unsqueeze(1)  # [B, 1, F, T]
-        x = self.conv1(x)
+        x = self._drop(self.conv1(x))
         x = F.hardtanh(masked_batch_norm(self.bn1, x, _conv_mask(self.conv1_lengths(lengths), x.shape[-1])), 0.0, clip)
-        x = self.conv2(x)
+        x = self._drop(self.conv2(x))
         x = F.hardtanh(masked_batch_norm(self.bn2, x, _conv_mask(out_lengths, x.shape[-1])), 0.0, clip)
         batch, channels, freq, steps = x.shape
         x = x.reshape(batch, channels * freq, steps).permute(2, 0, 1)  # [T', B, C·F], channel-major as the reference
@@ -230,7 +254,7 @@ class DeepSpeech2(nn.Module):
             x = _packed_rnn(rnn, x, out_lengths)
             x = x.view(steps, batch, 2, -1).sum(dim=2)  # forward + backward direction
         x = masked_batch_norm(self.fc_norm, x.reshape(steps * batch, -1), rows).view(steps, batch, -1)
-        return self.fc(x).log_softmax(dim=-1), out_lengths
+        return self.fc(self._drop(x)).log_softmax(dim=-1), out_lengths
 
 
 def _conv_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:

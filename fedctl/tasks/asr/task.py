@@ -129,6 +129,7 @@ class AsrTask(Task):
             ("local_updates", cfg.local_updates >= 0, "0 switches to local_epochs"),
             ("local_epochs", cfg.local_updates > 0 or cfg.local_epochs > 0, "set local_epochs > 0 or local_updates > 0"),
             ("grad_clip", cfg.grad_clip >= 0, "0 disables clipping"),
+            ("dropout", 0 <= cfg.dropout < 1, "a probability in [0, 1), e.g. 0.2; 0 disables it"),
             ("eval_batch_size", cfg.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
             ("min_dur", cfg.min_dur >= 0, "milliseconds, e.g. 1000"),
@@ -201,6 +202,7 @@ class AsrTask(Task):
         if self.cfg.init is not None:
             source_arch, loaded = load_asr_model(self.cfg.init)
             load_state(model, loaded.state_dict(), self.cfg.init, source_arch)
+        model.dropout = self.cfg.dropout  # training forward passes only; evaluation runs in eval mode
         model.train()
         return model.to(self.device)
 
