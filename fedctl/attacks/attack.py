@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedctl.attacks.objective import gradient_distance, per_restart_gradients, top_masks
+from fedctl.attacks.objective import gradient_distance, per_restart_gradients, top_masks, unrolled_updates
 
 
 @dataclass
@@ -51,6 +51,8 @@ class AttackConfig:
     hfgm_plateau_drop: float = 0.05
     lbfgs_history: int = 100  # curvature pairs kept per restart
     lbfgs_max_step: float = 2.0  # largest change of any feature in one step (a trust region, feature units)
+    local_steps: int = 1  # the client's local SGD steps, unrolled by the attacker (1: FedSGD, restarts batched)
+    local_lr: float = 1.0  # the client's local SGD learning rate (run_attack copies both from AttackSpec)
 
 
 @dataclass
@@ -102,10 +104,19 @@ def reconstruct(model, target: list[torch.Tensor], shape: tuple[int, int, int], 
     return result
 
 
+def _dummy_updates(model, x, L, tg, tl, R, cfg, create_graph=True):
+    """Each restart's dummy update: its gradient (FedSGD, all restarts in one batch) or, with local steps, its
+    unrolled local SGD update (a loop over restarts, see `unrolled_updates`)."""
+    if cfg.local_steps > 1:
+        return unrolled_updates(model, x, L, tg, tl, R, cfg.match, local_steps=cfg.local_steps,
+                                local_lr=cfg.local_lr, create_graph=create_graph)
+    return per_restart_gradients(model, x, L, tg, tl, R, cfg.match, create_graph=create_graph)
+
+
 def _distance_and_grad(model, x, L, tg, tl, R, target, masks, cfg):
     """[R] gradient distances at x [T, R·b, F] and their gradient w.r.t. x (one batched double backward)."""
     x = x.detach().requires_grad_(True)
-    dummy, _ = per_restart_gradients(model, x, L, tg, tl, R, cfg.match)
+    dummy, _ = _dummy_updates(model, x, L, tg, tl, R, cfg)
     dist = gradient_distance(dummy, target, distance=cfg.distance, weight=cfg.distance_weight, masks=masks)
     (grad_x,) = torch.autograd.grad(dist.sum(), x)
     return dist.detach().double(), grad_x.detach()
@@ -218,7 +229,7 @@ def _gradient(model, target, shape, lengths, targets, target_lengths, cfg, x_ini
     curve: list[float] = []
     it = 0
     for it in range(1, cfg.max_iter + 1):
-        dummy, _losses = per_restart_gradients(model, x, L, tg, tl, R, cfg.match)
+        dummy, _losses = _dummy_updates(model, x, L, tg, tl, R, cfg)
         dist = gradient_distance(dummy, target, distance=cfg.distance, weight=cfg.distance_weight, masks=masks)
         (grad_x,) = torch.autograd.grad(dist.sum(), x)
         d = dist.detach().double()
@@ -256,7 +267,7 @@ def _pick(best_x, best, x0, shape, R, it, seconds, curve):
 @torch.no_grad()
 def _objective_no_x_grad(model, x, L, tg, tl, groups, target, masks, cfg):
     with torch.enable_grad():  # the dummy gradient itself needs one backward (first order only)
-        dummy, _ = per_restart_gradients(model, x, L, tg, tl, groups, cfg.match, create_graph=False)
+        dummy, _ = _dummy_updates(model, x, L, tg, tl, groups, cfg, create_graph=False)
     return gradient_distance([d.detach() for d in dummy], target, distance=cfg.distance,
                              weight=cfg.distance_weight, masks=masks).double()
 
