@@ -1,17 +1,22 @@
 """`--local-steps N`: the client shares (θ0 − θN)/lr of N local SGD steps on its batch and the attacker unrolls
 the same steps on its dummy features. The unrolled update equals the client's at the true features (float64,
 every restart, DS1 and DS2), its derivative w.r.t. the features is exact (finite differences), the attack
-inverts a well-posed case."""
+inverts a well-posed case, and the CLI takes the flags and refuses bad values."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from typer.testing import CliRunner
 
 from fedctl.attacks.attack import AttackConfig, _distance_and_grad, reconstruct
 from fedctl.attacks.case import client_update, load_victim
 from fedctl.attacks.objective import gradient_distance, per_restart_gradients, top_masks, unrolled_updates
+from fedctl.attacks.sweep import load_sweep
+from fedctl.cli.app import app
+from fedctl.errors import FedctlError
 from fedctl.tasks.asr.data import collate
 
 
@@ -123,3 +128,48 @@ def test_two_local_steps_are_inverted_on_a_well_posed_case():
     result = reconstruct(model, shared, tuple(x.shape), lengths, targets, tlens, cfg)  # from U[-1, 1]
     assert _cos(result.features, x) >= 0.97  # measured 0.992
     assert float((result.features - x).abs().mean()) < 0.2 * float((result.init - x).abs().mean())  # 0.090
+
+
+runner = CliRunner()
+CLI = ["--min-dur", "1000", "--max-dur", "2000", "--batch-end", "1", "--max-frames", "9", "--crop-transcript",
+       "--max-iter", "3", "--seeds", "2", "--preset", "tiny"]
+
+
+def test_cli_attacks_a_two_step_client(corpus, tmp_path):
+    out = tmp_path / "atk"
+    res = runner.invoke(app, ["attack", "ds1", "--corpus", str(corpus), *CLI, "--local-steps", "2",
+                              "--local-lr", "0.5", "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2
+    row = dict(zip(rows[0].split(","), rows[1].split(",")))
+    assert int(row["iterations"]) == 3 and 0 < float(row["grad_distance"]) < 2
+    settings = (out / "attack.log").read_text()
+    assert '"local_steps": 2, "local_lr": 0.5' in settings  # the attacker's settings, as it ran them
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--local-steps", "0"], "--local-steps 0 is not a number of SGD steps"),
+    (["--local-steps", "-2"], "--local-steps -2 is not a number of SGD steps"),
+    (["--local-lr", "0"], "--local-lr 0.0 is not a learning rate"),
+    (["--local-lr", "-1"], "--local-lr -1.0 is not a learning rate"),
+    (["--local-lr", "inf"], "--local-lr inf is not a learning rate"),
+    (["--local-steps", "2", "--run", "nowhere", "--round", "1", "--client", "c0"], "AdamW"),
+])
+def test_cli_refuses_bad_local_training(corpus, tmp_path, args, message):
+    res = runner.invoke(app, ["attack", "ds1", "--corpus", str(corpus), *CLI, "--out", str(tmp_path / "x"), *args])
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert sum(ln.startswith("Error:") for ln in lines) == 1 and sum(ln.startswith("Hint:") for ln in lines) == 1
+    assert message in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_sweep_takes_local_training_at_the_top_level_only(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"arch": "ds1", "local_steps": 2, "local_lr": 0.5}))
+    assert load_sweep(path)["local_steps"] == 2
+    path.write_text(yaml.safe_dump({"arch": "ds1", "attack": {"local_steps": 2}}))
+    with pytest.raises(FedctlError, match="unknown attack setting") as info:
+        load_sweep(path)
+    assert "top level" in info.value.hint
