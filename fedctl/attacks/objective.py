@@ -21,7 +21,8 @@ and leaves the running buffers untouched (the client's buffers are what the atta
 
 Local SGD (`unrolled_updates`, local_steps N > 1): the client shares (θ0 − θN)/lr of N SGD steps on its
 batch; the attacker unrolls the same N steps on each restart's dummy batch with create_graph=True, so the
-distance is differentiated w.r.t. the features through the whole trajectory (second order at every step).
+distance is differentiated w.r.t. the features through the whole trajectory (second order at every step,
+through every layer: on CUDA, as for match="all", the RNN double backward needs `double_backward_safe`).
 """
 
 from __future__ import annotations
