@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedctl.attacks.objective import gradient_distance, output_layer, per_restart_gradients, top_masks
+from fedctl.attacks.objective import (gradient_distance, output_layer, per_restart_gradients, top_masks,
+                                      unrolled_updates)
 
 
 @dataclass
@@ -64,6 +65,8 @@ class AttackConfig:
     lbfgs_max_step: float = 2.0  # largest change of any feature in one step (a trust region, feature units)
     transcripts: bool = True  # the attacker holds the client's transcripts; False: it also recovers alignments
     alignment_scale: float = 0.1  # without transcripts: the optimiser holds alignment logits / this (module docstring)
+    local_steps: int = 1  # the client's local SGD steps, unrolled by the attacker (1: FedSGD, restarts batched)
+    local_lr: float = 1.0  # the client's local SGD learning rate (run_attack copies both from AttackSpec)
 
 
 @dataclass
@@ -140,8 +143,12 @@ def _without_transcripts(model, target, shape, lengths, cfg, x_init, log) -> Att
 
 
 def _dummy_gradients(model, x, L, tg, tl, R, cfg, create_graph=True):
-    """per_restart_gradients at x [T, R·b, F], or at x [T, R·b, F + C] (features, alignment logits) when the
-    transcripts are withheld."""
+    """Each restart's dummy update at x [T, R·b, F]: its gradient (FedSGD, all restarts in one batch), its
+    unrolled local SGD update with `cfg.local_steps` > 1 (`unrolled_updates`), or, when the transcripts are
+    withheld, the gradient at x [T, R·b, F + C] (features, alignment logits)."""
+    if cfg.transcripts and cfg.local_steps > 1:  # the client's N local SGD steps, unrolled (a loop over restarts)
+        return unrolled_updates(model, x, L, tg, tl, R, cfg.match, local_steps=cfg.local_steps,
+                                local_lr=cfg.local_lr, create_graph=create_graph)
     if cfg.transcripts:
         return per_restart_gradients(model, x, L, tg, tl, R, cfg.match, create_graph=create_graph)
     classes = output_layer(model).out_features
@@ -304,7 +311,7 @@ def _pick(best_x, best, x0, shape, R, it, seconds, curve):
 @torch.no_grad()
 def _objective_no_x_grad(model, x, L, tg, tl, groups, target, masks, cfg):
     with torch.enable_grad():  # the dummy gradient itself needs one backward (first order only)
-        dummy, _ = per_restart_gradients(model, x, L, tg, tl, groups, cfg.match, create_graph=False)
+        dummy, _ = _dummy_gradients(model, x, L, tg, tl, groups, cfg, create_graph=False)
     return gradient_distance([d.detach() for d in dummy], target, distance=cfg.distance,
                              weight=cfg.distance_weight, masks=masks).double()
 

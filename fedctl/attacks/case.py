@@ -182,7 +182,9 @@ def run_update(run: str | Path, server_round: int, client_id: str, arch: str, pr
     """The victim and shared gradient of client `client_id` in round `server_round` of a fedctl run: the
     global model the client started from (`checkpoints/round_{k-1}.pt`) and its saved update
     (`deltas/clients/round_k/<client>.safetensors` = client − previous global), turned into a gradient as
-    −delta / client_lr (exact for one local SGD step; the cosine distance ignores the scale)."""
+    −delta / client_lr (exact for one local SGD step; the cosine distance ignores the scale). fedctl's own
+    clients take AdamW steps over shuffled micro-batches with clipping, which this reading (and the attacker's
+    plain-SGD unroll, hence no `--local-steps` > 1 with a run) does not model: for them it is an approximation."""
     from safetensors.torch import load_file
 
     from fedctl.core.rundir import RunDir

@@ -28,6 +28,11 @@ and under the cosine only the ratios of the λ_j matter (one utterance: any λ).
 BatchNorm (DS2): in train mode each restart must see the statistics of its own b utterances, as the client
 saw those of its batch; `grouped_batch_norm` makes the victim's BatchNorms take statistics per group of b
 and leaves the running buffers untouched (the client's buffers are what the attacker holds).
+
+Local SGD (`unrolled_updates`, local_steps N > 1): the client shares (θ0 − θN)/lr of N SGD steps on its
+batch; the attacker unrolls the same N steps on each restart's dummy batch with create_graph=True, so the
+distance is differentiated w.r.t. the features through the whole trajectory (second order at every step,
+through every layer: on CUDA, as for match="all", the RNN double backward needs `double_backward_safe`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from fedctl.core.prune import top_magnitude_mask
 from fedctl.tasks.asr import models as asr_models
@@ -174,6 +180,54 @@ def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tens
     grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
                                 create_graph=create_graph)
     return list(grads), losses
+
+
+def unrolled_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                     target_lengths: torch.Tensor, groups: int, match: str = "last", *, local_steps: int = 1,
+                     local_lr: float = 1.0, create_graph: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each restart's local SGD update (θ0 − θN)/lr over `local_steps` steps θ_{k+1} = θ_k − lr·∇θL(θ_k) on
+    its own b utterances, restricted to the matched parameters; shapes as `per_restart_gradients`, whose
+    batched output this is for local_steps = 1. Losses [G] are the first step's.
+
+    Every step moves every parameter (with match="last" the output layer's update still depends on every
+    layer's trajectory); only the last step's gradient is taken for the matched tensors alone. The update is
+    accumulated as Σ_k ∇θL(θ_k), which equals (θ0 − θN)/lr without the cancellation of θ0 − θN. BatchNorm as
+    the client's (train-mode statistics over the restart's batch, running buffers untouched).
+    """
+    if local_steps <= 1:
+        return per_restart_gradients(model, x, lengths, targets, target_lengths, groups, match,
+                                     create_graph=create_graph)
+    per = x.shape[1] // groups
+    theta0 = dict(model.named_parameters())
+    trained = [n for n, p in theta0.items() if p.requires_grad]
+    matched = matched_names(model, match)
+    updates: list[list[torch.Tensor]] = [[] for _ in matched]
+    losses = []
+    # A loop over restarts: after the first step each restart has its own weights, and the victims' packed
+    # RNNs cannot run under torch.func.vmap with per-restart weights (`Task.vmap_safe`; .item() in nn.LSTM).
+    for r in range(groups):
+        cols = slice(r * per, (r + 1) * per)
+        theta = dict(theta0)
+        total: list[torch.Tensor | None] = [None] * len(matched)
+        for k in range(local_steps):
+            with grouped_batch_norm(1, per):
+                log_probs, out_lengths = functional_call(model, theta, (x[:, cols], lengths[cols]))
+            loss = client_loss(log_probs, out_lengths, targets[cols], target_lengths[cols], 1)[0]
+            if k == 0:
+                losses.append(loss)
+            last = k == local_steps - 1
+            names = matched if last else trained
+            grads = dict(zip(names, torch.autograd.grad(loss, [theta[n] for n in names],
+                                                        create_graph=create_graph)))
+            total = [grads[n] if t is None else t + grads[n] for t, n in zip(total, matched)]
+            if not last:
+                step = {n: theta[n] - local_lr * grads[n] for n in trained}
+                if not create_graph:  # no derivative through the trajectory: each step starts from plain tensors
+                    step = {n: v.detach().requires_grad_(True) for n, v in step.items()}
+                theta = {**theta, **step}
+        for acc, t in zip(updates, total):
+            acc.append(t)
+    return [torch.stack(u) for u in updates], torch.stack(losses)
 
 
 def top_masks(target: Sequence[torch.Tensor], fraction: float) -> list[torch.Tensor | None]:

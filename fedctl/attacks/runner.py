@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -159,13 +160,23 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
     if not cfg.transcripts and cfg.method == "hfgm":
         raise FedctlError("--method hfgm needs the transcripts (it perturbs the features only; without transcripts "
                           "the alignments are unknowns too)", "use --method gradient with --no-transcripts")
-    if spec.local_steps != 1:
-        raise FedctlError("--local-steps > 1 (unrolled local SGD) is not implemented yet",
-                          "attack a FedSGD update (--local-steps 1)")
+    if spec.local_steps < 1:
+        raise FedctlError(f"--local-steps {spec.local_steps} is not a number of SGD steps",
+                          "use 1 (FedSGD, the default) or more (local SGD, which the attacker unrolls)")
+    if not (math.isfinite(spec.local_lr) and spec.local_lr > 0):
+        raise FedctlError(f"--local-lr {spec.local_lr} is not a learning rate", "use a finite value > 0, e.g. 0.5")
+    if spec.run and spec.local_steps > 1:
+        raise FedctlError("--run with --local-steps > 1: the attacker's unroll models N plain SGD steps on one batch, "
+                          "but a fedctl run's clients train with AdamW over shuffled micro-batches with clipping",
+                          "attack the run's update as one step (--local-steps 1), or a simulated client without --run")
+    if spec.local_steps > 1 and not cfg.transcripts:
+        raise FedctlError("--no-transcripts with --local-steps > 1 is not implemented (the unroll needs the CTC "
+                          "targets)", "attack a FedSGD update (--local-steps 1) without transcripts, or give them")
+    # the attacker knows the client's local training (the server configures it) and unrolls it
+    cfg = dataclasses.replace(cfg, local_steps=spec.local_steps, local_lr=spec.local_lr)
+    spec = dataclasses.replace(spec, attack=cfg)  # so that the logged settings say what the attacker ran
     utts = select_utterances(spec)
     if spec.max_frames is not None and spec.crop_transcript:
-        import dataclasses
-
         out_frames = int(output_lengths(spec.arch, torch.tensor([spec.max_frames]))[0])
         keep = max(1, out_frames // 3)  # a third of the output frames: always alignable
         utts = [dataclasses.replace(u, target=u.target[:keep], transcript=u.transcript[:keep]) for u in utts]

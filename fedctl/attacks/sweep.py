@@ -19,7 +19,8 @@ from fedctl.errors import FedctlError
 from fedctl.utils.io import write_text
 
 KEYS = {"arch", "preset", "model", "bins", "batch_start", "batch_end", "batch_size", "max_frames", "victim_seed", "crop_transcript", "batch_stride",
-        "attack", "methods", "defenses"}
+        "attack", "methods", "defenses", "local_steps", "local_lr"}
+CLIENT_KEYS = ("local_steps", "local_lr")  # AttackConfig fields that describe the client: top-level keys only
 SWEEP_COLUMNS = ["method", "defense", "bin", "utterances", "budget", "mae_ratio", "snr_db", "seconds",
                  "speaker_top1", "speaker_top5", "clean_top1", "clean_top5", "chance_top1", "chance_top5",
                  "transcript_cer"]  # empty unless attack.transcripts is false
@@ -30,10 +31,13 @@ def load_sweep(path: Path) -> dict:
     unknown = sorted(set(data) - KEYS)
     if unknown:
         raise FedctlError(f"unknown sweep key(s) in {path}: {', '.join(unknown)}", f"valid keys: {', '.join(sorted(KEYS))}")
-    attack_keys = {f.name for f in fields(AttackConfig)}
+    attack_keys = {f.name for f in fields(AttackConfig)} - set(CLIENT_KEYS)
     bad = sorted(set(data.get("attack", {})) - attack_keys)
     if bad:
-        raise FedctlError(f"unknown attack setting(s) in {path}: {', '.join(bad)}", f"valid: {', '.join(sorted(attack_keys))}")
+        hint = f"valid: {', '.join(sorted(attack_keys))}"
+        if set(bad) & set(CLIENT_KEYS):
+            hint = "local_steps and local_lr describe the client: set them at the top level of the sweep"
+        raise FedctlError(f"unknown attack setting(s) in {path}: {', '.join(bad)}", hint)
     defense_keys = {f.name for f in fields(Defense)}
     for name, d in (data.get("defenses") or {"none": {}}).items():
         bad = sorted(set(d or {}) - defense_keys)
@@ -56,6 +60,7 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list
                                   batch_size=data.get("batch_size", 1), batch_stride=data.get("batch_stride", 1), victim_seed=data.get("victim_seed", 0),
                                   max_frames=data.get("max_frames"),
                                   crop_transcript=bool(data.get("crop_transcript", False)), defense=Defense(**(dkw or {})),
+                                  local_steps=data.get("local_steps", 1), local_lr=data.get("local_lr", 1.0),
                                   attack=AttackConfig(**{**data.get("attack", {}), "method": method}), out=str(cell),
                                   plots=1)
                 if progress:

@@ -1,10 +1,11 @@
 """`fedctl attack ds1|ds2`: reconstruct a client's speech features from the gradient it shares.
 
 Threat model (honest-but-curious server): the attacker holds the victim's weights and BatchNorm buffers,
-one client's shared gradient (FedSGD on one batch), that client's transcripts and input lengths, and
-reconstructs the input features. Client dropout masks are unknown to it; BatchNorm runs in the same mode
-with the same buffers for client and attacker. With `--no-transcripts` the attacker lacks the transcripts
-and recovers them too (features and CTC alignments; `fedctl.attacks.objective.alignment_loss`).
+one client's shared update (FedSGD: its gradient on one batch; `--local-steps N`: N SGD steps on that
+batch, which the attacker unrolls), that client's transcripts and input lengths, and reconstructs the
+input features. Client dropout masks are unknown to it; BatchNorm runs in the same mode with the same
+buffers for client and attacker. With `--no-transcripts` the attacker lacks the transcripts and recovers
+them too (features and CTC alignments; `fedctl.attacks.objective.alignment_loss`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from fedctl.cli.console import err, out, print_json, saved
 from fedctl.cli.options import JsonOpt
 
 THREAT = ("Threat model: the attacker (server) holds the victim's weights and BatchNorm buffers, one client's "
-          "shared gradient (FedSGD, one batch), that client's transcripts and input lengths, and reconstructs "
+          "shared update (FedSGD: its gradient on one batch; --local-steps N: N SGD steps on that batch, which the "
+          "attacker unrolls), that client's transcripts and input lengths, and reconstructs "
           "the input features (DS1: 26 MFCCs per 20 ms frame; DS2: 257-bin normalized log-STFT). The client's "
           "dropout masks are unknown to it. Defences are applied by the client before sharing. With "
           "--no-transcripts the transcripts are withheld (input lengths stay known): the attacker recovers the "
@@ -36,6 +38,7 @@ _EPILOG = ("Examples:\n\n"
            "  fedctl attack {arch} --corpus corpus/ --method hfgm --max-iter 2000 --out atk_hfgm/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --defense-clip 1 --defense-noise 0.01 --out atk_dp/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --no-transcripts --out atk_notext/\n\n"
+           "  fedctl attack {arch} --corpus corpus/ --local-steps 4 --local-lr 0.5 --out atk_local/\n\n"
            "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
 
 
@@ -77,7 +80,8 @@ def _command(arch: str):
         defense_prune: Annotated[float, typer.Option("--defense-prune", help="Fraction of smallest entries zeroed.")] = 0.0,
         defense_clip: Annotated[float, typer.Option("--defense-clip", help="Global L2 clip C of the update.")] = 0.0,
         defense_noise: Annotated[float, typer.Option("--defense-noise", help="Gaussian noise σ (× C when clipping).")] = 0.0,
-        local_steps: Annotated[int, typer.Option("--local-steps", help="Client local SGD steps (only 1 supported).")] = 1,
+        local_steps: Annotated[int, typer.Option("--local-steps", help="Client local SGD steps on its batch, unrolled by the attacker (1: FedSGD).")] = 1,
+        local_lr: Annotated[float, typer.Option("--local-lr", help="Client local SGD learning rate (with --local-steps > 1).")] = 1.0,
         max_frames: Annotated[int | None, typer.Option("--max-frames", help="Crop features to N frames.")] = None,
         crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
@@ -94,6 +98,7 @@ def _command(arch: str):
             batch_stride=batch_stride,
             checkpoint=str(checkpoint) if checkpoint else None,
             run=str(run) if run else None, run_round=round_, client_lr=client_lr, victim_seed=victim_seed, local_steps=local_steps,
+            local_lr=local_lr,
             defense=Defense(dropout=defense_dropout, prune=defense_prune, clip=defense_clip, noise=defense_noise),
             attack=AttackConfig(method=method, optimizer=optimizer, dtype=dtype, restarts=seeds, lr=lr, lr_step=lr_step, max_iter=max_iter,
                                 patience=patience, distance=distance, distance_weight=distance_weight, match=match,
