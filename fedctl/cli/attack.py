@@ -86,11 +86,14 @@ def _command(arch: str):
         crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
         json_: JsonOpt = False,
+        threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
+                                             "small victims down on a busy machine; reference sizes: your cores).")] = 1,
     ) -> None:
         from fedctl.attacks.attack import AttackConfig
         from fedctl.attacks.case import Defense
         from fedctl.attacks.runner import AttackSpec, run_attack
 
+        _threads(threads)
         spec = AttackSpec(
             arch=arch, preset=preset, model={"n_hidden": hidden} if hidden else {},
             corpus=[str(c) for c in corpus or []], parts=str(parts) if parts else None, client=client,
@@ -114,6 +117,18 @@ def _command(arch: str):
 
     command.__doc__ = f"Reconstruct a client's {arch.upper()} input features from its shared gradient."
     return command
+
+
+def _threads(threads: int) -> None:
+    """torch's intra-op threads for the attack: several threads on a loaded 2-core machine made a 15 s attack
+    take 150-300 s (OpenMP workers spinning against other jobs), so the default is one."""
+    import torch
+
+    from fedctl.errors import FedctlError
+
+    if threads < 1:
+        raise FedctlError(f"--threads {threads} is not a number of threads", "use 1 (the default) or more")
+    torch.set_num_threads(threads)
 
 
 def _render(summary: dict, arch: str, method: str) -> None:
@@ -190,9 +205,13 @@ def sweep(
     corpus: Annotated[list[Path], typer.Option("--corpus", help="LibriSpeech-layout tree(s).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder, one subfolder per cell.")] = Path("attack_sweep"),
     json_: JsonOpt = False,
+    threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
+                                         "small victims down on a busy machine; reference sizes: your cores).")] = 1,
 ) -> None:
     """Method × defence × duration bin: MAE ratio to the random start and speaker top-1/top-5."""
     from fedctl.attacks.sweep import run_sweep
+
+    _threads(threads)
     from fedctl.utils.templates import resolve_template
 
     rows = run_sweep(resolve_template(config), [str(c) for c in corpus], out_dir,

@@ -153,3 +153,19 @@ def test_speakers_scores_reconstructions_at_the_attacks_crop_and_refuses_bad_fol
         lines = [ln for ln in bad.output.splitlines() if ln.strip()]
         assert bad.exit_code == 1 and needle in lines[0] and lines[0].startswith("Error:")
         assert lines[1].startswith("Hint:") and "Traceback" not in bad.output
+
+
+def test_threads_sets_torchs_threads_and_refuses_zero(corpus, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        res = _attack("ds1", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 2000, "--batch-end", 1, *FAST,
+                      "--out", tmp_path / "t")
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1  # the default
+        bad = runner.invoke(app, ["attack", "ds1", "--corpus", str(corpus), "--threads", "0", "--out", str(tmp_path / "u")])
+        lines = [ln for ln in bad.output.splitlines() if ln.strip()]
+        assert bad.exit_code == 1 and lines[0].startswith("Error:") and "--threads 0" in lines[0]
+        assert lines[1].startswith("Hint:") and not (tmp_path / "u").exists()
+    finally:
+        torch.set_num_threads(before)
