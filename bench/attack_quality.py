@@ -72,7 +72,8 @@ STRIDE = 6
 
 
 def run(out: Path, corpus: Path | None, utterances: int, hfgm_utterances: int, quick: bool,
-        methods: tuple[str, ...] = ("gradient", "hfgm", "adam"), cells: tuple[str, ...] | None = None) -> list[dict]:
+        methods: tuple[str, ...] = ("gradient", "hfgm", "adam"), cells: tuple[str, ...] | None = None,
+        report_only: bool = False) -> list[dict]:
     """`hfgm_utterances`: HFGM on DS2 costs 3-5x the gradient method per utterance. Each (cell, method) is a
     resumable attack folder, so several processes with different `methods` can fill one `out` in parallel."""
     if corpus is None:
@@ -96,9 +97,12 @@ def run(out: Path, corpus: Path | None, utterances: int, hfgm_utterances: int, q
                               max_dur=2500, batch_start=0, batch_end=n * STRIDE, batch_stride=STRIDE,
                               max_frames=frames, crop_transcript=True, attack=AttackConfig(**kw),
                               out=str(out / name / method), plots=1)
-            print(f"{name} {method}", file=sys.stderr, flush=True)
-            run_attack(spec)
+            if not report_only:
+                print(f"{name} {method}", file=sys.stderr, flush=True)
+                run_attack(spec)
             m = read_metrics(out / name / method / "metrics.csv")
+            if not m:
+                continue
             ratios = [float(r["mae_ratio"]) for r in m]
             q1, med, q3 = _quartiles(ratios)
             cers = [float(r["transcript_cer"]) for r in m if r.get("transcript_cer")]
@@ -159,6 +163,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--methods", default="gradient,hfgm,adam",
                    help="comma-separated subset to run now (notext: DS1 cells without transcripts, not by default)")
     p.add_argument("--quick", action="store_true", help="two cells, 20 iterations: a smoke run")
+    p.add_argument("--report-only", action="store_true",
+                   help="attack nothing: tabulate every utterance already in <out>'s cell folders")
     p.add_argument("--cells", default=None, help=f"comma-separated subset of: {', '.join(c[0] for c in CELLS)}")
     args = p.parse_args(argv)
     cells = tuple(args.cells.split(",")) if args.cells else None
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = run(args.out, args.corpus, args.utterances, args.hfgm_utterances or args.utterances, args.quick,
-               tuple(args.methods.split(",")), cells)
+               tuple(args.methods.split(",")), cells, report_only=args.report_only)
     command = "python bench/attack_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     write(args.out, rows, command.strip(), time.perf_counter() - t0)
     print((args.out / "quality.md").read_text())
