@@ -294,6 +294,21 @@ def summarize(rows: list[dict]) -> dict:
     return {"bins": out}
 
 
+def read_settings(out_dir: str | Path) -> dict | None:
+    """The `settings.json` that `run_attack` wrote into `out_dir`; None when there is none."""
+    path = Path(out_dir) / "settings.json"
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        settings = exc
+    if not isinstance(settings, dict):
+        raise FedctlError(f"{path} is not a fedctl attack settings file",
+                          "re-run the attack (it resumes) to write it")
+    return settings
+
+
 def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: str, min_dur: int = 0,
                     max_dur: int | None = None, frames: int | None = None) -> dict:
     """Top-1/top-5 speaker identification of the reconstructions in `out_dirs` (recon/*.pt), of their clean
@@ -304,13 +319,9 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
     for d in out_dirs:
         for p in sorted((Path(d) / "recon").glob("*.pt")):
             recs[p.stem] = torch_load(p, what="reconstruction")
-        settings = Path(d) / "settings.json"
-        if settings.is_file():
-            try:
-                crops.add(json.loads(settings.read_text()).get("max_frames"))
-            except (json.JSONDecodeError, AttributeError) as exc:
-                raise FedctlError(f"{settings} is not a fedctl attack settings file ({exc})",
-                                  "re-run the attack into a fresh --out folder") from exc
+        settings = read_settings(d)
+        if settings is not None:
+            crops.add(settings.get("max_frames"))
     if frames is None and len(crops) > 1:
         raise FedctlError(f"the attack folders cropped features to different lengths ({sorted(crops, key=str)})",
                           "score each folder on its own, or pass --frames N")

@@ -180,19 +180,18 @@ def speakers(
 
 def _attack_arch(dirs: list[Path]) -> str:
     """The architecture the attack folders were made with (settings.json), one for all."""
-    import json
-
+    from fedctl.attacks.runner import read_settings
     from fedctl.errors import FedctlError
 
     archs = set()
     for d in dirs:
         if not (d / "recon").is_dir():
             raise FedctlError(f"{d} holds no reconstructions (recon/)", "pass the --out folder of fedctl attack ds1|ds2")
-        try:
-            archs.add(json.loads((d / "settings.json").read_text())["arch"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        settings = read_settings(d)
+        if settings is None or not isinstance(settings.get("arch"), str):
             raise FedctlError(f"{d / 'settings.json'} is missing or not a fedctl attack settings file",
-                              "re-run the attack (it resumes) to write it") from exc
+                              "re-run the attack (it resumes) to write it")
+        archs.add(settings["arch"])
     if len(archs) != 1:
         raise FedctlError(f"the attack folders mix architectures ({', '.join(sorted(archs))})",
                           "score ds1 and ds2 attacks separately")
