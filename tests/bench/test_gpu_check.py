@@ -6,6 +6,8 @@ a part that crashes instead of reporting would lose the whole slot.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import subprocess
 import sys
@@ -27,6 +29,7 @@ def _has_figures(part: dict) -> bool:
     return False
 
 
+@pytest.mark.system
 def test_dry_run_reports_every_part(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=240, cwd=ROOT)

@@ -121,6 +121,7 @@ class KillsItsWorker(LinearTask):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.system
 def test_killed_worker_leaves_out_only_its_client_and_is_restarted():
     events = []
     res = parallel_run(KillsItsWorker(os.getpid()), build_strategy("fedavg"), fed(rounds=3), 2,
@@ -135,6 +136,7 @@ def test_killed_worker_leaves_out_only_its_client_and_is_restarted():
         assert torch.equal(v, res.model.state_dict()[k]), k
 
 
+@pytest.mark.system
 def test_keyboard_interrupt_stops_every_worker():
     before = children()
 
@@ -173,6 +175,7 @@ def test_auto_plan_fills_cores_and_forks_only_single_threaded_cpu_workers():
     assert shared.devices == ("cuda:0", "cuda:1") * 3 and shared.threads == 2
 
 
+@pytest.mark.system
 def test_spawned_workers_rebuild_the_task_and_match():
     reference = run_federated(LinearTask(), build_strategy("fedavg"), fed(rounds=2), seed=11)
     messages = []
@@ -205,6 +208,7 @@ run_federated(LinearTask(), build_strategy("fedavg"), FederationConfig(rounds=3,
 """
 
 
+@pytest.mark.system
 def test_workers_die_with_a_sigkilled_server():
     import subprocess
     import sys

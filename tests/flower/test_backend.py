@@ -50,6 +50,7 @@ def _train(args: list[str]) -> dict:
     return json.loads(res.stdout[res.stdout.index("{"):])
 
 
+@pytest.mark.system
 def test_backend_flower_over_tls_matches_local_resumes_and_survives_a_dead_node(tmp_path, monkeypatch):
     """Over TLS with SuperNode authentication (a LoopbackFederation SuperLink, two `fedctl train flower-node`
     processes with the CA and their keys): `--backend flower` for 1 round, then `--resume` to 2, equals the local
@@ -156,6 +157,7 @@ def test_flower_node_refuses_bad_input(args, message):
     assert res.exit_code == 1 and message in res.output and "Hint:" in res.output, res.output
 
 
+@pytest.mark.system
 def test_flower_node_gives_up_on_an_unreachable_superlink(tmp_path):
     before = {c.pid for c in psutil.Process().children(recursive=True)}
     t0 = time.monotonic()

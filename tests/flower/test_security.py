@@ -166,6 +166,7 @@ def test_cli_prints_the_deployment_lines(tmp_path):
 # ---- real processes on 127.0.0.1 ----------------------------------------------------------------------------
 
 
+@pytest.mark.system
 def test_unregistered_keyless_and_untrusting_nodes_are_refused(tmp_path):
     other = make_certs(tmp_path / "other", 2)  # keys and a CA this federation never saw
     seen = []

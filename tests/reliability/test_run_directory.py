@@ -47,6 +47,7 @@ def test_a_killed_checkpoint_write_neither_counts_nor_blocks(linear_cli, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.system
 def test_a_second_writer_is_refused_naming_the_holder(linear_cli, tmp_path):
     run = tmp_path / "run"
     holder = subprocess.Popen(

@@ -34,6 +34,7 @@ def make_task(parts, clients=2, **overrides) -> AsrTask:
     return AsrTask(cfg, TaskContext(num_clients=clients, seed=0, device=torch.device("cpu"), log=lambda _: None))
 
 
+@pytest.mark.system
 @pytest.mark.parametrize("arch", ["ds1", "ds2"])
 def test_validation_ctc_loss_falls_and_error_rates_are_reported(corpus, arch):
     _, parts = corpus
@@ -55,6 +56,7 @@ def test_validation_ctc_loss_falls_and_error_rates_are_reported(corpus, arch):
     assert all(f["local_steps"] == 2 * 8 for f in fits)  # local_updates = 8 on each of 2 clients
 
 
+@pytest.mark.system
 def test_every_strategy_family_runs_on_asr(corpus):
     _, parts = corpus
     for name, args in (("fedprox", {"proximal_mu": 0.1}), ("fedadam", {"eta": 0.01}), ("fedentropy", {}),

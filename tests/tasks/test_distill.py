@@ -71,6 +71,7 @@ def test_distilhubert_student_of_hubert_base_has_a_quarter_of_its_transformer():
     assert "encoder.layers.2.attention.q_proj.weight" not in ss
 
 
+@pytest.mark.system
 def test_distilhubert_loss_falls_and_only_the_student_travels(setup):
     task = make_task(setup, recipe="distilhubert", student_layers=1, target_layers="1,2")
     model = task.build_model()
@@ -80,6 +81,7 @@ def test_distilhubert_loss_falls_and_only_the_student_travels(setup):
     assert losses[-1] < losses[0] * 0.9, losses
 
 
+@pytest.mark.system
 def test_kd_loss_falls_and_supports_fisher(setup):
     task = make_task(setup, recipe="kd", kd_hidden_size=48, kd_num_layers=1, kd_num_heads=2, kd_ffn_size=96, alpha=0.5)
     sizes = task.sizes()

@@ -191,6 +191,7 @@ def test_bad_input_is_one_error_with_a_fix(tmp_path):
 # ------------------------------------------------------------------------------------------ learning
 
 
+@pytest.mark.system
 def test_federated_lora_on_the_demo_learns(tmp_path):
     # 3 clients × 10 steps × 3 rounds of svd-merged LoRA: ~81% here (the CLI demo, 900 examples, gets ≥ 88%)
     task = make_task(run_dir=tmp_path, demo_train_examples=300, demo_val_examples=100, local_updates=10, batch_size=16)

@@ -113,6 +113,7 @@ def test_fit_is_reproducible_for_a_seed(task):
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+@pytest.mark.system
 def test_masked_prediction_learns_on_the_synth_demo(demo):
     # The unmasked-frame loss (fairseq's pred_nomask_weight) teaches the conv front end what each frame's cluster
     # is, so a 2-layer model learns to fill masked 2-frame spans from context within 30 short rounds. With masked
