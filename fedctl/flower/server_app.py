@@ -38,6 +38,7 @@ from fedctl.core.events import Message as EventMessage
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies import ClientUpdate
 from fedctl.errors import FedctlError
+from fedctl.utils.io import dumps_json
 from fedctl.flower import codec
 
 
@@ -261,7 +262,7 @@ def event_line(event: object) -> str | None:
         return str(value)  # paths
 
     fields = {f.name: plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
-    return EVENT_PREFIX + json.dumps({"type": name, **fields})
+    return EVENT_PREFIX + dumps_json({"type": name, **fields})
 
 
 def parse_event_line(line: str) -> object | None:
