@@ -38,8 +38,8 @@ from fedctl.core.events import Message as EventMessage
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies import ClientUpdate
 from fedctl.errors import FedctlError
-from fedctl.utils.io import dumps_json
 from fedctl.flower import codec
+from fedctl.utils.io import dumps_json
 
 
 class FlowerExecutor:
@@ -243,7 +243,6 @@ _EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, ClientF
 def event_line(event: object) -> str | None:
     """The ServerApp log line carrying `event` to `fedctl train --backend flower`, or None for unshipped types."""
     import dataclasses
-    import json
     import math
 
     name = type(event).__name__

@@ -44,8 +44,8 @@ With z = 0 the wrapper only clips and reports ε = inf.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
