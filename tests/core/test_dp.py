@@ -281,3 +281,37 @@ def test_json_safe_writes_null_for_every_non_finite_float():
 
     text = dumps_json({"a": float("nan"), "b": [1.0, float("-inf"), {"c": float("inf")}], "d": (2, "x")})
     assert text == '{"a": null, "b": [1.0, null, {"c": null}], "d": [2, "x"]}'
+
+
+def test_ds2_batchnorm_statistics_refused_then_private_and_clamped():
+    """DS2 tiny (the model the defence benchmark trains): noise on its BatchNorm variances made evaluation NaN."""
+    from fedctl.tasks.asr.models import build_asr_model
+
+    model = build_asr_model("ds2", "tiny").eval()
+    keys = list(model.state_dict())  # the asr task shares every tensor, BatchNorm statistics included
+    bn_vars = [f"{n}.running_var" for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
+    assert len(bn_vars) >= 2
+    refusing = DifferentialPrivacy(build_strategy("fedavg"), dp_config({"noise_multiplier": 10.0}),
+                                   num_clients=2, num_sampled=2, seed=0)
+    with pytest.raises(FedctlError, match="floating buffers computed from client data .*'bn1.running_mean'"):
+        refusing.check_model(model, keys)
+    strategy = DifferentialPrivacy(build_strategy("fedavg"), dp_config({"noise_multiplier": 10.0, "buffers": "private"}),
+                                   num_clients=2, num_sampled=2, seed=0)
+    strategy.check_model(model, keys)
+    assert strategy.variance_keys == bn_vars
+    g = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    agg = strategy.begin(1, g)
+    for cid in ("a", "b"):
+        agg.add(ClientUpdate(cid, {k: v.clone() for k, v in g.items()}, 1))
+    noised = agg.result(g)
+    assert any(float(noised[k].min()) < 0 for k in bn_vars)  # what the server step gets: negative variances
+    new = strategy.step(1, g, dict(noised))
+    assert all(float(new[k].min()) >= 0 for k in bn_vars)
+    assert all(torch.equal(new[k], noised[k]) for k in g if k not in bn_vars)  # nothing else is touched
+    features, lengths = torch.randn(60, 1, model.config.n_freq), torch.tensor([60])
+    outputs = []
+    for state in (noised, new):
+        model.load_state_dict(state)
+        with torch.no_grad():
+            outputs.append(model(features, lengths)[0])
+    assert not torch.isfinite(outputs[0]).all() and torch.isfinite(outputs[1]).all()
