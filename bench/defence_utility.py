@@ -57,7 +57,8 @@ def runs(clip: float | None, z_values: list[float], extra_seeds: list[int]) -> l
     out = [("none", 0, []), ("dropout 0.2", 0, ["task.dropout=0.2"]), ("prune 0.9", 0, ["federation.prune=0.9"])]
     if clip is not None:
         for z in z_values:
-            out.append((f"dp C={clip:g} z={z:g}", 0, ["federation.dp.mode=client", f"federation.dp.clipping_norm={clip}",
+            out.append((f"dp C={clip:g} z={z:g}", 0, ["federation.dp.mode=client", "federation.dp.buffers=private",
+                                                      f"federation.dp.clipping_norm={clip}",
                                                       f"federation.dp.noise_multiplier={z}"]))
     out += [(f"none (seed {seed})", seed, []) for seed in extra_seeds]
     return out

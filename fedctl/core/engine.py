@@ -172,6 +172,11 @@ def resource_record(clients: list[dict[str, float]], units: tuple[str, ...], sec
     return rec
 
 
+def non_finite_metrics(record: dict[str, Any]) -> list[str]:
+    """'key = value' for each float metric of an evaluation record that is NaN or infinite."""
+    return [f"{k} = {v}" for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
 def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
@@ -201,6 +206,7 @@ class Run:
         missing = [k for k in self.keys if k not in self.params]
         if missing:
             raise FedctlError(f"task {task.name} shares keys its model lacks: {missing[:3]}", "fix shared_keys()")
+        strategy.check_model(self.model, self.keys)  # e.g. DP refuses BatchNorm statistics it would not protect
         self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
         self.shared_bytes = state_nbytes(self.global_state)
         self.spare: State | None = None  # buffers the aggregator may reuse (see fit_round)
@@ -425,19 +431,28 @@ class Run:
             self.history.append(fit)
             row = {k: v for k, v in fit.items() if k != "type"}
             best: dict[str, Any] | None = None  # this round's global eval, when it is the best so far
+            broken: list[str] = []  # this round's non-finite global metrics
             if server_round % self.fed.eval_every == 0 or server_round == total:
                 t0 = time.perf_counter()
                 evals = self.evaluate(server_round)
                 best = evals[0] if self.improves_best(evals[0]) else None
+                broken = non_finite_metrics(evals[0])
                 self.history.extend(evals)
                 row.update({k: v for k, v in evals[0].items() if k not in ("type", "scope", "round")})
                 row["seconds"] += time.perf_counter() - t0
             self.write_metrics()
-            if server_round % self.fed.checkpoint_every == 0 or server_round == total:
+            if server_round % self.fed.checkpoint_every == 0 or server_round == total or broken:
                 self.checkpoint(server_round)
             if best is not None:  # after the round checkpoint: a failed best.pt write leaves that one on disk
                 self.save_best(server_round, best)
             self.emit(RoundFinished(server_round, row))
+            if broken:  # a model that no longer evaluates is no result: stop loudly, with its state saved
+                raise FedctlError(
+                    f"round {server_round}: the global evaluation is not finite ({', '.join(broken)}); stopped"
+                    + (f", metrics.jsonl has null there and checkpoint round {server_round} holds the model"
+                       if self.run_dir is not None else ""),
+                    "likely too much noise for the model (federation.dp.noise_multiplier; BatchNorm statistics, "
+                    "see federation.dp.buffers) or a diverging step (task.lr, federation.strategy_args)")
         self.load_global()
         self.emit(RunFinished(total, {}))
         return RunResult(self.model, self.history, total, self.run_dir)

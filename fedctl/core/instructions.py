@@ -31,6 +31,8 @@ class ClientInstructions:
     entropy: EntropyRequest | None = None  # statistics to measure after training
     fisher: FisherRequest | None = None
     prune: float = 0.0  # federation.prune: zero this fraction of each shared tensor's update, smallest |Δ| first
+    dp_clipping_norm: float | None = None  # federation.dp mode client: clip the update to this L2 norm, then
+    dp_noise_std: float = 0.0  # add N(0, dp_noise_std²) to every entry, before the update leaves the client
 
     @property
     def wants_stats(self) -> bool:
@@ -48,4 +50,6 @@ class ClientInstructions:
             entropy=EntropyRequest(**data["entropy"]) if data.get("entropy") else None,
             fisher=FisherRequest(**data["fisher"]) if data.get("fisher") else None,
             prune=float(data.get("prune", 0.0)),
+            dp_clipping_norm=None if data.get("dp_clipping_norm") is None else float(data["dp_clipping_norm"]),
+            dp_noise_std=float(data.get("dp_noise_std", 0.0)),
         )

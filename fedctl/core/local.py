@@ -160,7 +160,8 @@ def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitR
 
 def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig,
                  keys: list[str] | None = None) -> FitResult:
-    """What every executor runs for a sampled client: local training, update pruning (`federation.prune`),
+    """What every executor runs for a sampled client: local training, update pruning (`federation.prune`), local
+    differential privacy (`federation.dp` with mode client: clip and noise the update),
     the task's after-training hook, and the statistics the strategy asked for, measured on the model it shares.
 
     Pruning happens here, in the client, so that it holds for every workload, strategy, executor and backend,
@@ -168,15 +169,21 @@ def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig
     the shared tensors as they arrived (memory: one more model)."""
     from fedctl.core import client_stats
     from fedctl.core.prune import prune_update
+    from fedctl.core.strategies.dp import privatise_update
 
+    ins = cfg.instructions
     start = None
-    if cfg.instructions.prune > 0:
+    if ins.prune > 0 or ins.dp_clipping_norm is not None:
         params = model.state_dict()
         start = {k: params[k].detach().clone() for k in (params if keys is None else keys)}
     result = fit(task, model, client_id, cfg)
     if start is not None:
         params = model.state_dict()
-        prune_update({k: params[k] for k in start}, start, cfg.instructions.prune)
+        shared = {k: params[k] for k in start}
+        if ins.prune > 0:
+            prune_update(shared, start, ins.prune)
+        if ins.dp_clipping_norm is not None:  # federation.dp mode client: local DP, after pruning, before it leaves
+            privatise_update(shared, start, ins.dp_clipping_norm, ins.dp_noise_std, cfg.seed)
     task.client_trained(model, client_id, cfg.server_round)
     result.stats.update(client_stats.requested(task, model, client_id, cfg.instructions, cfg.seed, keys))
     return result

@@ -31,7 +31,7 @@ from typing import Any
 from fedctl.core import checkpoint as ckpt_io
 from fedctl.core.aggregate import State
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_path, write_text
+from fedctl.utils.io import atomic_path, dumps_json, write_text
 
 _ROUND_FILE = re.compile(r"^round_(\d+)\.pt$")
 _TEMP = re.compile(r"^\..+\.tmp$")
@@ -170,7 +170,7 @@ class RunDir:
         return load_yaml(self.config_path)
 
     def write_metrics(self, history: list[dict[str, Any]]) -> Path:
-        return write_text(self.metrics_path, "".join(json.dumps(rec) + "\n" for rec in history))
+        return write_text(self.metrics_path, "".join(dumps_json(rec) + "\n" for rec in history))
 
     def read_metrics(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl: one JSON object per line, `round` an integer where given; a damaged

@@ -39,6 +39,7 @@ from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies import ClientUpdate
 from fedctl.errors import FedctlError
 from fedctl.flower import codec
+from fedctl.utils.io import dumps_json
 
 
 class FlowerExecutor:
@@ -242,7 +243,6 @@ _EVENT_TYPES = {cls.__name__: cls for cls in (RunStarted, RoundFinished, ClientF
 def event_line(event: object) -> str | None:
     """The ServerApp log line carrying `event` to `fedctl train --backend flower`, or None for unshipped types."""
     import dataclasses
-    import json
     import math
 
     name = type(event).__name__
@@ -261,7 +261,7 @@ def event_line(event: object) -> str | None:
         return str(value)  # paths
 
     fields = {f.name: plain(getattr(event, f.name)) for f in dataclasses.fields(event)}
-    return EVENT_PREFIX + json.dumps({"type": name, **fields})
+    return EVENT_PREFIX + dumps_json({"type": name, **fields})
 
 
 def parse_event_line(line: str) -> object | None:

@@ -18,7 +18,7 @@ from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
 from fedctl.core.rundir import RunDir, check_resume
 from fedctl.core.strategies import build_strategy
-from fedctl.core.strategies.dp import dp_config, wrap_dp
+from fedctl.core.strategies.dp import check_strategy, dp_config, wrap_dp
 from fedctl.core.task import TaskContext
 from fedctl.errors import FedctlError
 from fedctl.run.rebuild import rebuild_task
@@ -116,12 +116,12 @@ def validate(exp: Experiment) -> None:
     if f.best_mode not in ("min", "max"):
         raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
                           "--set federation.best_mode=max for accuracy-like metrics, min for losses")
-    build_strategy(f.strategy, f.strategy_args)  # checks name and options
+    strategy = build_strategy(f.strategy, f.strategy_args)  # checks name and options
     if not 0.0 <= f.prune < 1.0:
         raise FedctlError(f"federation.prune = {f.prune} is outside [0, 1)",
                           "the fraction of each update tensor zeroed, e.g. --set federation.prune=0.9 keeps the top 10%")
     if f.dp:
-        dp_config(dict(f.dp))
+        check_strategy(strategy, dp_config(dict(f.dp)))  # before any data is read: DP refuses what it cannot account
     resolve_device(exp.run.device)
 
 

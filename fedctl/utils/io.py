@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -119,8 +120,26 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, ±inf) replaced by None, in dicts, lists and tuples: JSON has no
+    NaN, and Python's json.dumps would write a bare `NaN` that other JSON readers refuse. fedctl's convention:
+    null in a metrics file means the value was not finite (or not measured)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """Strict JSON text of `obj` (non-finite floats → null, see json_safe)."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
-    return write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+    return write_text(path, dumps_json(obj, indent=indent, sort_keys=False) + "\n")
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> Path:

@@ -10,6 +10,7 @@ checked in tests/flower/test_security.py and by `python scripts/flower_deploy_ch
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -58,6 +59,7 @@ class InProcessGrid(Grid):
         self.inbox: dict[str, Message] = {}
         self.sent: list[tuple[int, str]] = []  # (node, message type)
         self.wire_bytes = 0
+        self.instructions: list[str] = []  # the ClientInstructions JSON of every train message
 
     def set_run(self, run):
         self._run = run
@@ -81,6 +83,8 @@ class InProcessGrid(Grid):
             received.metadata.__dict__["_message_id"] = mid
             self.inbox[mid] = received
             self.sent.append((msg.metadata.dst_node_id, msg.metadata.message_type))
+            if "config" in msg.content.config_records and "instructions" in msg.content.config_records["config"]:
+                self.instructions.append(msg.content.config_records["config"]["instructions"])
             ids.append(mid)
         return ids
 
@@ -143,6 +147,32 @@ def test_federation_prune_is_applied_by_flower_clients():
     remote, _, _ = flower_run(ToyClassifier, build_strategy("fedavg"), fed(rounds=1, prune=0.5), nodes)
     assert same_weights(local, remote)  # the prune fraction travels in the instructions; the ClientApp prunes
     assert not same_weights(local, run_federated(ToyClassifier(), build_strategy("fedavg"), fed(rounds=1), seed=7))
+
+
+@pytest.mark.parametrize("mode", ["server", "client"])
+def test_differential_privacy_is_the_same_on_flower(mode):
+    """federation.dp on the Flower backend: the ServerApp builds the strategy with recipe.train, so the wrapper
+    clips and noises on the server (server mode); in client mode the clip and noise travel in the instructions and
+    the ClientApp applies them before its reply leaves the node. Both give the in-process weights bit for bit."""
+    from fedctl.core.strategies.dp import wrap_dp
+
+    nodes = [{"partition-id": k} for k in range(4)]
+    federation = fed(clients=4, fraction=0.5, min_fit_clients=2)
+
+    def strategy():
+        return wrap_dp(build_strategy("fedadam", {"eta": 0.05}), {"mode": mode, "noise_multiplier": 0.8,
+                       "clipping_norm": 0.05}, num_clients=4, fraction=0.5, min_fit_clients=2, seed=7)
+
+    local = run_federated(LinearTask(), strategy(), federation, seed=7)
+    remote, grid, _ = flower_run(LinearTask, strategy(), federation, nodes)
+    assert same_weights(local, remote)
+    assert not same_weights(local, run_federated(LinearTask(), build_strategy("fedadam", {"eta": 0.05}), federation,
+                                                 seed=7))
+    eps = lambda r: [h["dp_epsilon"] for h in r.history if h["type"] == "fit"]  # noqa: E731
+    assert eps(local) == eps(remote) and all(math.isfinite(e) for e in eps(remote))
+    if mode == "client":  # what left the nodes was already clipped and noised
+        sent = [json.loads(m) for m in grid.instructions]
+        assert sent and all(i["dp_clipping_norm"] == 0.05 and i["dp_noise_std"] == pytest.approx(0.04) for i in sent)
 
 
 @pytest.mark.parametrize("reply_order", ["sampled", "arrival"])

@@ -105,6 +105,24 @@ class Strategy:
     """Base strategy: FedAvg's aggregate and no server optimizer. Subclasses override the hooks."""
 
     name = "strategy"
+    # What a strategy whose round is not "a mean of the client states, then step() on it" does instead (a wrapper
+    # that replaces the mean, like DP, cannot serve it): "takes the coordinate-wise median of ...".
+    aggregation_rule: ClassVar[str | None] = None
+
+    def not_a_mean(self) -> str | None:
+        """None when a round is a (weighted) mean of the client states followed by `step()` on that mean alone, so
+        a wrapper may replace the mean and the step only post-processes it; otherwise what the strategy does."""
+        if self.aggregation_rule is not None:
+            return self.aggregation_rule
+        if self.configure_fit(1).wants_stats:
+            return "weighs clients by statistics they report"
+        if type(self).begin is not Strategy.begin:
+            return f"aggregates by its own rule ({type(self).__name__}.begin)"
+        return None
+
+    def check_model(self, model, shared_keys: list[str]) -> None:
+        """Called once by the engine with the model and the tensors that travel; refuse what this strategy cannot
+        serve (FedctlError). Default: nothing to check."""
 
     def configure_fit(self, server_round: int) -> ClientInstructions:
         """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""

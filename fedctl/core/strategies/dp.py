@@ -1,30 +1,56 @@
-"""Client-level differential privacy around any strategy (DP-FedAvg, McMahan et al. 2018; adaptive clipping,
-Andrew et al. 2021 "Differentially Private Learning with Adaptive Clipping").
+"""Client-level differential privacy around a mean-aggregating strategy (DP-FedAvg, McMahan et al. 2018, "Learning
+Differentially Private Recurrent Language Models"; adaptive clipping, Andrew et al. 2021, "Differentially Private
+Learning with Adaptive Clipping").
 
-Each client's update Δ_i = θ_i − θ_global (over the shared tensors) is clipped to L2 norm ≤ C; the wrapped
-strategy aggregates the clipped states; Gaussian noise is added to the aggregate before the wrapped strategy's
-server step:
-- `mode: server` (Flower's DifferentialPrivacyServerSide*): one draw on the aggregate, std = z·C / m for m
-  sampled clients (the sensitivity of a mean of m clipped updates is C / m);
-- `mode: client` (local noise): each clipped update gets its own N(0, (z·C)²) as it arrives, so the server never
-  folds in an un-noised update. In-process clients only; the Flower ServerApp does not run this wrapper.
-`clip: adaptive` moves C towards the `target_clipped_quantile` of update norms after each round,
-C ← C·exp(−clip_norm_lr·(b̃ − γ)) with b̃ the noised fraction of unclipped updates (count noise std
-`clipped_count_stddev`, default m/20 as in the paper) and the update noise multiplier raised so that the pair of
-queries costs the privacy of z: z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2).
+What runs, and what the reported ε is a guarantee for (`dp_epsilon` at `dp_delta` in every `fit` row):
 
-Privacy spent: (ε, δ) after r rounds from opacus's RDP accountant with noise multiplier z and sampling rate
-q = m / K, reported per round as `dp_epsilon` in metrics.jsonl (inf when z = 0). With z = 0 and C = inf the wrapper
-changes nothing: the result is bit-identical to the wrapped strategy.
+`mode: server` (central DP; the server is trusted, whoever sees the models it releases is not). Each round the
+server releases  x̄ = θ + (1/m)·Σ_i clip_C(Δ_i) + N(0, (z·C/m)²·I),  Δ_i = θ_i − θ over the floating shared tensors,
+m = the number of clients sampled per round (a fixed denominator: a client that fails adds nothing). This is the
+Gaussian mechanism with noise multiplier z on a sum of sensitivity C when one client's data is added or removed.
+Clients weigh equally (num_examples is not used) and the wrapped strategy only gets `step()` on x̄: a server
+optimizer (FedAvgM, FedAdam, FedYogi, FedAdagrad) is post-processing and keeps the guarantee. A strategy that
+aggregates by its own rule sees individual updates and is refused by name (FedMedian, FedTrimmedAvg, Krum:
+robust statistics of the individual updates; FedEntropy, FedFisher: weights from client statistics the noise does
+not cover; LoRA's svd merging: ΔW = B·A is not linear in the update).
+
+`mode: client` (local DP; nobody is trusted with a client's update). Each client clips its own update and adds
+N(0, (z·C)²·I) before it leaves (`fedctl.core.local.train_client`: in process, in worker processes and on Flower
+SuperNodes alike, and saved client deltas are the noised ones). Two data sets of one client give updates at
+distance ≤ 2C, so each release is a Gaussian mechanism with noise multiplier z/2; everything the server does
+with the noised updates is post-processing, so every strategy is accepted except those that ask clients for
+un-noised statistics (FedEntropy, FedFisher); the server weighs clients equally (num_examples is not a noised
+value). The reported ε is that of one client that takes part in every round. `clip: adaptive` is refused here
+(it needs each client's un-noised clipped bit).
+
+Accounting: opacus's RDP accountant, composed over the rounds so far, with sample rate 1 — no amplification by
+sampling. fedctl samples exactly m of the K clients without replacement; opacus's amplification bound is for
+Poisson sampling and does not hold for that (Flower 1.41's accountant refuses amplification with fixed-size
+sampling for the same reason), so ε is the bound for a client sampled in every round. `clip: adaptive` moves C
+towards the `target_clipped_quantile` γ of update norms, C ← C·exp(−η_C·(b̃ − γ)), with b̃ = (Σ_i (b_i − ½) +
+N(0, σ_b²))/m + ½ (b_i = 1 when client i was not clipped; default σ_b = m/20) and the update noise raised to
+z_Δ = (z⁻² − (2σ_b)⁻²)^(−½), so that the two queries together cost what noise multiplier z costs.
+
+Buffers: floating tensors that travel but are not parameters (BatchNorm's running mean and variance) are computed
+from private data and are refused by default (`buffers: refuse`, the Error names one). `buffers: private` clips
+and noises them with the update (they are covered by ε) and, after the server step, clamps every BatchNorm
+running variance at 0 (post-processing: a noised variance can be negative, which makes evaluation NaN).
+Non-floating tensors (num_batches_tracked) keep the global value under DP.
+
+Not covered by ε, in both modes: the metrics clients report (train_loss, steps, …; as in Flower), and what the
+server records from raw updates in `mode: server` (saved client deltas, `dp_update_norm`, `dp_clipped_fraction`).
+With z = 0 the wrapper only clips and reports ε = inf.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from torch import nn
 
 from fedctl.core.aggregate import State
 from fedctl.core.instructions import ClientInstructions
@@ -44,6 +70,7 @@ class DPConfig:
     clip_norm_lr: float = 0.2  # adaptive: η_C, the geometric step of C
     clipped_count_stddev: float | None = None  # adaptive: σ_b of the unclipped-count query; None: m / 20
     delta: float = 1e-5  # δ of the reported (ε, δ)
+    buffers: str = "refuse"  # floating non-parameter tensors that travel (BatchNorm statistics): refuse | private
 
 
 def dp_config(options: dict[str, Any]) -> DPConfig:
@@ -64,6 +91,9 @@ def dp_config(options: dict[str, Any]) -> DPConfig:
     checks = [
         (cfg.mode in ("server", "client"), "mode", "server or client"),
         (cfg.clip in ("fixed", "adaptive"), "clip", "fixed or adaptive"),
+        (cfg.buffers in ("refuse", "private"), "buffers", "refuse or private"),
+        (cfg.mode == "server" or cfg.clip == "fixed", "clip",
+         "fixed with mode: client (adaptive clipping needs each client's un-noised clipped bit)"),
         (cfg.clipping_norm > 0, "clipping_norm", "> 0 (inf: no clipping)"),
         (cfg.noise_multiplier >= 0 and math.isfinite(cfg.noise_multiplier), "noise_multiplier", ">= 0"),
         (0 < cfg.target_clipped_quantile < 1, "target_clipped_quantile", "in (0, 1)"),
@@ -80,6 +110,27 @@ def dp_config(options: dict[str, Any]) -> DPConfig:
     return cfg
 
 
+
+SERVER_MODE_STRATEGIES = "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox"
+
+
+def check_strategy(strategy: Strategy, cfg: DPConfig) -> None:
+    """Refuse, naming it and why, a strategy for which the accountant's ε would be no guarantee (module docstring)."""
+    if cfg.mode == "server":
+        reason = strategy.not_a_mean()
+        if reason is not None:
+            raise FedctlError(
+                f"federation.dp (mode: server) cannot wrap strategy {strategy.name}: it {reason}, so the "
+                "accountant's ε (Gaussian noise on the uniform mean of clipped updates) would be no guarantee",
+                f"use one of {SERVER_MODE_STRATEGIES} with federation.dp, or --set federation.dp.mode=client "
+                "(each client noises its own update; every strategy that asks no client statistics)")
+    elif strategy.configure_fit(1).wants_stats:
+        raise FedctlError(
+            f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: its clients report statistics "
+            "of their data (entropy, Fisher) that the noise does not cover, so the accountant's ε would be no guarantee",
+            "use another strategy with federation.dp (e.g. fedavg, fedadam, fedmedian, krum in mode: client)")
+
+
 def update_norm(state: State, global_state: State) -> float:
     """Global L2 norm of state − global over the floating tensors (float64 accumulation)."""
     total = 0.0
@@ -89,14 +140,20 @@ def update_norm(state: State, global_state: State) -> float:
     return math.sqrt(total)
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
-    """ε of `rounds` Gaussian-mechanism rounds at this noise multiplier and client sampling rate (opacus RDP)."""
+def clip_factor(norm: float, clipping_norm: float) -> float:
+    """min(1, C / ‖Δ‖): the factor that brings an update of L2 norm `norm` inside the ball of radius C."""
+    return min(1.0, clipping_norm / norm) if norm > 0 else 1.0
+
+
+def epsilon(noise_multiplier: float, rounds: int, delta: float) -> float:
+    """ε of `rounds` Gaussian mechanisms of this noise multiplier (in units of the sensitivity), composed with
+    opacus's RDP accountant, without amplification by sampling (see the module docstring); inf when z = 0."""
     if noise_multiplier <= 0 or rounds < 1:
         return math.inf
     from opacus.accountants import RDPAccountant
 
     acc = RDPAccountant()
-    acc.history = [(noise_multiplier, sample_rate, rounds)]
+    acc.history = [(noise_multiplier, 1.0, rounds)]
     return float(acc.get_epsilon(delta))
 
 
@@ -105,81 +162,124 @@ def _noise_like(state: State, std: float, gen: torch.Generator) -> State:
             for k, v in state.items() if v.is_floating_point()}
 
 
-class _DPAggregator(Aggregator):
-    def __init__(self, owner: DifferentialPrivacy, inner: Aggregator, global_state: State, server_round: int):
-        self.owner, self.inner, self.global_state = owner, inner, global_state
-        self.server_round = server_round
+@torch.no_grad()
+def privatise_update(params: State, start: State, clipping_norm: float, noise_std: float, seed: int) -> float:
+    """`mode: client`, on the client: params ← start + clip_C(params − start) + N(0, noise_std²), in place, over the
+    floating tensors (others go back to `start`); the noise is seeded by the client's seed. Returns ‖Δ‖ before."""
+    norm = update_norm(params, start)
+    factor = clip_factor(norm, clipping_norm)
+    noise = _noise_like(start, noise_std, torch.Generator().manual_seed(seed * 1_000_003 + 17)) if noise_std > 0 else {}
+    for k, v in params.items():
+        g = start[k]
+        if not v.is_floating_point():
+            v.copy_(g)
+            continue
+        delta = (v - g) * factor
+        if k in noise:
+            delta = delta + noise[k]
+        v.copy_(g + delta)
+    return norm
+
+
+class _CentralMean(Aggregator):
+    """`mode: server`: Σ clip_C(Δ_i) streamed in float32 (float64 for float64 tensors); result: θ + Σ/m + noise."""
+
+    def __init__(self, owner: DifferentialPrivacy, global_state: State, server_round: int):
+        self.owner, self.global_state, self.server_round = owner, global_state, server_round
         self.norms: list[float] = []
         self.clipping_norm = owner.clipping_norm  # this round's C (adaptive clipping changes it in step())
         self.gen = torch.Generator().manual_seed(owner.seed * 1_000_003 + server_round)
-        self.weighted_mean = inner.weighted_mean
+        self.sum: State = {k: torch.zeros_like(v, dtype=torch.float64 if v.dtype == torch.float64 else torch.float32)
+                           for k, v in global_state.items() if v.is_floating_point()}
+        self._count = 0
 
     @property
     def count(self) -> int:
-        return self.inner.count
-
-    def log_weight(self, update: ClientUpdate) -> float:
-        return self.inner.log_weight(update)
+        return self._count
 
     def add(self, update: ClientUpdate) -> None:
-        o = self.owner
         norm = update_norm(update.state, self.global_state)
         self.norms.append(norm)
-        factor = min(1.0, self.clipping_norm / norm) if norm > 0 else 1.0
-        std = o.update_noise_std() if o.cfg.mode == "client" else 0.0
-        if factor == 1.0 and std == 0.0:  # nothing to change: pass it on untouched (bit-identical)
-            self.inner.add(update)
-            return
-        noise = _noise_like(self.global_state, std, self.gen) if std > 0 else {}
-        state = {}
-        for k, v in update.state.items():
-            if not v.is_floating_point():
-                state[k] = v
-                continue
-            g = self.global_state[k]
-            delta = (v - g) * factor
-            if k in noise:
-                delta = delta + noise[k]
-            state[k] = g + delta
-        self.inner.add(ClientUpdate(update.client_id, state, update.num_examples, update.metrics, update.stats))
+        factor = clip_factor(norm, self.clipping_norm)
+        for k, acc in self.sum.items():
+            acc.add_((update.state[k].to(acc.dtype) - self.global_state[k].to(acc.dtype)) * factor)
+        self._count += 1
 
     def result(self, global_state: State) -> State:
-        out = self.inner.result(global_state)
         o = self.owner
-        if o.cfg.mode == "server" and o.cfg.noise_multiplier > 0:
-            std = o.update_noise_std() / max(1, o.num_sampled)
-            for k, n in _noise_like(out, std, self.gen).items():
-                out[k] = out[k] + n
+        m = max(1, o.num_sampled)  # fixed denominator: a client that failed adds 0, the sensitivity stays C / m
+        std = o.update_noise_std() / m
+        noise = _noise_like(self.sum, std, self.gen) if std > 0 else {}
+        out: State = {}
+        for k, g in global_state.items():
+            if k not in self.sum:
+                out[k] = g.clone()
+                continue
+            mean = self.sum[k] / m
+            if k in noise:
+                mean = mean + noise[k].to(mean.dtype)
+            out[k] = (g.to(mean.dtype) + mean).to(g.dtype)
         return out
 
     def summary(self) -> dict[str, Any]:
-        o = self.owner
         unclipped = sum(n <= self.clipping_norm for n in self.norms)
         return {
-            **self.inner.summary(),
-            "dp_epsilon": epsilon(o.cfg.noise_multiplier, o.sample_rate, self.server_round, o.cfg.delta),
-            "dp_delta": o.cfg.delta,
+            **self.owner.privacy_record(self.server_round),
             "dp_clipping_norm": self.clipping_norm,
             "dp_clipped_fraction": 1.0 - unclipped / max(1, len(self.norms)),
             "dp_update_norm": sum(self.norms) / max(1, len(self.norms)),
         }
 
 
+class _LocalNoised(Aggregator):
+    """`mode: client`: updates arrive clipped and noised; the inner aggregator gets them with equal weights and the
+    global value for non-floating tensors (a client's counter is no noised value)."""
+
+    def __init__(self, owner: DifferentialPrivacy, inner: Aggregator, global_state: State, server_round: int):
+        self.owner, self.inner, self.global_state, self.server_round = owner, inner, global_state, server_round
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    def add(self, update: ClientUpdate) -> None:
+        state = {k: v if v.is_floating_point() else self.global_state[k] for k, v in update.state.items()}
+        self.inner.add(ClientUpdate(update.client_id, state, 1, update.metrics, update.stats))
+
+    def result(self, global_state: State) -> State:
+        return self.inner.result(global_state)
+
+    def summary(self) -> dict[str, Any]:
+        return {**self.inner.summary(), **self.owner.privacy_record(self.server_round),
+                "dp_clipping_norm": self.owner.clipping_norm}
+
+
 class DifferentialPrivacy(Strategy):
     """Wraps `strategy`: clip each client's update, add Gaussian noise, account (ε, δ). See the module docstring."""
 
     def __init__(self, strategy: Strategy, cfg: DPConfig, *, num_clients: int, num_sampled: int, seed: int = 0):
+        check_strategy(strategy, cfg)
         self.inner, self.cfg = strategy, cfg
         self.name = strategy.name
         self.num_clients, self.num_sampled, self.seed = num_clients, num_sampled, seed
-        self.sample_rate = num_sampled / num_clients
         self.clipping_norm = cfg.clipping_norm
-        self._last: _DPAggregator | None = None
+        self.variance_keys: list[str] = []  # BatchNorm running variances that travel (buffers: private)
+        self._last: _CentralMean | None = None
 
     @property
     def count_stddev(self) -> float:
         c = self.cfg.clipped_count_stddev
         return self.num_sampled / 20 if c is None else float(c)
+
+    def noise_multiplier(self) -> float:
+        """The noise multiplier the accountant composes per round (in units of the sensitivity): z in server mode
+        (adaptive clipping included: z_Δ and σ_b together cost z); z/2 in client mode (sensitivity 2C)."""
+        z = self.cfg.noise_multiplier
+        return z / 2 if self.cfg.mode == "client" else z
+
+    def privacy_record(self, server_round: int) -> dict[str, Any]:
+        return {"dp_epsilon": epsilon(self.noise_multiplier(), server_round, self.cfg.delta),
+                "dp_delta": self.cfg.delta}
 
     def update_noise_std(self) -> float:
         """z·C for the updates; with adaptive clipping z is raised to z_Δ so that the count query is paid for."""
@@ -195,22 +295,51 @@ class DifferentialPrivacy(Strategy):
             z = rest ** -0.5
         return z * self.clipping_norm
 
+    def check_model(self, model: nn.Module, shared_keys: list[str]) -> None:
+        """Refuse floating buffers that travel unless `buffers: private`; note the BatchNorm running variances."""
+        self.inner.check_model(model, shared_keys)
+        state = model.state_dict()
+        params = {name for name, _ in model.named_parameters()}
+        buffers = [k for k in shared_keys if k not in params and state[k].is_floating_point()]
+        if buffers and self.cfg.buffers == "refuse":
+            raise FedctlError(
+                f"federation.dp: the model shares {len(buffers)} floating buffers computed from client data "
+                f"(e.g. '{buffers[0]}', BatchNorm running statistics), which clipping and noise do not protect "
+                "unless they travel inside the noised update",
+                "--set federation.dp.buffers=private (clipped and noised with the update, covered by ε; running "
+                "variances clamped at 0), or use a model without BatchNorm")
+        self.variance_keys = [f"{name}.running_var" if name else "running_var"
+                              for name, mod in model.named_modules()
+                              if isinstance(mod, nn.modules.batchnorm._NormBase) and mod.running_var is not None]
+        self.variance_keys = [k for k in self.variance_keys if k in shared_keys]
+
     def configure_fit(self, server_round: int) -> ClientInstructions:
-        return self.inner.configure_fit(server_round)
+        instructions = self.inner.configure_fit(server_round)
+        if self.cfg.mode == "client":
+            instructions = dataclasses.replace(instructions, dp_clipping_norm=self.clipping_norm,
+                                               dp_noise_std=self.update_noise_std())
+        return instructions
 
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
-        self._last = _DPAggregator(self, self.inner.begin(server_round, global_state, workspace), global_state,
-                                   server_round)
+        if self.cfg.mode == "client":
+            self._last = None
+            return _LocalNoised(self, self.inner.begin(server_round, global_state, workspace), global_state,
+                                server_round)
+        self._last = _CentralMean(self, global_state, server_round)
         return self._last
 
     def step(self, server_round: int, global_state: State, aggregated: State) -> State:
         new = self.inner.step(server_round, global_state, aggregated)
+        for k in self.variance_keys:  # post-processing: a noised variance may be negative
+            new[k] = new[k].clamp_min(0)
         agg = self._last
         if self.cfg.clip == "adaptive" and agg is not None and agg.norms:
+            m = max(1, self.num_sampled)
             unclipped = sum(n <= self.clipping_norm for n in agg.norms)
-            noisy = unclipped + (float(torch.randn((), generator=agg.gen)) * self.count_stddev
-                                 if self.cfg.noise_multiplier > 0 else 0.0)
-            b = noisy / len(agg.norms)
+            # Andrew et al.: Σ(b_i − ½) has sensitivity ½, so its noise σ_b counts as multiplier 2σ_b
+            noisy = unclipped - len(agg.norms) / 2 + (float(torch.randn((), generator=agg.gen)) * self.count_stddev
+                                                     if self.cfg.noise_multiplier > 0 else 0.0)
+            b = noisy / m + 0.5
             self.clipping_norm *= math.exp(-self.cfg.clip_norm_lr * (b - self.cfg.target_clipped_quantile))
         return new
 

@@ -53,6 +53,7 @@ class EntropyWeightedMean(Aggregator):
 
 class FedEntropy(Strategy):
     name = "fedentropy"
+    aggregation_rule = "weighs clients by the entropy each one reports, a statistic of its data"
 
     def __init__(self, *, temperature: float = 1.0, use_num_examples: bool = True, max_examples: int = 64) -> None:
         if not temperature > 0:

@@ -61,6 +61,7 @@ class FisherWeightedMean(Aggregator):
 
 class FedFisher(Strategy):
     name = "fedfisher"
+    aggregation_rule = "weighs each coordinate by each client's Fisher, a statistic of its data"
 
     def __init__(self, *, fisher: bool | str = True, max_examples: int = 64, chunk: int = 8,
                  epsilon: float = 1e-8) -> None:

@@ -10,6 +10,7 @@ from fedctl.core.strategies.base import Aggregator, Collect, Strategy
 
 class FedMedian(Strategy):
     name = "fedmedian"
+    aggregation_rule = "takes the coordinate-wise median of the individual client states"
 
     def __init__(self) -> None:
         pass

@@ -10,6 +10,7 @@ from fedctl.core.strategies.base import Aggregator, Collect, Strategy
 
 class FedTrimmedAvg(Strategy):
     name = "fedtrimmedavg"
+    aggregation_rule = "takes a trimmed mean of the individual client states (which values survive depends on each one)"
 
     def __init__(self, *, beta: float = 0.2) -> None:
         if not 0.0 <= beta < 0.5:

@@ -14,6 +14,7 @@ from fedctl.core.strategies.base import Aggregator, ClientUpdate, Collect, Strat
 
 class Krum(Strategy):
     name = "krum"
+    aggregation_rule = "keeps the clients whose individual states are closest to the others (Krum scores)"
 
     def __init__(self, *, num_malicious_clients: int = 0, num_clients_to_keep: int = 0) -> None:
         if num_malicious_clients < 0 or num_clients_to_keep < 0:

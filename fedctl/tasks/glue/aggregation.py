@@ -124,6 +124,14 @@ class LoraSpaceStrategy(Strategy):
     def configure_fit(self, server_round: int) -> ClientInstructions:
         return self.inner.configure_fit(server_round)
 
+    def not_a_mean(self) -> str | None:
+        if self.merge == "svd":
+            return "merges in ΔW = s·B·A space (svd), which is not linear in each client's update"
+        return self.inner.not_a_mean()
+
+    def check_model(self, model, shared_keys: list[str]) -> None:
+        self.inner.check_model(model, shared_keys)
+
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         aggregator = self.inner.begin(server_round, global_state, workspace)
         if self.merge == "naive":
