@@ -46,8 +46,9 @@ sets (the server's evaluation data). `by="speaker"` reuses `data partition`'s gr
 speaker on two clients); silence windows, which have no speaker, are dealt round-robin in a seeded order.
 `by="iid"` deals every train row out evenly after a seeded shuffle.
 
-Audio headers (rate, channels, frames) are read for every file (about 70 us each; the 105k files of v0.02
-take seconds): a file that is not 16 kHz mono is refused by name here, not deep inside a training run.
+Audio headers (rate, channels, frames) are read for every file, so that a file that is not 16 kHz mono is
+refused by name here, not deep inside a training run. Measured: 3,500 rows/s on a shared 2-core machine
+(a 3,000-clip synthetic corpus in 0.9 s); v0.02's 105k files would take about 30 s there.
 """
 
 from __future__ import annotations
@@ -162,7 +163,8 @@ def _wav_files(folder: Path) -> list[str]:
 def _frames(path: Path) -> int:
     """Frames of a 16 kHz mono file (header only); anything else is refused by name."""
     try:
-        info = sf.info(str(path))
+        with sf.SoundFile(str(path)) as info:  # header only; a third cheaper than sf.info (no extra_info)
+            pass
     except (RuntimeError, OSError) as exc:  # soundfile's LibsndfileError is a RuntimeError
         raise FedctlError(f"cannot read audio file {path} ({str(exc).splitlines()[0][:120]})",
                           "delete or replace that file (Speech Commands files are 16 kHz mono WAV)") from None
@@ -237,6 +239,7 @@ def _check_root(root: Path, keywords: tuple[str, ...], what: str) -> list[str]:
 def _word_rows(root: Path, folders: list[str], keywords: tuple[str, ...], labels: list[str],
                split_of) -> list[KeywordUtterance]:
     rows = []
+    root = root.resolve()  # once: Path.resolve per file costs a syscall per path component
     for folder in folders:
         label = _classify(folder, keywords)
         for name in _wav_files(root / folder):
@@ -249,7 +252,7 @@ def _word_rows(root: Path, folders: list[str], keywords: tuple[str, ...], labels
             if split is None:
                 continue
             rows.append(KeywordUtterance(
-                id=f"{folder}/{Path(name).stem}", path=str(path.resolve()), word=folder, label=label,
+                id=f"{folder}/{Path(name).stem}", path=str(path), word=folder, label=label,
                 label_index=labels.index(label), speaker=None if label == SILENCE else speaker_of(name),
                 split=split, offset=0, num_samples=frames,
             ))
