@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from fedctl.errors import FedctlError
@@ -95,16 +94,11 @@ def load_corpus(roots: str | Path | Sequence[str | Path], *, min_dur: int = 0, m
 
 
 def read_audio(path: str) -> np.ndarray:
-    """16 kHz mono samples as int16 (the reference feature pipelines' scale)."""
-    try:
-        audio, rate = sf.read(path, dtype="int16", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise FedctlError(f"cannot read audio {path} ({str(exc).splitlines()[0][:100]})",
-                          "the file changed since it was indexed: re-run `fedctl data partition librispeech`") from exc
-    if rate != SAMPLE_RATE or audio.ndim != 1:
-        raise FedctlError(f"{path}: {rate} Hz {audio.ndim}-D audio; the ASR features need 16 kHz mono",
-                          "convert it and re-partition")
-    return audio
+    """16 kHz mono samples as int16 (the reference feature pipelines' scale), resampled / down-mixed by the
+    one speech loader (`fedctl.data.speech.audio.load_audio`)."""
+    from fedctl.data.speech.audio import load_audio
+
+    return load_audio(path, dtype="int16")
 
 
 def num_frames(arch: str, num_samples: int) -> int:
