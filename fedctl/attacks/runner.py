@@ -30,9 +30,9 @@ from fedctl.attacks.objective import DISTANCES, MATCHES, output_layer
 from fedctl.attacks.transcript import recovered_transcripts
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.ctc import check_feasible
-from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition
+from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition, normalise
 from fedctl.tasks.asr.models import output_lengths
-from fedctl.tasks.asr.text import error_rates
+from fedctl.tasks.asr.text import check_text_norm, error_rates
 from fedctl.utils.io import torch_load, torch_save, write_text
 
 COLUMNS = ["utterance", "duration_ms", "speaker", "method", "defense", "restart", "grad_distance", "feature_mae",
@@ -45,7 +45,8 @@ class AttackSpec:
     arch: str = "ds1"
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # model overrides, e.g. {"n_hidden": 256}
-    corpus: list[str] = field(default_factory=list)
+    corpus: list[str] = field(default_factory=list)  # any format fedctl.data.speech.readers reads (detected)
+    text_norm: str = "strict"  # transcripts of the attacked utterances (only those): strict, fold, fold-spell-numbers
     parts: str | None = None
     client: str | None = None
     min_dur: int = 1000
@@ -71,9 +72,11 @@ class AttackSpec:
 
 
 def select_utterances(spec: AttackSpec):
-    """The duration bin's utterances (sorted by id), then [batch_start, batch_end) of them."""
+    """The duration bin's utterances (sorted by id), then [batch_start, batch_end) of them, and only those
+    normalised (`spec.text_norm`): a transcript outside the attacked range never stops the attack."""
+    check_text_norm(spec.text_norm)
     if spec.parts:
-        clients = load_partition(spec.parts, min_dur=spec.min_dur, max_dur=spec.max_dur)
+        clients = load_partition(spec.parts, min_dur=spec.min_dur, max_dur=spec.max_dur, text_norm=None)
         if spec.client is not None:
             if spec.client not in clients:
                 raise FedctlError(f"client {spec.client!r} is not in {spec.parts}",
@@ -83,9 +86,10 @@ def select_utterances(spec: AttackSpec):
             utts = [u for us in clients.values() for u in us]
         utts = sorted(utts, key=lambda u: u.id)
     elif spec.corpus:
-        utts = load_corpus(spec.corpus, min_dur=spec.min_dur, max_dur=spec.max_dur)
+        utts = load_corpus(spec.corpus, min_dur=spec.min_dur, max_dur=spec.max_dur, text_norm=None)
     else:
-        raise FedctlError("no data to attack", "pass --corpus DIR (LibriSpeech layout) or --parts PARTS")
+        raise FedctlError("no data to attack", "pass --corpus CORPUS (LibriSpeech tree, manifest or HF dataset) "
+                          "or --parts PARTS")
     if not utts:
         raise FedctlError(f"no utterance lies in the duration bin [{spec.min_dur}, {spec.max_dur}) ms",
                           "widen --min-dur/--max-dur (milliseconds), e.g. --min-dur 1000 --max-dur 2000")
@@ -96,7 +100,14 @@ def select_utterances(spec: AttackSpec):
         raise FedctlError(f"--batch-start {spec.batch_start} is past the {len(utts)} utterance(s) in the bin "
                           f"[{spec.min_dur}, {spec.max_dur}) ms",
                           f"use --batch-start below {len(utts)} or widen the duration bin")
-    return utts[spec.batch_start: min(spec.batch_end, len(utts)): max(1, spec.batch_stride)]
+    chosen = normalise(utts[spec.batch_start: min(spec.batch_end, len(utts)): max(1, spec.batch_stride)], spec.text_norm)
+    empty = [u.id for u in chosen if not u.transcript]
+    if empty:
+        raise FedctlError(f"attacked utterance(s) {', '.join(empty[:8])} have no transcript left after "
+                          f"--text-norm {spec.text_norm}",
+                          "attack other utterances (--batch-start/--batch-end, --min-dur/--max-dur), or attack "
+                          "without them (--no-transcripts)")
+    return chosen
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -329,7 +340,7 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
         frames = crops.pop()  # score at the length the attack reconstructed
     if not recs:
         raise FedctlError(f"no reconstructions under {', '.join(map(str, out_dirs))}/recon", "run the attack first")
-    utts = load_corpus(corpus or [], min_dur=min_dur, max_dur=max_dur)
+    utts = load_corpus(corpus or [], min_dur=min_dur, max_dur=max_dur, text_norm=None)  # speakers only
     cache = FeatureCache(arch)
     train = [u for u in utts if u.id not in recs]
     if len({u.speaker for u in train}) < 2:

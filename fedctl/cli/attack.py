@@ -44,7 +44,8 @@ _EPILOG = ("Examples:\n\n"
 
 def _command(arch: str):
     def command(
-        corpus: Annotated[list[Path] | None, typer.Option("--corpus", help="LibriSpeech-layout tree(s).")] = None,
+        corpus: Annotated[list[Path] | None, typer.Option("--corpus", help="LibriSpeech tree(s), fairseq/CSV manifest(s) or local HF dataset(s).")] = None,
+        text_norm: Annotated[str, typer.Option("--text-norm", help="Transcripts of the attacked utterances: strict, fold or fold-spell-numbers.")] = "strict",
         parts: Annotated[Path | None, typer.Option("--parts", help="Partition folder (fedctl data partition).")] = None,
         client: Annotated[str | None, typer.Option("--client", help="Attack this client of --parts.")] = None,
         min_dur: Annotated[int, typer.Option("--min-dur", help="Duration bin start, ms (inclusive).")] = 1000,
@@ -96,7 +97,7 @@ def _command(arch: str):
         _threads(threads)
         spec = AttackSpec(
             arch=arch, preset=preset, model={"n_hidden": hidden} if hidden else {},
-            corpus=[str(c) for c in corpus or []], parts=str(parts) if parts else None, client=client,
+            corpus=[str(c) for c in corpus or []], text_norm=text_norm, parts=str(parts) if parts else None, client=client,
             min_dur=min_dur, max_dur=max_dur, batch_start=batch_start, batch_end=batch_end, batch_size=batch_size,
             batch_stride=batch_stride,
             checkpoint=str(checkpoint) if checkpoint else None,

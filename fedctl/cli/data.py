@@ -20,8 +20,11 @@ app.add_typer(partition_app, name="partition")
 SpeechSeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed (voices, sentences, splits, k-means).")]
 SpeechOutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written atomically).")]
 RootOpt = Annotated[
-    list[Path], typer.Option("--root", help="A LibriSpeech tree or subset folder (repeatable).")
+    list[Path], typer.Option("--root", help="A LibriSpeech tree, a fairseq .tsv or CSV/TSV manifest, or a local "
+                             "HF dataset (save_to_disk folder or .parquet) (repeatable).")
 ]
+CorpusFormatOpt = Annotated[str, typer.Option(
+    "--corpus-format", help="auto (detect), librispeech, tsv (fairseq manifest), csv (named columns) or hf.")]
 SpeechClientsOpt = Annotated[int, typer.Option("--clients", help="Number of clients.")]
 ByOpt = Annotated[str, typer.Option("--by", help="speaker (no speaker on two clients), iid or dirichlet.")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Dirichlet concentration for --by dirichlet (smaller: more skew).")]
@@ -109,7 +112,10 @@ def _synth_keywords(out_dir, speakers, words, unknown_words, repetitions, noise_
     "librispeech",
     epilog="Examples:\n\n  fedctl data partition librispeech --root data/synth --clients 10 --out parts/\n\n"
     "  fedctl data partition librispeech --root LibriSpeech/train-clean-100 --root LibriSpeech/train-clean-360 "
-    "--clients 100 --by dirichlet --alpha 0.5 --out parts/",
+    "--clients 100 --by dirichlet --alpha 0.5 --out parts/\n\n"
+    "  fedctl data partition speech --root manifests/train.tsv --clients 10 --out parts/\n\n"
+    "  fedctl data partition speech --root clips.csv --clients 10 --out parts/\n\n"
+    "  fedctl data partition speech --root my_hf_dataset/ --corpus-format hf --clients 10 --out parts/",
 )
 def partition_librispeech(
     roots: RootOpt,
@@ -122,12 +128,13 @@ def partition_librispeech(
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
+    corpus_format: CorpusFormatOpt = "auto",
 ) -> None:
-    """Split LibriSpeech-layout trees across clients: per-client manifests + summary.json."""
+    """Split a speech corpus (LibriSpeech tree, fairseq TSV, CSV manifest, local HF dataset) across clients."""
     from fedctl.data.speech.partition import partition_librispeech as run
 
     result = run(roots, out_dir, clients=clients, by=by, alpha=alpha, val_fraction=val_fraction, seed=seed,
-                 strict=strict, overwrite=overwrite)
+                 strict=strict, overwrite=overwrite, corpus_format=corpus_format)
     _bad_files_warning(result.bad_files, str(Path(out_dir) / "summary.json"))
     summary = result.summary
     if json_out:
@@ -143,7 +150,16 @@ def partition_librispeech(
     table.add_row("total", str(t["utterances"]), "", "", f"{t['hours']:.3f}", str(t["speakers"]), style="bold")
     out.print(table)
     out.print(f"hour spread (max-min) {summary['hours_spread']:.4f} h; bad files {summary['num_bad_files']}")
+    audio = summary["audio"]
+    if audio["resampled"] or audio["downmixed"]:
+        out.print(f"audio read at 16 kHz mono: {audio['resampled']} resampled ({audio['resampler']}) from "
+                  f"{', '.join(r + ' Hz' for r in audio['input_rates_hz'])}, {audio['downmixed']} down-mixed")
     saved(result.out, "partition")
+
+
+# the same command under the name that says it reads any supported corpus
+partition_app.command("speech", help="Split a speech corpus (LibriSpeech tree, fairseq TSV, CSV manifest, local HF "
+                      "dataset) across clients: per-client manifests + summary.json.")(partition_librispeech)
 
 
 @app.command(

@@ -85,6 +85,11 @@ class RunDir:
         return self.path / "tokenizer.json"
 
     @property
+    def left_out_path(self) -> Path:
+        """`left_out_utterances.json`: the utterances a speech task left out before training, and why."""
+        return self.path / "left_out_utterances.json"
+
+    @property
     def demo_data_dir(self) -> Path:
         return self.path / "demo_data"
 

@@ -106,7 +106,7 @@ def broken_tree(tiny_corpus, tmp_path):
     trans = next(chapter.glob("*.trans.txt"))
     lines = trans.read_text().splitlines()
     trans.write_text("\n".join(line for line in lines if not line.startswith(flacs[2].stem)) + "\n")  # no line
-    sf.write(chapter / "1001-100100-9998.wav", np.zeros(8000, np.float32), 8000)  # 8 kHz
+    sf.write(chapter / "1001-100100-9998.wav", np.zeros(8000, np.float32), 8000)  # 8 kHz: read, resampled
     sf.write(chapter / "1001-100100-9997.wav", np.zeros(16000, np.float32), 16000)  # good WAV
     with trans.open("a") as f:
         f.write("1001-100100-9998 EIGHT KILOHERTZ\n1001-100100-9997 A WAV FILE\n1001-100100-9999 NO AUDIO\n")
@@ -116,20 +116,24 @@ def broken_tree(tiny_corpus, tmp_path):
 def test_bad_files_are_listed_counted_and_skipped(broken_tree, tmp_path):
     result = partition_librispeech([broken_tree], tmp_path / "parts", clients=2, seed=0)
     reasons = {b.path.rsplit("/", 1)[-1]: b.reason for b in result.bad_files}
-    assert len(result.bad_files) == 5 == result.summary["num_bad_files"]
+    assert len(result.bad_files) == 4 == result.summary["num_bad_files"]
     assert "empty file" in next(r for p, r in reasons.items() if p.endswith("0000.flac"))
     assert "unreadable audio" in next(r for p, r in reasons.items() if p.endswith("0001.flac"))
     assert "no transcript line" in next(r for p, r in reasons.items() if p.endswith(".flac") and "0002" in p)
-    assert "8000 Hz" in reasons["1001-100100-9998.wav"]
+    assert "1001-100100-9998.wav" not in reasons  # 8 kHz is no longer refused: resampled on reading
     assert "no audio" in reasons["1001-100100-9999.flac"]
-    good = 2 * UTTERANCES - 3 + 1  # three broken FLACs out, the 16 kHz WAV in
+    good = 2 * UTTERANCES - 3 + 2  # three broken FLACs out, the 16 kHz and the 8 kHz WAV in
     assert result.summary["totals"]["utterances"] == good
     summary = json.loads((tmp_path / "parts" / "summary.json").read_text())
-    assert len(summary["bad_files"]) == 5
+    assert len(summary["bad_files"]) == 4
+    assert summary["audio"]["input_rates_hz"] == {"8000": 1, "16000": good - 1} and summary["audio"]["resampled"] == 1
+    _, manifests = read_partition(tmp_path / "parts")
+    row = next(r for rows in manifests.values() for r in rows if r["id"] == "1001-100100-9998")
+    assert (row["num_samples"], row["sample_rate"], row["source_rate"], row["channels"]) == (16000, 16000, 8000, 1)
 
 
 def test_strict_turns_bad_files_into_an_error_and_writes_nothing(broken_tree, tmp_path):
-    with pytest.raises(FedctlError, match=r"5 bad file\(s\) with --strict"):
+    with pytest.raises(FedctlError, match=r"4 bad file\(s\) with --strict"):
         partition_librispeech([broken_tree], tmp_path / "parts", clients=2, strict=True)
     assert not (tmp_path / "parts").exists()
     assert list(tmp_path.glob(".parts*")) == []

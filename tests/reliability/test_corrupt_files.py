@@ -335,12 +335,13 @@ def test_probe_detects_truncated_audio_of_both_formats(tmp_path, fraction, fmt):
     import numpy as np
     import soundfile as sf
 
-    from fedctl.data.speech.librispeech import _probe
+    from fedctl.data.speech.audio import AudioInfo
+    from fedctl.data.speech.librispeech import probe as _probe
 
     path = tmp_path / f"u.{fmt.lower()}"
     sf.write(path, (np.random.default_rng(0).standard_normal(16000) * 0.1).astype("float32"), 16000, format=fmt,
              subtype="PCM_16")
-    assert _probe(path) == (16000, 16000, 1)
+    assert _probe(path) == AudioInfo(frames=16000, rate=16000, channels=1)
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     assert "truncated" in _probe(path)

@@ -94,12 +94,17 @@ def test_bad_transcripts_and_too_short_utterances_are_named(corpus, tmp_path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(FedctlError, match=rf"{rows[0]['id']}.*'\u00e9'") as err:
         make_task(bad, clients=1)
-    assert err.value.hint
-    assert make_task(bad, clients=1, drop_unknown=True).train  # normalised by dropping, when asked
+    assert "--text-norm fold" in err.value.hint
+    task = make_task(bad, clients=1, text_norm="fold")  # folded, when asked
+    assert next(u for us in (*task.train.values(), *task.val.values()) for u in us
+                if u.id == rows[0]["id"]).transcript == "cafe au lait"
     rows[0]["transcript"] = "a very long transcript " * 20  # far more symbols than a few seconds have frames
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(FedctlError, match=rf"too short for their transcript under ds2: {rows[0]['id']}"):
-        make_task(bad, clients=1, arch="ds2")
+        make_task(bad, clients=1, arch="ds2", skip_too_short=False)
+    task = make_task(bad, clients=1, arch="ds2")  # the default leaves it out, by name
+    assert [(d["id"], d["reason"].split(":")[0]) for d in task.left_out if d["id"] == rows[0]["id"]] == \
+        [(rows[0]["id"], "too short for its transcript under ds2")]
 
 
 def test_central_equals_one_client_federation_bit_for_bit_and_bad_init_via_cli(corpus, tmp_path):

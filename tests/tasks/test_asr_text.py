@@ -31,10 +31,35 @@ def test_normalization_and_unknown_characters():
     message = err.value.message
     assert "84-121123-0001" in message
     assert all(repr(c) in message for c in (",", "4", "2", "!"))
-    assert "drop_unknown" in err.value.hint
-    assert normalize_transcript("Hello , world 42!", drop_unknown=True) == "hello world"
+    assert "--text-norm fold-spell-numbers" in err.value.hint  # the real flag of train asr and attack
+    assert normalize_transcript("Hello , world 42!", mode="fold") == "hello world"
     with pytest.raises(FedctlError):
         encode("hello!")
+    with pytest.raises(FedctlError, match="'lower' is not a transcript normalisation") as err:
+        normalize_transcript("x", mode="lower")
+    assert "strict, fold, fold-spell-numbers" in err.value.hint
+
+
+@pytest.mark.parametrize("raw, fold, spelled", [
+    ("Conf\u00e9rence \u00e0 3 heures, le 23rd!", "conference a heures le", "conference a three heures le twenty third"),
+    ("\u041f\u0440\u0438\u0432\u0435\u0442 \u043c\u0438\u0440", "", ""),  # Cyrillic: nothing in a-z
+    ("H 3 23", "h", "h three twenty three"),
+    ("Stra\u00dfe \u201cquoted\u201d don\u2019t \u2014 na\u00efve", "strasse quoted don't naive",
+     "strasse quoted don't naive"),
+    ("The 1,500 men; 3.5 km", "the men km", "the one thousand five hundred men three point five km"),
+    ("'Tis rock-'n'-roll \u00c6sop \u0141\u00f3d\u017a", "tis rock n roll aesop lodz", "tis rock n roll aesop lodz"),
+    ("\uff28\uff25\uff2c\uff2c\uff2f \ufb01ne", "hello fine", "hello fine"),  # full-width letters, fi ligature
+])
+def test_fold_modes_fold_accents_case_numbers_and_scripts(raw, fold, spelled):
+    assert normalize_transcript(raw, mode="fold") == fold
+    assert normalize_transcript(raw, mode="fold-spell-numbers") == spelled
+    assert all(c in " abcdefghijklmnopqrstuvwxyz'" for c in spelled)
+
+
+def test_empty_reference_is_named():
+    with pytest.raises(FedctlError, match="non-empty reference transcripts: b-1") as err:
+        error_rates(["a", " "], ["a", "b"], ids=["a-1", "b-1"])
+    assert "--text-norm" in err.value.hint
 
 
 def _one_hot_path(paths: list[list[int]]) -> torch.Tensor:

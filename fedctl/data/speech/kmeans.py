@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 from threadpoolctl import threadpool_limits
 
+from fedctl.data.speech.audio import load_audio
 from fedctl.data.speech.features import (
     FEATURE_DIM,
     SAMPLE_RATE,
@@ -119,22 +119,11 @@ def frame_phones(phn_path: str, num_frames: int, label_rate: int) -> np.ndarray:
 
 def _load_audio(row: dict) -> np.ndarray:
     path = row["path"]
-    try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=False)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise FedctlError(
-            f"cannot read audio {path} ({str(exc).splitlines()[0][:100]})",
-            "the file changed or vanished since partitioning: fix it and re-run `fedctl data partition librispeech`",
-        ) from exc
-    if rate != SAMPLE_RATE or audio.ndim != 1:
-        raise FedctlError(
-            f"{path}: {rate} Hz, {audio.ndim}-D audio; k-means features need 16 kHz mono",
-            "re-run `fedctl data partition librispeech` (it refuses such files) after converting them",
-        )
+    audio = load_audio(path)  # 16 kHz mono, resampled / down-mixed once, here as everywhere
     if len(audio) != row["num_samples"]:
         raise FedctlError(
-            f"{path} has {len(audio)} samples but the manifest says {row['num_samples']}",
-            "the file changed since partitioning: re-run `fedctl data partition librispeech`",
+            f"{path} has {len(audio)} samples at 16 kHz but the manifest says {row['num_samples']}",
+            "the file changed since partitioning: re-run `fedctl data partition`",
         )
     return audio
 

@@ -18,16 +18,22 @@ from pathlib import Path
 
 import soundfile as sf
 
+from fedctl.data.speech.audio import MODEL_RATE, AudioInfo, _open, parse_hf_locator, probe_audio
 from fedctl.errors import FedctlError
 
-SAMPLE_RATE = 16000  # HuBERT's rate; other rates are refused (see `index_librispeech`)
-MIN_SAMPLES = 400  # one 25 ms window: the shortest input HuBERT's conv stack turns into a frame
+SAMPLE_RATE = MODEL_RATE  # every utterance is read at 16 kHz mono (`fedctl.data.speech.audio.load_audio`)
+MIN_SAMPLES = 400  # one 25 ms window at 16 kHz: the shortest input HuBERT's conv stack turns into a frame
 AUDIO_EXTENSIONS = (".flac", ".wav")
 
 
 @dataclass
 class Utterance:
-    """One manifest row. `duration` in seconds, `num_samples` at `sample_rate` Hz."""
+    """One row of the utterance table every speech reader produces (`fedctl.data.speech.readers`).
+
+    `num_samples` are samples at `sample_rate` = 16 kHz mono, what `load_audio` returns for `path`
+    (a file, or a dataset-row locator); `duration` = num_samples / 16000 seconds. `source_rate` and
+    `channels` are the stored audio's, before resampling / down-mixing. `transcript` is the raw text
+    (None when the corpus has none); it is normalised by the consumer (`--text-norm`)."""
 
     id: str
     path: str
@@ -36,9 +42,11 @@ class Utterance:
     sample_rate: int
     speaker: str
     chapter: str
-    transcript: str
+    transcript: str | None
     split: str = "train"
     phones: str | None = None  # TIMIT-style .phn alignment (sample offsets), when the tree has one
+    source_rate: int = MODEL_RATE  # Hz of the stored audio
+    channels: int = 1  # of the stored audio
 
     def to_json(self) -> dict:
         row = asdict(self)
@@ -58,6 +66,7 @@ class Index:
     utterances: list[Utterance] = field(default_factory=list)
     bad_files: list[BadFile] = field(default_factory=list)
     roots: list[str] = field(default_factory=list)
+    formats: list[str] = field(default_factory=list)  # per root: librispeech, tsv, csv or hf
 
 
 def _read_transcripts(trans: Path, bad: list[BadFile]) -> dict[str, str]:
@@ -78,38 +87,46 @@ def _read_transcripts(trans: Path, bad: list[BadFile]) -> dict[str, str]:
     return lines
 
 
-def _probe(path: Path) -> tuple[int, int, int] | str:
-    """(num_samples, sample_rate, channels) from the header, or the reason the file is unusable."""
+def probe(path: str | Path) -> AudioInfo | str:
+    """Header facts of a file or dataset row (`AudioInfo`), or the reason it is unusable: unreadable,
+    empty, truncated, or shorter than MIN_SAMPLES once at 16 kHz. Any rate and channel count is fine:
+    `load_audio` resamples and down-mixes."""
+    path = str(path)
+    is_file = parse_hf_locator(path) is None
     try:
-        if path.stat().st_size == 0:
+        if is_file and os.stat(path).st_size == 0:
             return "empty file (0 bytes)"
-        info = sf.info(str(path))
+        info = probe_audio(path)
+    except FedctlError as exc:
+        return exc.message
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        return f"unreadable audio ({str(exc).splitlines()[0][:100]})"
+        return f"unreadable audio ({str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__})"
     if info.frames <= 0:
         return "zero-length audio (0 samples)"
-    damaged = _truncation(path, int(info.frames))
+    damaged = _truncation(path, info.frames, is_file)
     if damaged:
         return damaged
-    return int(info.frames), int(info.samplerate), int(info.channels)
+    if info.num_samples < MIN_SAMPLES:
+        return f"only {info.num_samples} samples at 16 kHz (< {MIN_SAMPLES}, one 25 ms frame)"
+    return info
 
 
 PROBE_FRAMES = 4096  # decoded at each end of a file: ~0.5 ms per file, where decoding it whole costs ~100× more
 
 
-def _truncation(path: Path, frames: int) -> str | None:
+def _truncation(path: str, frames: int, is_file: bool = True) -> str | None:
     """Why a file whose header promises `frames` samples cannot deliver them, or None.
 
     A header alone does not show truncation (a FLAC cut to a third still reports its full length), and
     decoding every file would make indexing a 1000-hour corpus slow; so decode the first and the last
     PROBE_FRAMES samples (a seek to the end fails on a cut FLAC), and for WAV compare the data chunk's
     declared size with the bytes on disk (libsndfile silently shortens a cut WAV)."""
-    if path.suffix.lower() == ".wav":
-        missing = _wav_missing_bytes(path)
+    if is_file and path.lower().endswith(".wav"):
+        missing = _wav_missing_bytes(Path(path))
         if missing:
             return f"truncated audio (the WAV data chunk lacks {missing} of its declared bytes)"
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(_open(path)) as f:
             k = min(frames, PROBE_FRAMES)
             if len(f.read(k, dtype="float32")) != k:
                 return "truncated audio (cannot decode its first samples)"
@@ -154,14 +171,15 @@ def _chapter_dirs(root: Path) -> list[Path]:
 def index_librispeech(roots: list[str | Path]) -> Index:
     """Scan LibriSpeech trees; return utterances (sorted by id) and every problem found.
 
-    A file is bad when it is unreadable, empty, shorter than 400 samples, not mono, not 16 kHz (refused
-    rather than resampled: HuBERT labels must align with the 16 kHz audio the model will read, so convert
-    the tree once with e.g. `sox in.flac -r 16000 out.flac`), has no transcript line, or is a transcript
-    line whose audio is missing. Utterance ids that occur twice across roots are bad after the first.
+    A file is bad when it is unreadable, empty, truncated, shorter than 400 samples at 16 kHz, has no
+    transcript line, or is a transcript line whose audio is missing. Any sample rate and channel count is
+    indexed: `num_samples` counts the 16 kHz mono samples `load_audio` returns (resampled with soxr), so
+    HuBERT labels align with the audio the model reads. Utterance ids that occur twice across roots are
+    bad after the first.
     """
     if not roots:
         raise FedctlError("no --root given", "pass --root path/to/LibriSpeech/train-clean-100 (repeatable)")
-    index = Index(roots=[str(Path(r)) for r in roots])
+    index = Index(roots=[str(Path(r)) for r in roots], formats=["librispeech"] * len(roots))
     seen: set[str] = set()
     for root in roots:
         root = Path(root)
@@ -200,19 +218,9 @@ def _index_chapter(chapter_dir: Path, index: Index, seen: set[str]) -> None:
         if utt_id not in transcripts:
             bad.append(BadFile(str(path), f"no transcript line for {utt_id} in the chapter's .trans.txt"))
             continue
-        probe = _probe(path)
-        if isinstance(probe, str):
-            bad.append(BadFile(str(path), probe))
-            continue
-        num_samples, sample_rate, channels = probe
-        if sample_rate != SAMPLE_RATE:
-            bad.append(BadFile(str(path), f"sample rate {sample_rate} Hz, expected {SAMPLE_RATE} Hz"))
-            continue
-        if channels != 1:
-            bad.append(BadFile(str(path), f"{channels} channels, expected mono"))
-            continue
-        if num_samples < MIN_SAMPLES:
-            bad.append(BadFile(str(path), f"only {num_samples} samples (< {MIN_SAMPLES}, one 25 ms frame)"))
+        info = probe(path)
+        if isinstance(info, str):
+            bad.append(BadFile(str(path), info))
             continue
         if utt_id in seen:
             bad.append(BadFile(str(path), f"duplicate utterance id {utt_id} (already indexed from another root)"))
@@ -225,12 +233,14 @@ def _index_chapter(chapter_dir: Path, index: Index, seen: set[str]) -> None:
             Utterance(
                 id=utt_id,
                 path=os.path.join(base, path.name),
-                duration=num_samples / sample_rate,
-                num_samples=num_samples,
-                sample_rate=sample_rate,
+                duration=info.num_samples / SAMPLE_RATE,
+                num_samples=info.num_samples,
+                sample_rate=SAMPLE_RATE,
                 speaker=speaker,
                 chapter=chapter,
                 transcript=transcripts[utt_id],
                 phones=os.path.join(base, phones) if phones in name_set else None,
+                source_rate=info.rate,
+                channels=info.channels,
             )
         )

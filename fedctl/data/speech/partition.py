@@ -10,8 +10,9 @@ Three schemes:
   Smaller alpha, more skew. Redrawn (seeded) until every client has at least one utterance.
 
 Output: one JSON-lines manifest per client (`client_000.jsonl`, one utterance per line with id, path,
-duration, num_samples, sample_rate, speaker, chapter, transcript, split, and phones when present) plus
-`summary.json` (per-client utterances/hours/speakers, bad files). The folder appears whole or not at all.
+duration, num_samples, sample_rate, speaker, chapter, transcript, split, source_rate, channels, and phones
+when present) plus `summary.json` (per-client utterances/hours/speakers, input formats, input sample rates
+and channel counts with the resampling applied on reading, bad files). The folder appears whole or not at all.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fedctl.data.speech.librispeech import BadFile, Utterance, index_librispeech
+from fedctl.data.speech.librispeech import BadFile, Utterance
+from fedctl.data.speech.readers import read_corpus
 from fedctl.errors import FedctlError
 from fedctl.utils.io import atomic_dir, check_not_input, check_out_dir
 
@@ -139,8 +141,10 @@ def partition_librispeech(
     seed: int = 0,
     strict: bool = False,
     overwrite: bool = False,
+    corpus_format: str = "auto",
 ) -> PartitionResult:
-    """Index `roots`, split across `clients`, write manifests + summary.json to `out` (atomically)."""
+    """Read `roots` (LibriSpeech trees, fairseq/CSV manifests or local HF datasets, see
+    `fedctl.data.speech.readers`), split across `clients`, write manifests + summary.json to `out` (atomically)."""
     if by not in SCHEMES:
         raise FedctlError(f"--by {by!r} is not a partition scheme", f"use one of: {', '.join(SCHEMES)}")
     if clients < 1:
@@ -149,7 +153,7 @@ def partition_librispeech(
         raise FedctlError(f"--val-fraction must be in [0, 1), got {val_fraction}", "e.g. --val-fraction 0.2")
     check_not_input(out, list(roots), "--out")
     check_out_dir(out, overwrite=overwrite)
-    index = index_librispeech(list(roots))
+    index = read_corpus(list(roots), corpus_format)
     bad = index.bad_files
     if bad and strict:
         listing = "; ".join(f"{b.path}: {b.reason}" for b in bad[:5])
@@ -188,6 +192,8 @@ def partition_librispeech(
         "val_fraction": val_fraction,
         "seed": seed,
         "roots": index.roots,
+        "formats": index.formats,
+        "audio": audio_summary(utterances),
         "totals": {
             "utterances": len(utterances),
             "hours": sum(hours),
@@ -208,6 +214,27 @@ def partition_librispeech(
             )
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return PartitionResult(out=out, summary=summary, bad_files=bad)
+
+
+def audio_summary(utterances: list[Utterance]) -> dict:
+    """How the stored audio differs from what the models read (16 kHz mono), and how it is converted."""
+    from fedctl.data.speech.audio import MODEL_RATE, resampler_version
+
+    rates: dict[str, int] = defaultdict(int)
+    channels: dict[str, int] = defaultdict(int)
+    for u in utterances:
+        rates[str(u.source_rate)] += 1
+        channels[str(u.channels)] += 1
+    resampled = sum(u.source_rate != MODEL_RATE for u in utterances)
+    return {
+        "model_rate_hz": MODEL_RATE,
+        "input_rates_hz": dict(sorted(rates.items(), key=lambda kv: int(kv[0]))),
+        "input_channels": dict(sorted(channels.items(), key=lambda kv: int(kv[0]))),
+        "resampled": resampled,
+        "downmixed": sum(u.channels != 1 for u in utterances),
+        "resampler": resampler_version() if resampled else None,
+        "downmix": "mean over channels",
+    }
 
 
 def read_partition(parts: str | Path) -> tuple[dict, dict[str, list[dict]]]:

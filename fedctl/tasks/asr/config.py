@@ -19,11 +19,15 @@ class AsrConfig:
     init: str | None = None  # initial weights: a fedctl checkpoint (.pt) or an `final/hf` export of the same arch
 
     # ---- data
-    parts: str | None = None  # folder from `fedctl data partition librispeech` (by speaker); None: the synth demo
+    parts: str | None = None  # folder from `fedctl data partition` (by speaker); None: the synth demo
     min_dur: int = 0  # keep utterances of at least this many milliseconds
     max_dur: int | None = None  # ... and shorter than this (ms); None: no upper bound
-    drop_unknown: bool = False  # drop transcript characters outside a-z, space, apostrophe (else they are errors)
-    skip_too_short: bool = False  # leave out (and list) utterances too short for their transcript (else an error)
+    text_norm: str = "strict"  # transcripts to a-z ' and space: strict (anything else is an error), fold (accents
+    # and case folded, punctuation to spaces, digits and other scripts removed), fold-spell-numbers (as fold,
+    # numbers spelled in English with num2words first). The same mode is used by `fedctl attack --text-norm`.
+    min_chars_per_second: float = 1.0  # leave out (and list) utterances with fewer transcript characters per
+    # second of audio (read speech has 12-16; 0 disables). Empty transcripts are always left out and listed.
+    skip_too_short: bool = True  # leave out (and list) utterances too short for their transcript; false: an error
     demo_speakers: int = 8  # synth demo corpus (used without parts)
     demo_utterances: int = 24  # utterances per demo speaker
 
@@ -56,6 +60,8 @@ FLAGS = (
     Flag("task.arch", "--model", "ds1 or ds2."),
     Flag("task.preset", "--preset", "tiny, small or reference."),
     Flag("task.parts", "--parts", "Partition folder (`fedctl data partition librispeech --by speaker`). Default: synth demo."),
+    Flag("task.text_norm", "--text-norm", "Transcripts: strict, fold (accents/case folded, digits and other scripts "
+         "removed) or fold-spell-numbers."),
     Flag("task.init", "--init", "Initial weights: a fedctl checkpoint or final/hf of the same architecture."),
     Flag("task.local_updates", "--local-updates", "Optimizer steps per client per round.", int),
     Flag("task.lr", "--lr", "Client AdamW learning rate.", float),

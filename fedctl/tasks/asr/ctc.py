@@ -164,6 +164,6 @@ def check_feasible(utterance_id: str, target_ids: Sequence[int], output_frames: 
             f"utterance {utterance_id} is too short for its transcript: the model emits {output_frames} output "
             f"frames but its {len(target_ids)}-character transcript needs at least {need} "
             "(one per character plus a blank between repeated characters)",
-            "leave it out (raise the minimum duration, e.g. min_dur), or use DS1, which keeps 50 frames/s "
-            "where DS2 halves the frame rate and loses 10 frames",
+            "leave it out by raising the minimum duration (fedctl attack: --min-dur MS; fedctl train asr: "
+            "--set task.min_dur=MS), or use DS1, which keeps 50 frames/s where DS2 halves the frame rate",
         )

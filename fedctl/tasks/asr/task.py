@@ -1,7 +1,8 @@
 """Federated speech recognition: DeepSpeech 1 or 2 trained with CTC, each client a set of speakers.
 
 Setup: load a by-speaker partition (or make the synth demo corpus and partition it under the run directory),
-normalise transcripts to the 29 symbols, refuse by name the utterances too short for their transcript,
+normalise transcripts to the 29 symbols (`task.text_norm`), leave out by name (warning + run folder's
+left_out_utterances.json) the utterances with no usable transcript or too short for it,
 compute every utterance's features once. Train: the engine's client trainer runs CTC (`F.ctc_loss`, fast) on
 zero-padded batches of each client's utterances. Evaluate: validation CTC loss, greedy decoding, CER and WER
 (jiwer) on the pooled held-out utterances (or one client's). Export: `final/hf/model.safetensors` with
@@ -33,13 +34,13 @@ from fedctl.tasks.asr.data import (
     AsrUtterance,
     FeatureCache,
     check_utterances,
+    left_out,
     load_partition,
     make_batch,
-    too_short,
 )
 from fedctl.tasks.asr.models import ARCHITECTURES, build_asr_model
-from fedctl.tasks.asr.text import error_rates, greedy_decode
-from fedctl.utils.io import atomic_dir
+from fedctl.tasks.asr.text import check_text_norm, error_rates, greedy_decode
+from fedctl.utils.io import atomic_dir, write_text
 
 CONFIG_FILE = "asr_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -133,7 +134,10 @@ class AsrTask(Task):
             ("eval_batch_size", cfg.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
             ("min_dur", cfg.min_dur >= 0, "milliseconds, e.g. 1000"),
+            ("min_chars_per_second", math.isfinite(cfg.min_chars_per_second) and cfg.min_chars_per_second >= 0,
+             "characters per second of audio, e.g. 1.0; 0 disables the check"),
         ], lambda key: getattr(cfg, key))
+        check_text_norm(cfg.text_norm, "task.text_norm (--text-norm)")
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                       grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
                                       local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
@@ -155,7 +159,7 @@ class AsrTask(Task):
             ctx.log(f"no --parts: using the synth demo corpus ({c.demo_speakers} eSpeak speakers x "
                     f"{c.demo_utterances} utterances, by speaker) under {root}")
             parts = demo_partition(root, ctx.num_clients, c.demo_speakers, c.demo_utterances, ctx.log)
-        clients = load_partition(parts, min_dur=c.min_dur, max_dur=c.max_dur, drop_unknown=c.drop_unknown)
+        clients = load_partition(parts, min_dur=c.min_dur, max_dur=c.max_dur, text_norm=c.text_norm)
         if len(clients) != ctx.num_clients:
             raise FedctlError(f"{parts} holds {len(clients)} client manifests but the run has {ctx.num_clients} clients",
                               f"use --clients {len(clients)} (or re-partition with --clients {ctx.num_clients})")
@@ -167,18 +171,35 @@ class AsrTask(Task):
                               f"between {c.min_dur} and {c.max_dur} ms", "widen min_dur/max_dur or use fewer clients")
         if not any(val.values()):
             raise FedctlError(f"{parts} has no validation utterances", "partition with --val-fraction 0.2")
-        if c.skip_too_short:
-            short = {u.id for u, _, _ in too_short([u for us in (*train.values(), *val.values()) for u in us], c.arch)}
-            if short:
-                ctx.log(f"left out {len(short)} utterance(s) too short for their transcript under {c.arch}: "
-                        f"{', '.join(sorted(short)[:8])}{' …' if len(short) > 8 else ''}")
-                train = {cid: [u for u in utts if u.id not in short] for cid, utts in train.items()}
-                val = {cid: [u for u in utts if u.id not in short] for cid, utts in val.items()}
+        # left out before training, named: no/empty transcript, implausibly short, (optionally) CTC-infeasible
+        everything = [u for us in (*train.values(), *val.values()) for u in us]
+        dropped = left_out(everything, c.arch, min_chars_per_second=c.min_chars_per_second,
+                           ctc_infeasible=c.skip_too_short, text_norm=c.text_norm)
+        client_of = {u.id: cid for cid, us in clients.items() for u in us}
+        self.left_out = [{"id": u.id, "client": client_of[u.id], "split": u.split, "path": u.path, "reason": reason}
+                         for u, reason in dropped]
+        if dropped:
+            names = "; ".join(f"{u.id} ({reason})" for u, reason in dropped[:8])
+            more = f" and {len(dropped) - 8} more" if len(dropped) > 8 else ""
+            where = f", listed in {ctx.run_dir.left_out_path}" if ctx.run_dir is not None else ""
+            ctx.log(f"warning: left out {len(dropped)} utterance(s) before training{where}: {names}{more}")
+            if ctx.run_dir is not None:
+                write_text(ctx.run_dir.left_out_path, json.dumps(
+                    {"text_norm": c.text_norm, "min_chars_per_second": c.min_chars_per_second,
+                     "utterances": self.left_out}, indent=2, ensure_ascii=False) + "\n")
+            gone = {u.id for u, _ in dropped}
+            train = {cid: [u for u in utts if u.id not in gone] for cid, utts in train.items()}
+            val = {cid: [u for u in utts if u.id not in gone] for cid, utts in val.items()}
         check_utterances([u for utts in (*train.values(), *val.values()) for u in utts], c.arch)
         empty = [cid for cid, utts in train.items() if not utts]
         if empty:
-            raise FedctlError(f"client(s) {', '.join(empty)} of {parts} have no usable training utterances",
-                              "widen min_dur/max_dur or use fewer clients")
+            raise FedctlError(f"client(s) {', '.join(empty)} of {parts} have no usable training utterances"
+                              f"{' (' + str(len(dropped)) + ' left out, see above)' if dropped else ''}",
+                              "widen min_dur/max_dur, use fewer clients, or a folding --text-norm "
+                              "(fold, fold-spell-numbers)")
+        if not any(val.values()):
+            raise FedctlError(f"{parts} has no usable validation utterances ({len(dropped)} left out, see above)",
+                              "re-partition with a larger --val-fraction, or a folding --text-norm")
         return train, val, str(parts)
 
     def client_ids(self) -> list[str]:
@@ -265,7 +286,7 @@ class AsrTask(Task):
                 refs += [u.transcript for u in chunk]
         finally:
             model.train(was_training)
-        rates = error_rates(refs, hyps)
+        rates = error_rates(refs, hyps, [u.id for chunk in chunks for u in chunk])
         return {"val_loss": total / max(1, count), "val_cer": rates["cer"], "val_wer": rates["wer"]}
 
     # ------------------------------------------------------------------------------ client statistics
@@ -307,6 +328,8 @@ class AsrTask(Task):
             "data": self.source,
             "train_utterances": [len(u) for u in self.train.values()],
             "val_utterances": sum(len(u) for u in self.val.values()),
+            "text_norm": self.cfg.text_norm,
+            "left_out_utterances": len(self.left_out),
             "train_seconds": [round(ms / 1000, 1) for ms in train_ms],
             "speakers_per_client": [len({u.speaker for u in utts}) for utts in self.train.values()],
             "steps_per_round": [self.training.steps_per_round(len(u)) for u in self.train.values()],

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
+from fedctl.data.speech.audio import load_audio
 from fedctl.data.speech.demo import demo_partition
 from fedctl.data.speech.features import HUBERT_HOP, SAMPLE_RATE, WINDOW, hubert_num_frames
 from fedctl.errors import FedctlError
@@ -165,7 +165,7 @@ def load_speech(parts: str | Path, labels: str | Path | None, num_clients: int, 
 
 
 class AudioStore:
-    """Reads 16 kHz mono audio; keeps it in memory when the corpus is small."""
+    """Reads audio as 16 kHz mono (`load_audio`); keeps it in memory when the corpus is small."""
 
     def __init__(self, total_seconds: float):
         self.cache: dict[str, np.ndarray] | None = {} if total_seconds <= AUDIO_CACHE_SECONDS else None
@@ -173,13 +173,7 @@ class AudioStore:
     def read(self, path: str) -> np.ndarray:
         if self.cache is not None and path in self.cache:
             return self.cache[path]
-        try:
-            audio, rate = sf.read(path, dtype="float32", always_2d=False)
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise FedctlError(f"cannot read audio {path} ({str(exc).splitlines()[0][:100]})",
-                              "the file changed since partitioning: re-run `fedctl data partition librispeech`") from exc
-        if rate != SAMPLE_RATE or audio.ndim != 1:
-            raise FedctlError(f"{path}: {rate} Hz {audio.ndim}-D audio; HuBERT needs 16 kHz mono", "convert it and re-partition")
+        audio = load_audio(path)  # 16 kHz mono: resampled / down-mixed once, in the one loader
         if self.cache is not None:
             self.cache[path] = audio
         return audio
