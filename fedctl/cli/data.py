@@ -27,6 +27,8 @@ ByOpt = Annotated[str, typer.Option("--by", help="speaker (no speaker on two cli
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Dirichlet concentration for --by dirichlet (smaller: more skew).")]
 ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of each client's utterances held out as val.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping and listing it.")]
+SizesOpt = Annotated[str | None, typer.Option(
+    "--sizes", help="Quantity skew as flwr-datasets: linear, square, exponential, or client sizes 300,200,100.")]
 
 
 def _bad_files_warning(bad: list, where: str) -> None:
@@ -64,25 +66,34 @@ def synth(
     "librispeech",
     epilog="Examples:\n\n  fedctl data partition librispeech --root data/synth --clients 10 --out parts/\n\n"
     "  fedctl data partition librispeech --root LibriSpeech/train-clean-100 --root LibriSpeech/train-clean-360 "
-    "--clients 100 --by dirichlet --alpha 0.5 --out parts/",
+    "--clients 100 --by dirichlet --alpha 0.5 --out parts/\n\n"
+    "  fedctl data partition librispeech --root data/synth --clients 6 --sizes exponential --val-by speaker --out parts/\n\n"
+    "  fedctl data partition librispeech --root data/synth --sizes 400,200,100 --out parts/",
 )
 def partition_librispeech(
     roots: RootOpt,
     out_dir: SpeechOutOpt,
-    clients: SpeechClientsOpt = 10,
+    clients: Annotated[int | None, typer.Option("--clients", help="Number of clients [default: 10, or as many as --sizes lists].")] = None,
     by: ByOpt = "speaker",
     alpha: AlphaOpt = 0.5,
     val_fraction: ValFractionOpt = 0.2,
+    sizes: SizesOpt = None,
+    size_unit: Annotated[str, typer.Option("--size-unit", help="--by speaker --sizes: count utterances (targets met to within a speaker) or speakers (exact).")] = "utterances",
+    val_by: Annotated[str, typer.Option("--val-by", help="utterance (share of each client's utterances) or speaker (hold out whole speakers).")] = "utterance",
     seed: SpeechSeedOpt = 0,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Split LibriSpeech-layout trees across clients: per-client manifests + summary.json."""
+    from fedctl.data.quantity import parse_sizes
     from fedctl.data.speech.partition import partition_librispeech as run
 
+    parsed = parse_sizes(sizes) if sizes is not None else None
+    if clients is None:
+        clients = len(parsed) if isinstance(parsed, list) else 10
     result = run(roots, out_dir, clients=clients, by=by, alpha=alpha, val_fraction=val_fraction, seed=seed,
-                 strict=strict, overwrite=overwrite)
+                 strict=strict, overwrite=overwrite, sizes=parsed, size_unit=size_unit, val_by=val_by)
     _bad_files_warning(result.bad_files, str(Path(out_dir) / "summary.json"))
     summary = result.summary
     if json_out:
@@ -98,6 +109,9 @@ def partition_librispeech(
     table.add_row("total", str(t["utterances"]), "", "", f"{t['hours']:.3f}", str(t["speakers"]), style="bold")
     out.print(table)
     out.print(f"hour spread (max-min) {summary['hours_spread']:.4f} h; bad files {summary['num_bad_files']}")
+    if summary.get("target_sizes") is not None:
+        out.print(f"target sizes ({summary['size_unit']}) {summary['target_sizes']}; largest deviation "
+                  f"{summary['size_deviation']}; left out {summary['left_out_utterances']} utterances")
     saved(result.out, "partition")
 
 
@@ -173,13 +187,18 @@ app.add_typer(shard_app, name="shard")
     "glue",
     epilog="Examples:\n\n  fedctl data shard glue --task sst2 --clients 5 --mode iid --seed 123 --out shards/\n\n"
     "  fedctl data shard glue --task mnli --data-dir glue_data/ --clients 5 --mode category --category-key genre --out shards/\n\n"
-    "  fedctl data shard glue --task demo --clients 3 --mode dirichlet --alpha 0.3 --out shards/ --json",
+    "  fedctl data shard glue --task demo --clients 3 --mode dirichlet --alpha 0.3 --out shards/ --json\n\n"
+    "  fedctl data shard glue --task demo --clients 4 --mode exponential --out shards/\n\n"
+    "  fedctl data shard glue --task demo --mode inner-dirichlet --sizes 60,30,10 --alpha 0.5 --out shards/",
 )
 def shard_glue(
     task: Annotated[str, typer.Option("--task", help="GLUE task (cola sst2 mrpc qqp stsb mnli qnli rte wnli) or demo.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: client_<k>.json + summary.json (atomic).")],
-    clients: Annotated[int, typer.Option("--clients", help="Number of clients.")] = 5,
-    mode: Annotated[str, typer.Option("--mode", help="iid (stratified by label), overlap, category or dirichlet.")] = "iid",
+    clients: Annotated[int | None, typer.Option("--clients", help="Number of clients [default: 5, or as many as --sizes lists].")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="iid (stratified by label), overlap, category, dirichlet; "
+                                      "flwr-datasets' linear, square, exponential, size, inner-dirichlet.")] = "iid",
+    sizes: Annotated[str | None, typer.Option("--sizes", help="size / inner-dirichlet: client sizes 300,200,100 "
+                                              "(inner-dirichlet also linear, square, exponential; default equal).")] = None,
     overlap_ratio: Annotated[float, typer.Option("--overlap-ratio", help="overlap: share of examples every client holds.")] = 0.2,
     category_key: Annotated[str, typer.Option("--category-key", help="category: label, or genre (MNLI files that have it).")] = "label",
     alpha: Annotated[float, typer.Option("--alpha", help="dirichlet: concentration (smaller: more label skew).")] = 0.5,
@@ -190,9 +209,14 @@ def shard_glue(
 ) -> None:
     """Shard a GLUE task's training split: per-client index files + label histograms."""
     from fedctl.data.glue.shard import shard_glue as run
+    from fedctl.data.quantity import parse_sizes
 
+    parsed = parse_sizes(sizes) if sizes is not None else None
+    if clients is None:
+        clients = len(parsed) if isinstance(parsed, list) else 5
     summary = run(task, clients, mode, out_dir, seed=seed, overlap_ratio=overlap_ratio, category_key=category_key,
-                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False), overwrite=overwrite)
+                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False), overwrite=overwrite,
+                  sizes=parsed)
     if json_out:
         print_json(summary)
         return
