@@ -118,7 +118,8 @@ def partition_librispeech(
 @app.command(
     epilog="Examples:\n\n  fedctl data kmeans --parts parts/ --clusters 100 --scope client --out labels/\n\n"
     "  fedctl data kmeans --parts parts/ --scope global --label-rate 100 --fit-fraction 0.1 --out labels/ --json\n\n"
-    "  fedctl data kmeans --parts parts/ --features hubert --model runs/hubert/final/hf --layer 6 --clusters 500 --out labels2/",
+    "  fedctl data kmeans --parts parts/ --features hubert --model runs/hubert/final/hf --layer 6 --clusters 500 --out labels2/\n\n"
+    "  fedctl data kmeans --parts parts/ --alignments mfa_out/ --tier phones --max-fit-frames 2000000 --out labels/",
 )
 def kmeans(
     parts: Annotated[Path, typer.Option("--parts", help="Folder from `fedctl data partition librispeech`.")],
@@ -131,6 +132,11 @@ def kmeans(
     features: Annotated[str, typer.Option("--features", help="mfcc (iteration 1) or hubert (iteration 2: --model, --layer).")] = "mfcc",
     model: Annotated[Path | None, typer.Option("--model", help="--features hubert: RUN/final/hf of `fedctl train hubert`.")] = None,
     layer: Annotated[int, typer.Option("--layer", help="--features hubert: transformer layer whose output is clustered.")] = 6,
+    max_fit_frames: Annotated[int, typer.Option("--max-fit-frames", help="Most frames k-means is fitted on (a seeded sample); memory ~ this x dim x 4 bytes.")] = 1_000_000,
+    keep_features: Annotated[bool, typer.Option("--keep-features", help="Keep the per-client feature shards under OUT/features/.")] = False,
+    alignments: Annotated[Path | None, typer.Option("--alignments", help="Phone alignments: a folder of TextGrids (MFA) or a '<utt-id> <label> ...' frame-label file.")] = None,
+    tier: Annotated[str, typer.Option("--tier", help="TextGrid tier holding the phones.")] = "phones",
+    alignment_rate: Annotated[int, typer.Option("--alignment-rate", help="Frame-label file: labels per second.")] = 100,
     seed: SpeechSeedOpt = 0,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -140,7 +146,9 @@ def kmeans(
     from fedctl.errors import FedctlError
 
     cfg = KmeansConfig(clusters=clusters, scope=scope, label_rate=label_rate, fit_fraction=fit_fraction,
-                       seed=seed, threads=threads)
+                       seed=seed, threads=threads, max_fit_frames=max_fit_frames, keep_features=keep_features,
+                       alignments=str(alignments) if alignments is not None else None, tier=tier,
+                       alignment_rate=alignment_rate)
     extractor = None
     if features == "hubert":
         if model is None:
@@ -171,10 +179,17 @@ def kmeans(
         out.print(
             f"phone purity {km['phone_purity']:.3f} (random {rnd['phone_purity']:.3f}), "
             f"cluster purity {km['cluster_purity']:.3f} (random {rnd['cluster_purity']:.3f}), "
-            f"PNMI {km['pnmi']:.3f} (random {rnd['pnmi']:.3f}) over {pm['frames']} frames"
+            f"PNMI {km['pnmi']:.3f} (random {rnd['pnmi']:.3f}) over {pm['frames']} frames "
+            f"({pm['aligned_utterances']}/{pm['utterances']} utterances aligned)"
         )
     else:
-        out.print("phone metrics: n/a (no .phn alignments in this corpus)")
+        out.print("phone metrics: n/a (no .phn alignments in this corpus; bring MFA TextGrids with --alignments)")
+    sm = summary["speaker_metrics"]
+    if sm["nmi"] is None:
+        out.print(f"speaker information: n/a (every model's frames hold one speaker; {sm['models']} models)")
+    else:
+        out.print(f"speaker information I(cluster; speaker)/H(speaker) {sm['nmi']:.3f} (random {sm['random_nmi']:.3f}), "
+                  f"{sm['models_scored']}/{sm['models']} models with two or more speakers")
     saved(result.out, "labels")
 
 
