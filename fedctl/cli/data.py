@@ -30,6 +30,8 @@ ByOpt = Annotated[str, typer.Option("--by", help="speaker (no speaker on two cli
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Dirichlet concentration for --by dirichlet (smaller: more skew).")]
 ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of each client's utterances held out as val.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail on any bad file instead of skipping and listing it.")]
+SizesOpt = Annotated[str | None, typer.Option(
+    "--sizes", help="Quantity skew as flwr-datasets: linear, square, exponential, or client sizes 300,200,100.")]
 
 
 def _bad_files_warning(bad: list, where: str) -> None:
@@ -115,15 +117,20 @@ def _synth_keywords(out_dir, speakers, words, unknown_words, repetitions, noise_
     "--clients 100 --by dirichlet --alpha 0.5 --out parts/\n\n"
     "  fedctl data partition speech --root manifests/train.tsv --clients 10 --out parts/\n\n"
     "  fedctl data partition speech --root clips.csv --clients 10 --out parts/\n\n"
-    "  fedctl data partition speech --root my_hf_dataset/ --corpus-format hf --clients 10 --out parts/",
+    "  fedctl data partition speech --root my_hf_dataset/ --corpus-format hf --clients 10 --out parts/\n\n"
+    "  fedctl data partition speech --root data/synth --clients 6 --sizes exponential --val-by speaker --out parts/\n\n"
+    "  fedctl data partition speech --root data/synth --sizes 400,200,100 --out parts/",
 )
 def partition_librispeech(
     roots: RootOpt,
     out_dir: SpeechOutOpt,
-    clients: SpeechClientsOpt = 10,
+    clients: Annotated[int | None, typer.Option("--clients", help="Number of clients [default: 10, or as many as --sizes lists].")] = None,
     by: ByOpt = "speaker",
     alpha: AlphaOpt = 0.5,
     val_fraction: ValFractionOpt = 0.2,
+    sizes: SizesOpt = None,
+    size_unit: Annotated[str, typer.Option("--size-unit", help="--by speaker --sizes: count utterances (targets met to within a speaker) or speakers (exact).")] = "utterances",
+    val_by: Annotated[str, typer.Option("--val-by", help="utterance (share of each client's utterances) or speaker (hold out whole speakers).")] = "utterance",
     seed: SpeechSeedOpt = 0,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
@@ -131,10 +138,15 @@ def partition_librispeech(
     corpus_format: CorpusFormatOpt = "auto",
 ) -> None:
     """Split a speech corpus (LibriSpeech tree, fairseq TSV, CSV manifest, local HF dataset) across clients."""
+    from fedctl.data.quantity import parse_sizes
     from fedctl.data.speech.partition import partition_librispeech as run
 
+    parsed = parse_sizes(sizes) if sizes is not None else None
+    if clients is None:
+        clients = len(parsed) if isinstance(parsed, list) else 10
     result = run(roots, out_dir, clients=clients, by=by, alpha=alpha, val_fraction=val_fraction, seed=seed,
-                 strict=strict, overwrite=overwrite, corpus_format=corpus_format)
+                 strict=strict, overwrite=overwrite, corpus_format=corpus_format, sizes=parsed,
+                 size_unit=size_unit, val_by=val_by)
     _bad_files_warning(result.bad_files, str(Path(out_dir) / "summary.json"))
     summary = result.summary
     if json_out:
@@ -154,6 +166,9 @@ def partition_librispeech(
     if audio["resampled"] or audio["downmixed"]:
         out.print(f"audio read at 16 kHz mono: {audio['resampled']} resampled ({audio['resampler']}) from "
                   f"{', '.join(r + ' Hz' for r in audio['input_rates_hz'])}, {audio['downmixed']} down-mixed")
+    if summary.get("target_sizes") is not None:
+        out.print(f"target sizes ({summary['size_unit']}) {summary['target_sizes']}; largest deviation "
+                  f"{summary['size_deviation']}; left out {summary['left_out_utterances']} utterances")
     saved(result.out, "partition")
 
 
@@ -165,7 +180,8 @@ partition_app.command("speech", help="Split a speech corpus (LibriSpeech tree, f
 @app.command(
     epilog="Examples:\n\n  fedctl data kmeans --parts parts/ --clusters 100 --scope client --out labels/\n\n"
     "  fedctl data kmeans --parts parts/ --scope global --label-rate 100 --fit-fraction 0.1 --out labels/ --json\n\n"
-    "  fedctl data kmeans --parts parts/ --features hubert --model runs/hubert/final/hf --layer 6 --clusters 500 --out labels2/",
+    "  fedctl data kmeans --parts parts/ --features hubert --model runs/hubert/final/hf --layer 6 --clusters 500 --out labels2/\n\n"
+    "  fedctl data kmeans --parts parts/ --alignments mfa_out/ --tier phones --max-fit-frames 2000000 --out labels/",
 )
 def kmeans(
     parts: Annotated[Path, typer.Option("--parts", help="Folder from `fedctl data partition librispeech`.")],
@@ -178,6 +194,11 @@ def kmeans(
     features: Annotated[str, typer.Option("--features", help="mfcc (iteration 1) or hubert (iteration 2: --model, --layer).")] = "mfcc",
     model: Annotated[Path | None, typer.Option("--model", help="--features hubert: RUN/final/hf of `fedctl train hubert`.")] = None,
     layer: Annotated[int, typer.Option("--layer", help="--features hubert: transformer layer whose output is clustered.")] = 6,
+    max_fit_frames: Annotated[int, typer.Option("--max-fit-frames", help="Most frames k-means is fitted on (a seeded sample); memory ~ this x dim x 4 bytes.")] = 1_000_000,
+    keep_features: Annotated[bool, typer.Option("--keep-features", help="Keep the per-client feature shards under OUT/features/.")] = False,
+    alignments: Annotated[Path | None, typer.Option("--alignments", help="Phone alignments: a folder of TextGrids (MFA) or a '<utt-id> <label> ...' frame-label file.")] = None,
+    tier: Annotated[str, typer.Option("--tier", help="TextGrid tier holding the phones.")] = "phones",
+    alignment_rate: Annotated[int, typer.Option("--alignment-rate", help="Frame-label file: labels per second.")] = 100,
     seed: SpeechSeedOpt = 0,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -187,7 +208,9 @@ def kmeans(
     from fedctl.errors import FedctlError
 
     cfg = KmeansConfig(clusters=clusters, scope=scope, label_rate=label_rate, fit_fraction=fit_fraction,
-                       seed=seed, threads=threads)
+                       seed=seed, threads=threads, max_fit_frames=max_fit_frames, keep_features=keep_features,
+                       alignments=str(alignments) if alignments is not None else None, tier=tier,
+                       alignment_rate=alignment_rate)
     extractor = None
     if features == "hubert":
         if model is None:
@@ -218,10 +241,17 @@ def kmeans(
         out.print(
             f"phone purity {km['phone_purity']:.3f} (random {rnd['phone_purity']:.3f}), "
             f"cluster purity {km['cluster_purity']:.3f} (random {rnd['cluster_purity']:.3f}), "
-            f"PNMI {km['pnmi']:.3f} (random {rnd['pnmi']:.3f}) over {pm['frames']} frames"
+            f"PNMI {km['pnmi']:.3f} (random {rnd['pnmi']:.3f}) over {pm['frames']} frames "
+            f"({pm['aligned_utterances']}/{pm['utterances']} utterances aligned)"
         )
     else:
-        out.print("phone metrics: n/a (no .phn alignments in this corpus)")
+        out.print("phone metrics: n/a (no .phn alignments in this corpus; bring MFA TextGrids with --alignments)")
+    sm = summary["speaker_metrics"]
+    if sm["nmi"] is None:
+        out.print(f"speaker information: n/a (every model's frames hold one speaker; {sm['models']} models)")
+    else:
+        out.print(f"speaker information I(cluster; speaker)/H(speaker) {sm['nmi']:.3f} (random {sm['random_nmi']:.3f}), "
+                  f"{sm['models_scored']}/{sm['models']} models with two or more speakers")
     saved(result.out, "labels")
 
 
@@ -234,13 +264,18 @@ app.add_typer(shard_app, name="shard")
     "glue",
     epilog="Examples:\n\n  fedctl data shard glue --task sst2 --clients 5 --mode iid --seed 123 --out shards/\n\n"
     "  fedctl data shard glue --task mnli --data-dir glue_data/ --clients 5 --mode category --category-key genre --out shards/\n\n"
-    "  fedctl data shard glue --task demo --clients 3 --mode dirichlet --alpha 0.3 --out shards/ --json",
+    "  fedctl data shard glue --task demo --clients 3 --mode dirichlet --alpha 0.3 --out shards/ --json\n\n"
+    "  fedctl data shard glue --task demo --clients 4 --mode exponential --out shards/\n\n"
+    "  fedctl data shard glue --task demo --mode inner-dirichlet --sizes 60,30,10 --alpha 0.5 --out shards/",
 )
 def shard_glue(
     task: Annotated[str, typer.Option("--task", help="GLUE task (cola sst2 mrpc qqp stsb mnli qnli rte wnli) or demo.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder: client_<k>.json + summary.json (atomic).")],
-    clients: Annotated[int, typer.Option("--clients", help="Number of clients.")] = 5,
-    mode: Annotated[str, typer.Option("--mode", help="iid (stratified by label), overlap, category or dirichlet.")] = "iid",
+    clients: Annotated[int | None, typer.Option("--clients", help="Number of clients [default: 5, or as many as --sizes lists].")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="iid (stratified by label), overlap, category, dirichlet; "
+                                      "flwr-datasets' linear, square, exponential, size, inner-dirichlet.")] = "iid",
+    sizes: Annotated[str | None, typer.Option("--sizes", help="size / inner-dirichlet: client sizes 300,200,100 "
+                                              "(inner-dirichlet also linear, square, exponential; default equal).")] = None,
     overlap_ratio: Annotated[float, typer.Option("--overlap-ratio", help="overlap: share of examples every client holds.")] = 0.2,
     category_key: Annotated[str, typer.Option("--category-key", help="category: label, or genre (MNLI files that have it).")] = "label",
     alpha: Annotated[float, typer.Option("--alpha", help="dirichlet: concentration (smaller: more label skew).")] = 0.5,
@@ -251,9 +286,14 @@ def shard_glue(
 ) -> None:
     """Shard a GLUE task's training split: per-client index files + label histograms."""
     from fedctl.data.glue.shard import shard_glue as run
+    from fedctl.data.quantity import parse_sizes
 
+    parsed = parse_sizes(sizes) if sizes is not None else None
+    if clients is None:
+        clients = len(parsed) if isinstance(parsed, list) else 5
     summary = run(task, clients, mode, out_dir, seed=seed, overlap_ratio=overlap_ratio, category_key=category_key,
-                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False), overwrite=overwrite)
+                  alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False), overwrite=overwrite,
+                  sizes=parsed)
     if json_out:
         print_json(summary)
         return

@@ -99,3 +99,19 @@ def test_synth_keywords_bad_inputs_exit_1(tmp_path):
         assert needle in r.output and "Error:" in r.output and "Hint:" in r.output, (args, r.output)
         assert "Traceback" not in r.output
     assert not (tmp_path / "k").exists()
+
+
+def test_partition_sizes_list_sets_clients_and_bad_sizes_exit_1(tmp_path):
+    from fedctl.data.speech.synth import synth_corpus
+
+    synth_corpus(tmp_path / "c", speakers=3, utterances=4, seed=0)
+    r = runner.invoke(app, ["data", "partition", "librispeech", "--root", str(tmp_path / "c"), "--sizes", "8,4",
+                            "--out", str(tmp_path / "p"), "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["clients"] == 2 and summary["target_sizes"] == [8, 4]
+    assert [c["utterances"] for c in summary["per_client"]] == [8, 4]  # 4 per speaker: met exactly
+    r = runner.invoke(app, ["data", "partition", "librispeech", "--root", str(tmp_path / "c"), "--sizes", "8,0",
+                            "--out", str(tmp_path / "q")])
+    assert r.exit_code == 1 and "Error: --sizes '8,0'" in r.output and "Hint:" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "q").exists()

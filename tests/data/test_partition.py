@@ -161,3 +161,34 @@ def test_missing_root_and_empty_tree(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FedctlError, match="no LibriSpeech transcripts"):
         index_librispeech([tmp_path / "empty"])
+
+
+def test_sizes_and_val_by_speaker_end_to_end(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    result = partition_librispeech([root], tmp_path / "p", clients=2, by="speaker", sizes="linear",
+                                   val_by="speaker", val_fraction=0.3, seed=1)
+    summary, manifests = read_partition(result.out)
+    # 30 utterances, linear over 2 clients: 30*1/3 = 10, 30*2/3 = 20; 5 utterances per speaker: met exactly
+    assert summary["target_sizes"] == [10, 20] and [c["utterances"] for c in summary["per_client"]] == [10, 20]
+    assert summary["size_deviation"] == 0 and summary["val_by"] == "speaker"
+    for rows in manifests.values():
+        train = {r["speaker"] for r in rows if r["split"] == "train"}
+        val = {r["speaker"] for r in rows if r["split"] == "val"}
+        assert train and val and not train & val  # whole speakers held out
+    # client_000 has 2 speakers (10 utterances): val 1 speaker = 5 of 10 (nearest to 0.3*10 = 3 with >= 1 speaker)
+    assert [c["val"] for c in summary["per_client"]] == [5, 5]  # client_001: 4 speakers, 0.3*20 = 6 -> 5
+
+
+def test_val_by_speaker_needs_two_speakers_per_client(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    with pytest.raises(FedctlError, match="client_000 has 1 speaker") as exc:
+        partition_librispeech([root], tmp_path / "p", clients=6, by="speaker", val_by="speaker")
+    assert "--val-by utterance" in exc.value.hint
+    assert not (tmp_path / "p").exists()
+
+
+def test_sizes_with_iid_give_flwr_sizes(tiny_corpus, tmp_path):
+    root, _ = tiny_corpus
+    result = partition_librispeech([root], tmp_path / "p", clients=3, by="iid", sizes="square", seed=0)
+    # 30 utterances, square: 30*[1,4,9]/14 = 2.1, 8.6, 19.3 -> 2, 8, 19 (+1)
+    assert [c["utterances"] for c in result.summary["per_client"]] == [2, 8, 20]

@@ -8,7 +8,13 @@ Modes (every one seeded, so a partition is reproducible):
   to clients k ≡ c (mod C) when K ≥ C (its examples split evenly among them), else client k gets every c ≡ k
   (mod K). No example and no category appears on two clients unless K > C forces a category to be shared
   (its examples still are not);
-- dirichlet: per label, client proportions ~ Dir(alpha) (Hsu et al. 2019): smaller alpha, more label skew.
+- dirichlet: per label, client proportions ~ Dir(alpha) (Hsu et al. 2019): smaller alpha, more label skew;
+- linear, square, exponential, size: quantity skew with flwr-datasets' client sizes (Linear/Square/Exponential/
+  SizePartitioner; `size` takes `--sizes 300,200,100`), contiguous runs of a seeded shuffle
+  (fedctl/data/quantity.py);
+- inner-dirichlet: flwr-datasets' InnerDirichletPartitioner: client sizes from `--sizes` (a list, or linear /
+  square / exponential; default equal), label proportions within each client ~ Dir(alpha), same draws as
+  flwr-datasets for the same seed.
 
 Output: `client_<k>.json` = {"client_id", "indices", ...} (indices into the train split, sorted) and
 `summary.json` (sizes and label histograms per client). `fedctl merge --shard-manifests` reads the same files.
@@ -25,9 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from fedctl.data.quantity import client_sizes, inner_dirichlet, shuffled_ranges
 from fedctl.errors import FedctlError
 
-MODES = ("iid", "overlap", "category", "dirichlet")
+QUANTITY_MODES = ("linear", "square", "exponential", "size")
+MODES = ("iid", "overlap", "category", "dirichlet", *QUANTITY_MODES, "inner-dirichlet")
 
 
 def _groups(keys: Sequence[Any]) -> dict[Any, list[int]]:
@@ -124,12 +132,33 @@ def make_shards(
     overlap_ratio: float = 0.2,
     alpha: float = 0.5,
     categories: Sequence[Any] | None = None,
+    sizes: str | Sequence[int] | None = None,
 ) -> list[list[int]]:
-    """Client index lists for a training set with these labels (see the module docstring for the modes)."""
+    """Client index lists for a training set with these labels (see the module docstring for the modes).
+
+    `sizes`: for `size` and `inner-dirichlet`, explicit client sizes (their count must equal `num_clients`); for
+    `inner-dirichlet` also a scheme name (linear, square, exponential) or None (equal sizes, as np.array_split)."""
     if mode not in MODES:
         raise FedctlError(f"unknown shard mode '{mode}'", f"use one of: {', '.join(MODES)}")
     if num_clients < 1:
         raise FedctlError(f"--clients {num_clients} must be at least 1", "e.g. --clients 5")
+    if mode in ("linear", "square", "exponential"):
+        if sizes is not None:
+            raise FedctlError(f"--sizes does not apply to --mode {mode} (the mode sets the sizes)",
+                              "drop --sizes, or use --mode size --sizes 300,200,100")
+        return [sorted(s) for s in shuffled_ranges(len(labels), client_sizes(len(labels), num_clients, mode), seed)]
+    if mode == "size":
+        if sizes is None or isinstance(sizes, str):
+            raise FedctlError("--mode size needs explicit client sizes", "e.g. --mode size --sizes 300,200,100")
+        return [sorted(s) for s in shuffled_ranges(len(labels), client_sizes(len(labels), num_clients, sizes), seed)]
+    if mode == "inner-dirichlet":
+        n = len(labels)
+        chosen = ([len(c) for c in np.array_split(np.arange(n), num_clients)] if sizes is None
+                  else client_sizes(n, num_clients, sizes))
+        return [sorted(s) for s in inner_dirichlet(stratify_key(labels, regression), chosen, alpha, seed)]
+    if sizes is not None:
+        raise FedctlError(f"--sizes does not apply to --mode {mode}",
+                          "use it with --mode size or --mode inner-dirichlet")
     if len(labels) < num_clients:
         raise FedctlError(f"{len(labels)} training examples cannot fill {num_clients} clients", "lower --clients")
     rng = np.random.default_rng(seed)
@@ -160,6 +189,7 @@ def shard_glue(
     data_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
     overwrite: bool = False,
+    sizes: str | Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Load a GLUE task's training split, shard it, write client_<k>.json + summary.json to `out`
     (atomically); return the summary."""
@@ -180,7 +210,7 @@ def shard_glue(
     if categories is not None and category_key == "label":
         categories = stratify_key(categories, spec.is_regression)
     shards = make_shards(train.labels, num_clients, mode, seed=seed, regression=spec.is_regression,
-                         overlap_ratio=overlap_ratio, alpha=alpha, categories=categories)
+                         overlap_ratio=overlap_ratio, alpha=alpha, categories=categories, sizes=sizes)
     keys = stratify_key(train.labels, spec.is_regression)
     per_client = []
     for k, idx in enumerate(shards):
@@ -193,9 +223,11 @@ def shard_glue(
     summary = {
         "task": spec.name, "mode": mode, "clients": num_clients, "seed": seed,
         "train_examples": len(train), "assigned_examples": len(counts),
+        "left_out_examples": len(train) - len(counts),
         "shared_examples": sum(1 for c in counts.values() if c > 1),
         "overlap_ratio": overlap_ratio if mode == "overlap" else None,
-        "alpha": alpha if mode == "dirichlet" else None,
+        "alpha": alpha if mode in ("dirichlet", "inner-dirichlet") else None,
+        "sizes": sizes,
         "category_key": category_key if mode == "category" else None,
         "labels": histogram(keys),
         "per_client": per_client,

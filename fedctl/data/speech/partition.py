@@ -9,6 +9,19 @@ Three schemes:
   Data Distribution"): each speaker's utterances are divided among clients in proportions ~ Dir(alpha).
   Smaller alpha, more skew. Redrawn (seeded) until every client has at least one utterance.
 
+Quantity skew (`--sizes`, flwr-datasets' semantics, see fedctl/data/quantity.py): `linear`, `square`,
+`exponential` or explicit sizes `300,200,100`.
+- with `--by iid`: exactly flwr-datasets' client sizes in utterances (contiguous runs of a seeded shuffle);
+- with `--by speaker`: speakers stay whole. `--size-unit utterances` (default): the target sizes are flwr-datasets'
+  sizes over the utterance count; speakers are taken in a seeded random order and the target cut points are moved
+  to the nearest speaker boundary, so each client is within one speaker's utterance count of its target
+  (`size_deviation` in summary.json). `--size-unit speakers`: flwr-datasets' sizes over the speaker count, met
+  exactly (each client holds exactly that many speakers).
+
+Validation (`--val-by`): `utterance` (default) marks a share of each client's utterances as val, so val speakers
+are also training speakers; `speaker` holds out whole speakers of each client (the val share is met as closely as
+whole speakers allow, at least one val and one train speaker per client).
+
 Output: one JSON-lines manifest per client (`client_000.jsonl`, one utterance per line with id, path,
 duration, num_samples, sample_rate, speaker, chapter, transcript, split, source_rate, channels, and phones
 when present) plus `summary.json` (per-client utterances/hours/speakers, input formats, input sample rates
@@ -20,17 +33,21 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from fedctl.data.quantity import client_sizes, shuffled_ranges, snap_to_groups
 from fedctl.data.speech.librispeech import BadFile, Utterance
 from fedctl.data.speech.readers import read_corpus
 from fedctl.errors import FedctlError
 from fedctl.utils.io import atomic_dir, check_not_input, check_out_dir
 
 SCHEMES = ("speaker", "iid", "dirichlet")
+SIZE_UNITS = ("utterances", "speakers")
+VAL_BY = ("utterance", "speaker")
 MAX_DIRICHLET_DRAWS = 100
 
 
@@ -65,6 +82,42 @@ def split_by_speaker(utterances: list[Utterance], clients: int) -> list[list[Utt
         parts[k].extend(by_speaker[s])
         load[k] += sum(u.duration for u in by_speaker[s])
     return parts
+
+
+def speaker_quantity_split(
+    speakers: Sequence[str], sizes: str | Sequence[int], clients: int, rng: np.random.Generator,
+    unit: str = "utterances",
+) -> tuple[list[list[int]], list[int]]:
+    """Quantity skew with whole speakers. `speakers[i]` is utterance i's speaker. Returns (index lists, target sizes).
+
+    Speakers are shuffled (seeded); their utterances stay together in input order. Targets are flwr-datasets'
+    client sizes over the utterance count (`unit="utterances"`: cut points snapped to speaker boundaries, each
+    client within one speaker of its target) or over the speaker count (`unit="speakers"`: met exactly).
+    """
+    if unit not in SIZE_UNITS:
+        raise FedctlError(f"--size-unit {unit!r} is not valid", f"use one of: {', '.join(SIZE_UNITS)}")
+    by_speaker: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(speakers):
+        by_speaker[s].append(i)
+    names = sorted(by_speaker)
+    if clients > len(names):
+        raise FedctlError(
+            f"--clients {clients} but the data has only {len(names)} speakers: with --by speaker "
+            "each client needs at least one speaker of its own",
+            f"use --clients {len(names)} or fewer, or --by iid",
+        )
+    order = [names[i] for i in rng.permutation(len(names))]
+    if unit == "speakers":
+        targets = client_sizes(len(order), clients, sizes, unit="speakers")
+        counts = targets
+    else:
+        targets = client_sizes(len(speakers), clients, sizes, unit="utterances")
+        counts = snap_to_groups([len(by_speaker[s]) for s in order], targets)
+    parts, start = [], 0
+    for count in counts:
+        parts.append(sorted(i for s in order[start : start + count] for i in by_speaker[s]))
+        start += count
+    return parts, targets
 
 
 def split_iid(utterances: list[Utterance], clients: int, rng: np.random.Generator) -> list[list[Utterance]]:
@@ -120,6 +173,28 @@ def assign_splits(part: list[Utterance], val_fraction: float, rng: np.random.Gen
         u.split = "val" if i in val else "train"
 
 
+def assign_splits_by_speaker(part: list[Utterance], val_fraction: float, rng: np.random.Generator,
+                             client_id: str = "a client") -> None:
+    """Hold out whole speakers as val: speakers in a seeded order, the val set the prefix whose utterance count is
+    nearest round(val_fraction * n), between one speaker and all but one."""
+    speakers = sorted({u.speaker for u in part})
+    if val_fraction == 0:
+        for u in part:
+            u.split = "train"
+        return
+    if len(speakers) < 2:
+        raise FedctlError(
+            f"--val-by speaker: {client_id} has {len(speakers)} speaker, so it cannot hold one out for validation",
+            "lower --clients so that every client has two or more speakers, or use --val-by utterance",
+        )
+    order = [speakers[i] for i in rng.permutation(len(speakers))]
+    counts = np.cumsum([sum(u.speaker == s for u in part) for s in order])[:-1]  # prefixes of 1..S-1 speakers
+    take = int(np.argmin(np.abs(counts - round(val_fraction * len(part))))) + 1
+    val = set(order[:take])
+    for u in part:
+        u.split = "val" if u.speaker in val else "train"
+
+
 def client_stats(part: list[Utterance]) -> dict:
     return {
         "utterances": len(part),
@@ -127,6 +202,7 @@ def client_stats(part: list[Utterance]) -> dict:
         "speakers": len({u.speaker for u in part}),
         "train": sum(u.split == "train" for u in part),
         "val": sum(u.split == "val" for u in part),
+        "val_speakers": len({u.speaker for u in part if u.split == "val"}),
     }
 
 
@@ -142,11 +218,26 @@ def partition_librispeech(
     strict: bool = False,
     overwrite: bool = False,
     corpus_format: str = "auto",
+    sizes: str | list[int] | None = None,
+    size_unit: str = "utterances",
+    val_by: str = "utterance",
 ) -> PartitionResult:
     """Read `roots` (LibriSpeech trees, fairseq/CSV manifests or local HF datasets, see
-    `fedctl.data.speech.readers`), split across `clients`, write manifests + summary.json to `out` (atomically)."""
+    `fedctl.data.speech.readers`), split across `clients`, write manifests + summary.json to `out` (atomically).
+
+    `sizes`: None (balanced: hours for --by speaker, utterances for --by iid), a scheme name (linear, square,
+    exponential) or explicit client sizes (then `clients` must equal their count)."""
     if by not in SCHEMES:
         raise FedctlError(f"--by {by!r} is not a partition scheme", f"use one of: {', '.join(SCHEMES)}")
+    if val_by not in VAL_BY:
+        raise FedctlError(f"--val-by {val_by!r} is not valid", f"use one of: {', '.join(VAL_BY)}")
+    if sizes is not None and by == "dirichlet":
+        raise FedctlError("--sizes does not apply to --by dirichlet (its sizes follow from the Dirichlet draws)",
+                          "use --by speaker or --by iid with --sizes")
+    if size_unit not in SIZE_UNITS:
+        raise FedctlError(f"--size-unit {size_unit!r} is not valid", f"use one of: {', '.join(SIZE_UNITS)}")
+    if size_unit == "speakers" and by != "speaker":
+        raise FedctlError("--size-unit speakers needs --by speaker", "drop --size-unit, or use --by speaker")
     if clients < 1:
         raise FedctlError(f"--clients must be >= 1, got {clients}", "e.g. --clients 10")
     if not 0 <= val_fraction < 1:
@@ -170,32 +261,50 @@ def partition_librispeech(
             "check the tree has <speaker>/<chapter>/*.flac with matching .trans.txt lines",
         )
     rng = np.random.default_rng(seed)
-    if by == "speaker":
+    targets = None
+    if sizes is not None and by == "speaker":
+        index_parts, targets = speaker_quantity_split([u.speaker for u in utterances], sizes, clients, rng, size_unit)
+        parts = [[utterances[i] for i in p] for p in index_parts]
+    elif sizes is not None:
+        targets = client_sizes(len(utterances), clients, sizes, unit="utterances")
+        parts = [[utterances[i] for i in p] for p in shuffled_ranges(len(utterances), targets, seed)]
+    elif by == "speaker":
         parts = split_by_speaker(utterances, clients)
     elif by == "iid":
         parts = split_iid(utterances, clients, rng)
     else:
         parts = split_dirichlet(utterances, clients, alpha, rng)
-    for part in parts:
-        assign_splits(part, val_fraction, rng)
+    for k, part in enumerate(parts):
+        if val_by == "speaker":
+            assign_splits_by_speaker(part, val_fraction, rng, client_name(k))
+        else:
+            assign_splits(part, val_fraction, rng)
+    assigned = {id(u) for p in parts for u in p}
+    left_out = [u for u in utterances if id(u) not in assigned]
 
     per_client = [{"client_id": client_name(k), "manifest": f"{client_name(k)}.jsonl", **client_stats(p)}
                   for k, p in enumerate(parts)]
     hours = [c["hours"] for c in per_client]
     speaker_hours: dict[str, float] = defaultdict(float)
-    for u in utterances:
+    for u in (u for part in parts for u in part):
         speaker_hours[u.speaker] += u.duration / 3600.0
     summary = {
         "by": by,
         "clients": clients,
         **({"alpha": alpha} if by == "dirichlet" else {}),
+        "sizes": sizes,
+        **({"size_unit": size_unit if by == "speaker" else "utterances", "target_sizes": targets,
+            "size_deviation": max(abs(len(set(u.speaker for u in p)) - t) if size_unit == "speakers" and by == "speaker"
+                                  else abs(len(p) - t) for p, t in zip(parts, targets)),
+            "left_out_utterances": len(left_out)} if targets is not None else {}),
         "val_fraction": val_fraction,
+        "val_by": val_by,
         "seed": seed,
         "roots": index.roots,
         "formats": index.formats,
         "audio": audio_summary(utterances),
         "totals": {
-            "utterances": len(utterances),
+            "utterances": len(utterances) - len(left_out),
             "hours": sum(hours),
             "speakers": len(speaker_hours),
         },
