@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedctl.attacks.objective import matched_names, per_restart_gradients
+from fedctl.core.config import check_dropout, check_prune, check_range, check_seed
 from fedctl.core.prune import prune_smallest
+from fedctl.core.strategies.dp import check_noise_multiplier
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.models import build_asr_model
 from fedctl.utils.io import torch_load
@@ -32,13 +34,16 @@ from fedctl.utils.io import torch_load
 
 @dataclass
 class Defense:
-    """Applied by the client before it shares its gradient; switchable and combinable."""
+    """Applied by the client before it shares its gradient; switchable and combinable. Each value is checked by
+    the function that checks the training setting it mirrors (task.dropout, federation.prune,
+    federation.dp.noise_multiplier): a value that would apply no defence is refused, never labelled defended."""
 
-    dropout: float = 0.0  # dropout probability in the client's forward pass (mask unknown to the attacker)
-    prune: float = 0.0  # fraction of entries zeroed, smallest |g| first, per tensor (0.9 keeps the top 10%)
-    clip: float = 0.0  # global L2 clip C over all shared tensors (0: off)
-    noise: float = 0.0  # Gaussian noise σ per entry, added after clipping (DP-SGD mechanism: σ·C if clip)
-    seed: int = 0
+    dropout: float = field(default=0.0, metadata={"check": check_dropout})  # dropout probability in the client's forward pass (mask unknown to the attacker)
+    prune: float = field(default=0.0, metadata={"check": check_prune})  # fraction of entries zeroed, smallest |g| first, per tensor (0.9 keeps the top 10%)
+    clip: float = field(default=0.0, metadata={"check": check_range(
+        low=0, hint="the global L2 clipping norm C > 0, e.g. 1.0; 0 is off")})  # global L2 clip C over all shared tensors (0: off)
+    noise: float = field(default=0.0, metadata={"check": check_noise_multiplier})  # Gaussian noise σ per entry, added after clipping (DP-SGD mechanism: σ·C if clip)
+    seed: int = field(default=0, metadata={"check": check_seed})
 
     @property
     def name(self) -> str:

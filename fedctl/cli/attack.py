@@ -42,6 +42,19 @@ _EPILOG = ("Examples:\n\n"
            "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
 
 
+# AttackSpec key → the flag that sets it: errors name what the user typed (`--seeds`, not attack.restarts)
+FLAGS = {"min_dur": "--min-dur", "max_dur": "--max-dur", "batch_start": "--batch-start", "batch_end": "--batch-end",
+         "batch_size": "--batch-size", "batch_stride": "--batch-stride", "model": "--preset/--hidden",
+         "run_round": "--round", "client_lr": "--client-lr", "victim_seed": "--victim-seed",
+         "local_steps": "--local-steps", "local_lr": "--local-lr", "out": "--out", "max_frames": "--max-frames",
+         "crop_transcript": "--crop-transcript",
+         **{f"defense.{k}": f"--defense-{k}" for k in ("dropout", "prune", "clip", "noise")},
+         **{f"attack.{k}": f"--{k.replace('_', '-')}" for k in (
+             "method", "optimizer", "dtype", "lr", "lr_step", "max_iter", "patience", "distance", "distance_weight",
+             "match", "top_grad_fraction", "seed", "hfgm_directions", "hfgm_plateau")},
+         "attack.restarts": "--seeds", "attack.transcripts": "--transcripts"}
+
+
 def _command(arch: str):
     def command(
         corpus: Annotated[list[Path] | None, typer.Option("--corpus", help="LibriSpeech-layout tree(s).")] = None,
@@ -89,25 +102,26 @@ def _command(arch: str):
         threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
                                              "small victims down on a busy machine; reference sizes: your cores).")] = 1,
     ) -> None:
-        from fedctl.attacks.attack import AttackConfig
-        from fedctl.attacks.case import Defense
-        from fedctl.attacks.runner import AttackSpec, run_attack
+        from fedctl.attacks.runner import attack_spec, run_attack
 
         _threads(threads)
-        spec = AttackSpec(
-            arch=arch, preset=preset, model={"n_hidden": hidden} if hidden else {},
-            corpus=[str(c) for c in corpus or []], parts=str(parts) if parts else None, client=client,
-            min_dur=min_dur, max_dur=max_dur, batch_start=batch_start, batch_end=batch_end, batch_size=batch_size,
-            batch_stride=batch_stride,
-            checkpoint=str(checkpoint) if checkpoint else None,
-            run=str(run) if run else None, run_round=round_, client_lr=client_lr, victim_seed=victim_seed, local_steps=local_steps,
-            local_lr=local_lr,
-            defense=Defense(dropout=defense_dropout, prune=defense_prune, clip=defense_clip, noise=defense_noise),
-            attack=AttackConfig(method=method, optimizer=optimizer, dtype=dtype, restarts=seeds, lr=lr, lr_step=lr_step, max_iter=max_iter,
-                                patience=patience, distance=distance, distance_weight=distance_weight, match=match,
-                                top_grad_fraction=top_grad_fraction, seed=seed, hfgm_directions=hfgm_directions,
-                                hfgm_plateau=hfgm_plateau, transcripts=transcripts),
-            out=str(out_dir), max_frames=max_frames, crop_transcript=crop_transcript)
+        spec = attack_spec({
+            "arch": arch, "preset": preset, "model": {"n_hidden": hidden} if hidden is not None else {},
+            "corpus": [str(c) for c in corpus or []], "parts": str(parts) if parts else None, "client": client,
+            "min_dur": min_dur, "max_dur": max_dur, "batch_start": batch_start, "batch_end": batch_end,
+            "batch_size": batch_size, "batch_stride": batch_stride,
+            "checkpoint": str(checkpoint) if checkpoint else None, "run": str(run) if run else None,
+            "run_round": round_, "client_lr": client_lr, "victim_seed": victim_seed, "local_steps": local_steps,
+            "local_lr": local_lr,
+            "defense": {"dropout": defense_dropout, "prune": defense_prune, "clip": defense_clip,
+                        "noise": defense_noise},
+            "attack": {"method": method, "optimizer": optimizer, "dtype": dtype, "restarts": seeds, "lr": lr,
+                       "lr_step": lr_step, "max_iter": max_iter, "patience": patience, "distance": distance,
+                       "distance_weight": distance_weight, "match": match, "top_grad_fraction": top_grad_fraction,
+                       "seed": seed, "hfgm_directions": hfgm_directions, "hfgm_plateau": hfgm_plateau,
+                       "transcripts": transcripts},
+            "out": str(out_dir), "max_frames": max_frames, "crop_transcript": crop_transcript,
+        }, label=lambda key: FLAGS.get(key, key))
         summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False))
         if json_:
             print_json(summary)

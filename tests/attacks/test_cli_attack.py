@@ -83,8 +83,8 @@ def test_ds2_hfgm_with_defences_runs_and_table_renders(corpus, tmp_path):
     (["--batch-start", "500", "--batch-end", "600"], "is past the"),
     (["--min-dur", "9000", "--max-dur", "9500"], "no utterance lies in the duration bin"),
     (["--max-frames", "3"], "too short for its transcript"),
-    (["--optimizer", "sgd"], "unknown --optimizer"),
-    (["--dtype", "float16"], "unknown --dtype"),
+    (["--optimizer", "sgd"], "option --optimizer = 'sgd' is not one of lbfgs, adam"),
+    (["--dtype", "float16"], "option --dtype = 'float16' is not one of float64, float32"),
     (["--no-transcripts", "--method", "hfgm"], "--method hfgm needs the transcripts"),
 ])
 def test_bad_input_is_one_line_error_and_hint(corpus, tmp_path, args, message):
