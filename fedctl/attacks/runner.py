@@ -102,8 +102,9 @@ def check_spec(spec: AttackSpec, label: Callable[[str], str] | None = None) -> N
     check_fields(spec, "", label)
     cfg = spec.attack
     if spec.max_dur <= spec.min_dur:
-        raise FedctlError(f"the duration bin [{name('min_dur')} {spec.min_dur}, {name('max_dur')} {spec.max_dur}) "
-                          "ms is empty", "the bin end must lie above its start, e.g. --min-dur 1000 --max-dur 2000")
+        keys = dict.fromkeys((name("min_dur"), name("max_dur")))  # a sweep names both ends by one bins[i]
+        raise FedctlError(f"the duration bin [{spec.min_dur}, {spec.max_dur}) ms ({', '.join(keys)}) is empty",
+                          "its end must lie above its start (milliseconds), e.g. 1000 to 2000")
     if spec.batch_end <= spec.batch_start:
         raise FedctlError(f"batch range [{name('batch_start')} {spec.batch_start}, {name('batch_end')} "
                           f"{spec.batch_end}) is empty", "use 0 <= --batch-start < --batch-end")

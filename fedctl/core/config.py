@@ -281,7 +281,7 @@ def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str,
             )
         full = f"{prefix}.{key}" if prefix else key
         if key not in types_:
-            raise unknown_key_error(full, list(types_), prefix)
+            raise unknown_key_error(name(full), list(types_), prefix)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):

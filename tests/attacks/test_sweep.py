@@ -27,7 +27,7 @@ def test_attack_sweep_template_opens_with_its_command_and_loads():
 def test_sweep_rejects_unknown_keys(tmp_path):
     bad = tmp_path / "s.yaml"
     bad.write_text(yaml.safe_dump({"arch": "ds1", "defenses": {"x": {"sigma": 1}}}))
-    with pytest.raises(FedctlError, match="unknown key"):
+    with pytest.raises(FedctlError, match="unknown config key 'defenses.x.sigma'"):
         load_sweep(bad)
 
 
