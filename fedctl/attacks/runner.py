@@ -159,11 +159,48 @@ def select_utterances(spec: AttackSpec):
     return utts[spec.batch_start: min(spec.batch_end, len(utts)): spec.batch_stride]
 
 
+NUMERIC = {"duration_ms": int, "restart": int, "iterations": int, "frames": int, "grad_distance": float,
+           "feature_mae": float, "random_mae": float, "mae_ratio": float, "cosine": float, "snr_db": float,
+           "seconds": float, "budget": float}  # transcript_cer: a float or empty
+
+
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of an attack folder's metrics.csv (none when it does not exist), checked: the resume and the
+    summaries read them as numbers, so a damaged file (not text, other columns, a truncated or garbled row)
+    is one error naming the file and the line, never a traceback nor a wrong resume."""
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    hint = (f"the attack folder is damaged: move {path.name} (and recon/) out of it to redo those utterances, "
+            "or attack into a new --out folder")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedctlError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded)", hint) from None
+    except OSError as exc:
+        raise FedctlError(f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames
+        if header != COLUMNS:
+            raise FedctlError(f"{path} does not have fedctl attack's columns (header: {','.join(header or [])[:80]!r})",
+                              hint)
+        rows = []
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                raise FedctlError(f"{where} has {len(row) - (None in row) + len(row.get(None) or [])} fields, "
+                                  f"not {len(COLUMNS)} (truncated?)", hint)
+            for key, kind in (*NUMERIC.items(), *((("transcript_cer", float),) if row["transcript_cer"] else ())):
+                try:
+                    kind(row[key])
+                except ValueError:
+                    raise FedctlError(f"{where}: {key} = {row[key]!r} is not a number", hint) from None
+            if not row["utterance"]:
+                raise FedctlError(f"{where} names no utterance", hint)
+            rows.append(row)
+    except csv.Error as exc:
+        raise FedctlError(f"{path} is not a readable CSV file ({exc})", hint) from None
+    return rows
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
