@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedctl.attacks.analysis import SpeakerID, feature_metrics, windows
+from fedctl.attacks.analysis import SpeakerID, feature_metrics, prior_topk, windows
 from fedctl.attacks.attack import AttackConfig, reconstruct
 from fedctl.attacks.case import Defense, client_update, load_victim
 from fedctl.attacks.objective import output_layer
@@ -385,7 +385,7 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
     crops = set()
     for d in out_dirs:
         for p in sorted((Path(d) / "recon").glob("*.pt")):
-            recs[p.stem] = torch_load(p, what="reconstruction")
+            recs[p.stem] = read_recon(p)
         settings = read_settings(d)
         if settings is not None:
             crops.add(settings.get("max_frames"))
@@ -406,10 +406,29 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
         w = windows(cache(u), frames)
         feats += w
         labels += [u.speaker] * len(w)
-    sid = SpeakerID(feats, labels)
     ids = sorted(recs)
     spk = [recs[i]["speaker"] for i in ids]
+    if len(set(spk)) < 2:
+        # one speaker: a model that names that speaker for any input (noise included) scores 1.00
+        raise FedctlError(f"the {len(ids)} scored reconstruction(s) all come from one speaker ({spk[0]}): "
+                          "identification rates would not measure leakage",
+                          "attack utterances of at least two speakers (e.g. --batch-stride N spreads the range)")
+    sid = SpeakerID(feats, labels)
     return {"reconstructed": sid.topk([recs[i]["x_hat"] for i in ids], spk),
             "clean": sid.topk([recs[i]["x_true"] for i in ids], spk),
             "random_start": sid.topk([recs[i]["x_init"] for i in ids], spk),
-            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes), "train_examples": len(feats)}
+            "prior": prior_topk(labels, spk), "chance": sid.chance(), "utterances": len(ids),
+            "scored_speakers": len(set(spk)), "speakers": len(sid.classes), "train_examples": len(feats)}
+
+
+def read_recon(path: Path) -> dict:
+    """One `recon/<utterance>.pt`, checked: the speaker and the three [T, F] feature tensors that scoring reads."""
+    rec = torch_load(path, what="reconstruction")
+    hint = "the attack folder is damaged: move this file (and its metrics.csv row) away and re-run the attack"
+    if not isinstance(rec, dict) or not isinstance(rec.get("speaker"), str):
+        raise FedctlError(f"{path} is not a fedctl attack reconstruction (no speaker)", hint)
+    for key in ("x_hat", "x_true", "x_init"):
+        t = rec.get(key)
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point() or t.shape[0] < 1:
+            raise FedctlError(f"{path}: '{key}' is not a [frames, features] tensor", hint)
+    return rec

@@ -22,7 +22,7 @@ SPEC_KEYS = ("arch", "preset", "model", "batch_start", "batch_end", "batch_size"
 CLIENT_KEYS = ("local_steps", "local_lr")  # AttackConfig fields that describe the client: top-level keys only
 SWEEP_COLUMNS = ["method", "defense", "bin", "utterances", "budget", "mae_ratio", "snr_db", "seconds",
                  "speaker_top1", "speaker_top5", "clean_top1", "clean_top5", "chance_top1", "chance_top5",
-                 "transcript_cer"]  # empty unless attack.transcripts is false
+                 "transcript_cer", "prior_top1", "prior_top5"]  # transcript_cer: empty unless attack.transcripts is false
 
 
 @dataclass
@@ -123,6 +123,7 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list
                      "speaker_top1": spk["reconstructed"]["top1"], "speaker_top5": spk["reconstructed"]["top5"],
                      "clean_top1": spk["clean"]["top1"], "clean_top5": spk["clean"]["top5"],
                      "chance_top1": spk["chance"]["top1"], "chance_top5": spk["chance"]["top5"],
+                     "prior_top1": spk["prior"]["top1"], "prior_top5": spk["prior"]["top5"],
                      "transcript_cer": (mean("transcript_cer") if all(r.get("transcript_cer") for r in metrics)
                                         else "")})
     buf = io.StringIO()
