@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fedctl.core.checkpoint import FORMAT
+from fedctl.core.checkpoint import FORMAT, check_checkpoint, check_tensors, checked_field, checked_round
 from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
 from fedctl.utils.io import torch_load
@@ -20,28 +20,6 @@ def _tensor_rows(tensors: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
         rows.append({"name": name, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", ""),
                      "numel": t.numel(), "norm": norm})
     return rows
-
-
-def _field(obj: dict, key: str, kind: type, path: Path, default: Any) -> Any:
-    """obj[key] if it has the expected type; a crafted or damaged checkpoint is a FedctlError."""
-    value = obj.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, kind):
-        raise FedctlError(
-            f"checkpoint {path}: field '{key}' is a {type(value).__name__}, expected a {kind.__name__}",
-            "the file was not written by `fedctl train` or was altered; use another checkpoint of the run",
-        )
-    return value
-
-
-def _check_tensors(tensors: dict, path: Path, what: str) -> None:
-    for name, value in tensors.items():
-        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
-            raise FedctlError(
-                f"checkpoint {path}: {what} entry {name!r} is a {type(value).__name__}, expected a tensor",
-                "the file was not written by `fedctl train` or was altered; use another checkpoint of the run",
-            )
 
 
 def _scalar(value: Any) -> Any:
@@ -84,17 +62,17 @@ def summarize_checkpoint(path: str | Path) -> dict[str, Any]:
     else:
         obj = torch_load(path, what="checkpoint")
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
-            tensors = _field(obj, "model", dict, path, {})
-            _check_tensors(tensors, path, "model")
-            metrics = [m for m in _field(obj, "metrics", list, path, []) if isinstance(m, dict)]
+            check_checkpoint(obj, path)  # the same field checks as every other reader of checkpoints
+            tensors = checked_field(obj, "model", dict, path, {})
+            metrics = [m for m in checked_field(obj, "metrics", list, path, []) if isinstance(m, dict)]
             fits = [m for m in metrics if m.get("type") == "fit"]
             evals = [m for m in metrics if m.get("type") == "eval" and m.get("scope") == "global"]
-            cfg = _field(obj, "config", dict, path, {})
+            cfg = checked_field(obj, "config", dict, path, {})
             fed = cfg.get("federation") if isinstance(cfg.get("federation"), dict) else {}
-            strategy_state = _field(obj, "strategy_state", dict, path, {})
+            strategy_state = checked_field(obj, "strategy_state", dict, path, {})
             info.update(
                 kind="fedctl checkpoint",
-                round=_scalar(obj.get("round")),
+                round=checked_round(obj, path),
                 task=_scalar(obj.get("task")),
                 strategy=_scalar(obj.get("strategy")),
                 strategy_state=sorted(str(k) for k in strategy_state),
@@ -107,7 +85,7 @@ def summarize_checkpoint(path: str | Path) -> dict[str, Any]:
             )
         elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             tensors = obj
-            _check_tensors(tensors, path, "state dict")
+            check_tensors(tensors, path, "state dict")
             info.update(kind="state dict")
         else:
             raise FedctlError(

@@ -35,38 +35,62 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedctl.attacks.objective import (gradient_distance, output_layer, per_restart_gradients, top_masks,
-                                      unrolled_updates)
+from fedctl.attacks.objective import (
+    DISTANCES,
+    MATCHES,
+    gradient_distance,
+    output_layer,
+    per_restart_gradients,
+    top_masks,
+    unrolled_updates,
+)
+from fedctl.core.config import check_choice, check_range, check_seed
+
+
+def _checked(default, check):
+    return field(default=default, metadata={"check": check})
+
+
+def _count(hint: str):
+    return check_range(low=1, hint=hint)
+
+
+def _positive(hint: str):
+    return check_range(low=0, low_open=True, hint=hint)
 
 
 @dataclass
 class AttackConfig:
-    method: str = "gradient"  # "gradient" (twice-differentiated CTC) or "hfgm" (zero-order)
-    optimizer: str = "lbfgs"  # gradient method: "lbfgs" (per-restart, batched) or "adam" (the reference's)
-    dtype: str = "float64"  # the attacker's arithmetic (the client's gradient stays as it was computed)
-    restarts: int = 10  # independent random starts, run together as one batch
-    lr: float = 0.5  # Adam learning rate (adam), initial radius r (hfgm); unused by lbfgs (unit steps)
-    max_iter: int = 2000  # iterations = objective evaluations (one batched forward/backward over all restarts)
-    lr_step: int = 250  # halve the learning rate every lr_step iterations (adam)
-    lr_gamma: float = 0.5
-    patience: int = 300  # stop when no restart improved its best distance by rel_tol for this many iterations
-    rel_tol: float = 1e-4
-    distance: str = "cosine"
-    distance_weight: float = 1.0
-    match: str = "last"
-    top_grad_fraction: float = 1.0
-    init: str = "uniform"  # U[-1, 1], as the reference
-    seed: int = 0
-    hfgm_directions: int = 127  # K frame-local unit perturbations per step (Dang: 127)
-    hfgm_min_radius: float = 0.25  # radius floor (Dang: 0.25)
-    hfgm_plateau: int = 2500  # iterations without a 5% drop before the radius halves (Dang: 2500)
-    hfgm_plateau_drop: float = 0.05
-    lbfgs_history: int = 100  # curvature pairs kept per restart
-    lbfgs_max_step: float = 2.0  # largest change of any feature in one step (a trust region, feature units)
+    """The attack's settings: `fedctl attack` flags and a sweep's `attack:` section, checked by the field checks
+    (`fedctl.core.config.check_range`, as the training config): a value that would change nothing or report
+    the random start as a result is refused by name."""
+
+    method: str = _checked("gradient", check_choice("gradient", "hfgm"))  # "gradient" (twice-differentiated CTC) or "hfgm" (zero-order)
+    optimizer: str = _checked("lbfgs", check_choice("lbfgs", "adam", hint="use lbfgs or adam (the reference's)"))  # gradient method: "lbfgs" (per-restart, batched) or "adam" (the reference's)
+    dtype: str = _checked("float64", check_choice("float64", "float32", hint="use float64 (L-BFGS needs it) or float32"))  # the attacker's arithmetic (the client's gradient stays as it was computed)
+    restarts: int = _checked(10, _count("at least one random start, e.g. 10"))  # independent random starts, run together as one batch
+    lr: float = _checked(0.5, _positive("a finite learning rate / radius > 0, e.g. 0.5"))  # Adam learning rate (adam), initial radius r (hfgm); unused by lbfgs (unit steps)
+    max_iter: int = _checked(2000, _count("at least one iteration (0 would report the random start), e.g. 2000"))  # iterations = objective evaluations (one batched forward/backward over all restarts)
+    lr_step: int = _checked(250, _count("halve the learning rate every N >= 1 iterations, e.g. 250"))  # halve the learning rate every lr_step iterations (adam)
+    lr_gamma: float = _checked(0.5, check_range(low=0, high=1, low_open=True, hint="the decay factor in (0, 1], e.g. 0.5"))
+    patience: int = _checked(300, _count("iterations without improvement before stopping, >= 1, e.g. 300"))  # stop when no restart improved its best distance by rel_tol for this many iterations
+    rel_tol: float = _checked(1e-4, check_range(low=0, hint="a relative improvement >= 0, e.g. 1e-4"))
+    distance: str = _checked("cosine", check_choice(*DISTANCES))
+    distance_weight: float = _checked(1.0, check_range(low=0, high=1, hint="w of w·cos + (1−w)·MSE, in [0, 1], e.g. 1.0"))
+    match: str = _checked("last", check_choice(*MATCHES, hint="use last (output layer, as the reference) or all"))
+    top_grad_fraction: float = _checked(1.0, check_range(low=0, high=1, low_open=True, hint="e.g. 1.0 (keep all)"))
+    init: str = _checked("uniform", check_choice("uniform", "normal"))  # U[-1, 1], as the reference
+    seed: int = _checked(0, check_seed)
+    hfgm_directions: int = _checked(127, _count("at least one perturbation per step (0 would report the random start), e.g. 127"))  # K frame-local unit perturbations per step (Dang: 127)
+    hfgm_min_radius: float = _checked(0.25, _positive("a radius > 0, e.g. 0.25"))  # radius floor (Dang: 0.25)
+    hfgm_plateau: int = _checked(2500, _count("a window of >= 1 iterations, e.g. 2500"))  # iterations without a 5% drop before the radius halves (Dang: 2500)
+    hfgm_plateau_drop: float = _checked(0.05, check_range(low=0, high=1, hint="a relative drop in [0, 1], e.g. 0.05"))
+    lbfgs_history: int = _checked(100, _count("curvature pairs kept, >= 1, e.g. 100"))  # curvature pairs kept per restart
+    lbfgs_max_step: float = _checked(2.0, _positive("a step bound > 0 in feature units, e.g. 2.0"))  # largest change of any feature in one step (a trust region, feature units)
     transcripts: bool = True  # the attacker holds the client's transcripts; False: it also recovers alignments
-    alignment_scale: float = 0.1  # without transcripts: the optimiser holds alignment logits / this (module docstring)
-    local_steps: int = 1  # the client's local SGD steps, unrolled by the attacker (1: FedSGD, restarts batched)
-    local_lr: float = 1.0  # the client's local SGD learning rate (run_attack copies both from AttackSpec)
+    alignment_scale: float = _checked(0.1, _positive("a scale > 0, e.g. 0.1"))  # without transcripts: the optimiser holds alignment logits / this (module docstring)
+    local_steps: int = _checked(1, _count("use 1 (FedSGD, the default) or more (local SGD, which the attacker unrolls)"))  # the client's local SGD steps, unrolled by the attacker (1: FedSGD, restarts batched)
+    local_lr: float = _checked(1.0, _positive("a finite learning rate > 0, e.g. 0.5"))  # the client's local SGD learning rate (run_attack copies both from AttackSpec)
 
 
 @dataclass

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fedctl.attacks.objective import matched_names, per_restart_gradients
+from fedctl.core.config import check_dropout, check_prune, check_range, check_seed
 from fedctl.core.prune import prune_smallest
+from fedctl.core.strategies.dp import check_noise_multiplier
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.models import build_asr_model
 from fedctl.utils.io import torch_load
@@ -32,13 +34,16 @@ from fedctl.utils.io import torch_load
 
 @dataclass
 class Defense:
-    """Applied by the client before it shares its gradient; switchable and combinable."""
+    """Applied by the client before it shares its gradient; switchable and combinable. Each value is checked by
+    the function that checks the training setting it mirrors (task.dropout, federation.prune,
+    federation.dp.noise_multiplier): a value that would apply no defence is refused, never labelled defended."""
 
-    dropout: float = 0.0  # dropout probability in the client's forward pass (mask unknown to the attacker)
-    prune: float = 0.0  # fraction of entries zeroed, smallest |g| first, per tensor (0.9 keeps the top 10%)
-    clip: float = 0.0  # global L2 clip C over all shared tensors (0: off)
-    noise: float = 0.0  # Gaussian noise σ per entry, added after clipping (DP-SGD mechanism: σ·C if clip)
-    seed: int = 0
+    dropout: float = field(default=0.0, metadata={"check": check_dropout})  # dropout probability in the client's forward pass (mask unknown to the attacker)
+    prune: float = field(default=0.0, metadata={"check": check_prune})  # fraction of entries zeroed, smallest |g| first, per tensor (0.9 keeps the top 10%)
+    clip: float = field(default=0.0, metadata={"check": check_range(
+        low=0, hint="the global L2 clipping norm C > 0, e.g. 1.0; 0 is off")})  # global L2 clip C over all shared tensors (0: off)
+    noise: float = field(default=0.0, metadata={"check": check_noise_multiplier})  # Gaussian noise σ per entry, added after clipping (DP-SGD mechanism: σ·C if clip)
+    seed: int = field(default=0, metadata={"check": check_seed})
 
     @property
     def name(self) -> str:
@@ -77,9 +82,7 @@ def load_victim(arch: str, preset: str, *, checkpoint: str | Path | None = None,
             path = cands[-1]
         if not path.exists():
             raise FedctlError(f"victim checkpoint {path} does not exist", "pass a checkpoint .pt file")
-        blob = torch_load(path, what="victim checkpoint")
-        state = blob.get("model", blob) if isinstance(blob, dict) else blob
-        task = (blob.get("config") or {}).get("task", {}) if isinstance(blob, dict) else {}
+        state, task = victim_state(path)
         if isinstance(task, dict) and task.get("arch") and task["arch"] != arch:
             raise FedctlError(f"victim checkpoint {path} is a {task['arch']} model, not {arch}",
                               f"run `fedctl attack {task['arch']}` on it, or pass a {arch} checkpoint")
@@ -100,14 +103,35 @@ def load_victim(arch: str, preset: str, *, checkpoint: str | Path | None = None,
     torch.manual_seed(seed)
     model = build_asr_model(arch, preset, **overrides)
     if state is not None:
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise FedctlError(f"victim checkpoint does not fit {arch} preset {preset!r}: {str(exc).splitlines()[0]}",
-                              "pass --preset matching the checkpoint") from exc
+        from fedctl.tasks.asr.task import load_state
+
+        load_state(model, state, f"victim checkpoint {checkpoint}", arch)  # names the first misfit tensor
     for p in model.parameters():
         p.requires_grad_(True)
     return model.train()
+
+
+def victim_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(state dict, task config) of a victim `.pt`: a fedctl checkpoint (checked as every reader checks one) or a
+    bare state dict of tensors; anything else is a FedctlError naming the file."""
+    from fedctl.core.checkpoint import FORMAT, check_checkpoint, check_tensors
+
+    blob = torch_load(path, what="victim checkpoint")
+    if isinstance(blob, dict) and blob.get("format") == FORMAT:
+        check_checkpoint(blob, path)
+        state, config = blob.get("model") or {}, blob.get("config") or {}
+    elif isinstance(blob, dict) and isinstance(blob.get("model"), dict):  # {"model": ..., "config": ...} by hand
+        state, config = blob["model"], blob.get("config") or {}
+    elif isinstance(blob, dict) and blob:
+        state, config = blob, {}
+    else:
+        state, config = None, {}
+    if not isinstance(state, dict) or not state or not isinstance(config, dict):
+        raise FedctlError(f"victim checkpoint {path} holds neither a fedctl checkpoint nor a state dict of tensors",
+                          "pass a checkpoints/round_NNN.pt of `fedctl train asr`, its final/hf folder or a state dict")
+    check_tensors(state, path, "model")
+    task = config.get("task") if isinstance(config.get("task"), dict) else {}
+    return state, task
 
 
 @contextlib.contextmanager
@@ -200,8 +224,18 @@ def run_update(run: str | Path, server_round: int, client_id: str, arch: str, pr
         raise FedctlError(f"{run} has no update of client {client_id} in round {server_round} ({delta_path})",
                           "train with --save-deltas every=1 --save-deltas entity=clients")
     model = load_victim(arch, preset, checkpoint=ckpt, overrides=overrides)
-    delta = load_file(str(delta_path))
+    try:
+        delta = load_file(str(delta_path))
+    except Exception as exc:  # safetensors raises its own error types for truncated or foreign bytes
+        raise FedctlError(f"{delta_path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})",
+                          "the run's delta file is damaged; attack another round or client") from None
     missing = [n for n in matched_names(model, match) if n not in delta]
     if missing:
         raise FedctlError(f"{delta_path} lacks {', '.join(missing)}", "the run must share the matched tensors")
+    params = dict(model.named_parameters())
+    for n in matched_names(model, match):
+        if tuple(delta[n].shape) != tuple(params[n].shape) or not delta[n].is_floating_point():
+            raise FedctlError(f"{delta_path}: tensor '{n}' is {tuple(delta[n].shape)} {delta[n].dtype}, the victim's "
+                              f"is {tuple(params[n].shape)} {params[n].dtype}",
+                              "the delta must come from the same run as the checkpoint (same model settings)")
     return model, [(-delta[n].float() / client_lr) for n in matched_names(model, match)]

@@ -23,15 +23,23 @@ from pathlib import Path
 
 import torch
 
-from fedctl.attacks.analysis import SpeakerID, feature_metrics, windows
+from fedctl.attacks.analysis import SpeakerID, feature_metrics, prior_topk, windows
 from fedctl.attacks.attack import AttackConfig, reconstruct
 from fedctl.attacks.case import Defense, client_update, load_victim
-from fedctl.attacks.objective import DISTANCES, MATCHES, output_layer
+from fedctl.attacks.objective import output_layer
 from fedctl.attacks.transcript import recovered_transcripts
+from fedctl.core.config import (
+    apply_mapping,
+    check_choice,
+    check_fields,
+    check_out_path,
+    check_range,
+    check_seed,
+)
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.ctc import check_feasible
 from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition, normalise
-from fedctl.tasks.asr.models import output_lengths
+from fedctl.tasks.asr.models import build_asr_model, output_lengths
 from fedctl.tasks.asr.text import check_text_norm, error_rates
 from fedctl.utils.io import torch_load, torch_save, write_text
 
@@ -40,35 +48,90 @@ COLUMNS = ["utterance", "duration_ms", "speaker", "method", "defense", "restart"
            "transcript_cer"]  # transcript_cer: of the transcript recovered with --no-transcripts; empty otherwise
 
 
+def _checked(default, check):
+    return field(default=default, metadata={"check": check})
+
+
 @dataclass
 class AttackSpec:
-    arch: str = "ds1"
+    """Everything one `fedctl attack` run reads: a typed declaration whose field checks (the training config's
+    machinery, `fedctl.core.config`) serve the command-line flags and a sweep file alike; `check_spec` adds the
+    checks across fields. Build one from flags or YAML with `attack_spec`."""
+
+    arch: str = _checked("ds1", check_choice("ds1", "ds2"))
     preset: str = "tiny"
     model: dict = field(default_factory=dict)  # model overrides, e.g. {"n_hidden": 256}
     corpus: list[str] = field(default_factory=list)  # any format fedctl.data.speech.readers reads (detected)
     text_norm: str = "strict"  # transcripts of the attacked utterances (only those): strict, fold, fold-spell-numbers
     parts: str | None = None
     client: str | None = None
-    min_dur: int = 1000
-    max_dur: int = 2000
-    batch_start: int = 0
-    batch_end: int = 100
-    batch_size: int = 1
-    batch_stride: int = 1  # take every n-th utterance of the range (spreads a small sample over speakers)
+    min_dur: int = _checked(1000, check_range(low=0, hint="milliseconds, e.g. 1000"))
+    max_dur: int = _checked(2000, check_range(low=1, hint="milliseconds, above the bin start, e.g. 2000"))
+    batch_start: int = _checked(0, check_range(low=0, hint="an utterance index >= 0, e.g. 0"))
+    batch_end: int = _checked(100, check_range(low=1, hint="an utterance index above the batch start, e.g. 100"))
+    batch_size: int = _checked(1, check_range(low=1, hint="e.g. 1 (the reference)"))
+    batch_stride: int = _checked(1, check_range(low=1, hint="take every n-th utterance, n >= 1, e.g. 1 (all)"))  # take every n-th utterance of the range (spreads a small sample over speakers)
     checkpoint: str | None = None
     run: str | None = None  # with run_round and client: victim and shared update from a fedctl run
-    run_round: int | None = None
-    client_lr: float = 1.0  # the client's learning rate in that run (gradient = −delta / lr)
-    victim_seed: int = 0
-    local_steps: int = 1
-    local_lr: float = 1.0
+    run_round: int | None = _checked(None, check_range(low=1, hint="a round of the run, >= 1, e.g. 3"))
+    client_lr: float = _checked(1.0, check_range(low=0, low_open=True, hint="the client's learning rate in the run, > 0"))  # the client's learning rate in that run (gradient = −delta / lr)
+    victim_seed: int = _checked(0, check_seed)
+    local_steps: int = _checked(1, check_range(low=1, hint="use 1 (FedSGD, the default) or more (local SGD, which the attacker unrolls)"))
+    local_lr: float = _checked(1.0, check_range(low=0, low_open=True, hint="a finite learning rate > 0, e.g. 0.5"))
     defense: Defense = field(default_factory=Defense)
     attack: AttackConfig = field(default_factory=AttackConfig)
-    out: str = "attack_out"
-    plots: int = 3
-    max_frames: int | None = None  # crop features to this many frames (well-posed experiments); None keeps all
+    out: str = _checked("attack_out", check_out_path)
+    plots: int = _checked(3, check_range(low=0, hint="how many utterances to plot, e.g. 3"))
+    max_frames: int | None = _checked(None, check_range(low=1, hint="a number of frames >= 1, e.g. 20, or leave it off"))  # crop features to this many frames (well-posed experiments); None keeps all
     crop_transcript: bool = False  # with max_frames: keep the first (output frames) // 3 characters (a budget
     # experiment on a synthetic client batch, not a real utterance: the features and labels no longer align)
+
+
+def attack_spec(values: dict, label: Callable[[str], str] | None = None) -> AttackSpec:
+    """An AttackSpec from nested `values` (flags or a sweep cell), strictly: unknown keys, wrong types and
+    out-of-range values are errors naming the key, or `label(key)` (the flag that set it)."""
+    spec = AttackSpec()
+    apply_mapping(spec, values, "", label)
+    check_spec(spec, label)
+    return spec
+
+
+def check_spec(spec: AttackSpec, label: Callable[[str], str] | None = None) -> None:
+    """Every check of `spec` that needs no data: each field's declared check, then the checks across fields
+    (and the model settings, built on the meta device). Runs before anything is read or written."""
+    name = label or (lambda k: k)
+    check_fields(spec, "", label)
+    cfg = spec.attack
+    if spec.max_dur <= spec.min_dur:
+        keys = dict.fromkeys((name("min_dur"), name("max_dur")))  # a sweep names both ends by one bins[i]
+        raise FedctlError(f"the duration bin [{spec.min_dur}, {spec.max_dur}) ms ({', '.join(keys)}) is empty",
+                          "its end must lie above its start (milliseconds), e.g. 1000 to 2000")
+    if spec.batch_end <= spec.batch_start:
+        raise FedctlError(f"batch range [{name('batch_start')} {spec.batch_start}, {name('batch_end')} "
+                          f"{spec.batch_end}) is empty", "use 0 <= --batch-start < --batch-end")
+    if spec.crop_transcript and spec.max_frames is None:
+        raise FedctlError(f"{name('crop_transcript')} without {name('max_frames')} would crop nothing",
+                          "give --max-frames N with it, or leave it off")
+    if not cfg.transcripts and cfg.method == "hfgm":
+        raise FedctlError("--method hfgm needs the transcripts (it perturbs the features only; without transcripts "
+                          "the alignments are unknowns too)", "use --method gradient with --no-transcripts")
+    if spec.run and spec.local_steps > 1:
+        raise FedctlError("--run with --local-steps > 1: the attacker's unroll models N plain SGD steps on one batch, "
+                          "but a fedctl run's clients train with AdamW over shuffled micro-batches with clipping",
+                          "attack the run's update as one step (--local-steps 1), or a simulated client without --run")
+    if spec.local_steps > 1 and not cfg.transcripts:
+        raise FedctlError("--no-transcripts with --local-steps > 1 is not implemented (the unroll needs the CTC "
+                          "targets)", "attack a FedSGD update (--local-steps 1) without transcripts, or give them")
+    if spec.run and (spec.run_round is None or spec.client is None):
+        raise FedctlError("--run needs --round and --client", "e.g. --run runs/asr --round 3 --client client_000")
+    if spec.run_round is not None and not spec.run:
+        raise FedctlError(f"{name('run_round')} {spec.run_round} without --run selects nothing",
+                          "give --run RUN with it, or leave it off")
+    try:
+        with torch.device("meta"):  # unknown preset, bad model settings: refused before any data is read
+            build_asr_model(spec.arch, spec.preset, **spec.model)
+    except FedctlError as exc:
+        raise FedctlError(f"{name('model')}: {exc.message}", exc.hint) from None
 
 
 def select_utterances(spec: AttackSpec):
@@ -93,14 +156,11 @@ def select_utterances(spec: AttackSpec):
     if not utts:
         raise FedctlError(f"no utterance lies in the duration bin [{spec.min_dur}, {spec.max_dur}) ms",
                           "widen --min-dur/--max-dur (milliseconds), e.g. --min-dur 1000 --max-dur 2000")
-    if spec.batch_start < 0 or spec.batch_end <= spec.batch_start:
-        raise FedctlError(f"batch range [{spec.batch_start}, {spec.batch_end}) is empty",
-                          "use 0 <= --batch-start < --batch-end")
     if spec.batch_start >= len(utts):
         raise FedctlError(f"--batch-start {spec.batch_start} is past the {len(utts)} utterance(s) in the bin "
                           f"[{spec.min_dur}, {spec.max_dur}) ms",
                           f"use --batch-start below {len(utts)} or widen the duration bin")
-    chosen = normalise(utts[spec.batch_start: min(spec.batch_end, len(utts)): max(1, spec.batch_stride)], spec.text_norm)
+    chosen = normalise(utts[spec.batch_start: min(spec.batch_end, len(utts)): spec.batch_stride], spec.text_norm)
     empty = [u.id for u in chosen if not u.transcript]
     if empty:
         raise FedctlError(f"attacked utterance(s) {', '.join(empty[:8])} have no transcript left after "
@@ -110,11 +170,48 @@ def select_utterances(spec: AttackSpec):
     return chosen
 
 
+NUMERIC = {"duration_ms": int, "restart": int, "iterations": int, "frames": int, "grad_distance": float,
+           "feature_mae": float, "random_mae": float, "mae_ratio": float, "cosine": float, "snr_db": float,
+           "seconds": float, "budget": float}  # transcript_cer: a float or empty
+
+
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of an attack folder's metrics.csv (none when it does not exist), checked: the resume and the
+    summaries read them as numbers, so a damaged file (not text, other columns, a truncated or garbled row)
+    is one error naming the file and the line, never a traceback nor a wrong resume."""
     if not path.exists():
         return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    hint = (f"the attack folder is damaged: move {path.name} (and recon/) out of it to redo those utterances, "
+            "or attack into a new --out folder")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FedctlError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded)", hint) from None
+    except OSError as exc:
+        raise FedctlError(f"cannot read {path}: {exc.strerror or exc}", "check the path and its permissions") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames
+        if header != COLUMNS:
+            raise FedctlError(f"{path} does not have fedctl attack's columns (header: {','.join(header or [])[:80]!r})",
+                              hint)
+        rows = []
+        for row in reader:
+            where = f"{path} line {reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                raise FedctlError(f"{where} has {len(row) - (None in row) + len(row.get(None) or [])} fields, "
+                                  f"not {len(COLUMNS)} (truncated?)", hint)
+            for key, kind in (*NUMERIC.items(), *((("transcript_cer", float),) if row["transcript_cer"] else ())):
+                try:
+                    kind(row[key])
+                except ValueError:
+                    raise FedctlError(f"{where}: {key} = {row[key]!r} is not a number", hint) from None
+            if not row["utterance"]:
+                raise FedctlError(f"{where} names no utterance", hint)
+            rows.append(row)
+    except csv.Error as exc:
+        raise FedctlError(f"{path} is not a readable CSV file ({exc})", hint) from None
+    return rows
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
@@ -153,36 +250,8 @@ def _plot(path: Path, x_true: torch.Tensor, x_hat: torch.Tensor, curve: list[flo
 
 def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) -> dict:
     """Attack every batch of the selected utterances not already in out/metrics.csv; returns the summary."""
+    check_spec(spec)
     cfg = spec.attack
-    if cfg.distance not in DISTANCES:
-        raise FedctlError(f"unknown distance {cfg.distance!r}", f"use one of: {', '.join(DISTANCES)}")
-    if cfg.match not in MATCHES:
-        raise FedctlError(f"unknown --match {cfg.match!r}", "use last (output layer, as the reference) or all")
-    if cfg.method not in ("gradient", "hfgm"):
-        raise FedctlError(f"unknown --method {cfg.method!r}", "use gradient or hfgm")
-    if cfg.optimizer not in ("lbfgs", "adam"):
-        raise FedctlError(f"unknown --optimizer {cfg.optimizer!r}", "use lbfgs or adam (the reference's)")
-    if cfg.dtype not in ("float64", "float32"):
-        raise FedctlError(f"unknown --dtype {cfg.dtype!r}", "use float64 (L-BFGS needs it) or float32")
-    if spec.batch_size < 1:
-        raise FedctlError("--batch-size must be at least 1", "e.g. --batch-size 1 (the reference)")
-    if not 0 < cfg.top_grad_fraction <= 1:
-        raise FedctlError(f"--top-grad-fraction {cfg.top_grad_fraction} is not in (0, 1]", "e.g. 1.0 (keep all)")
-    if not cfg.transcripts and cfg.method == "hfgm":
-        raise FedctlError("--method hfgm needs the transcripts (it perturbs the features only; without transcripts "
-                          "the alignments are unknowns too)", "use --method gradient with --no-transcripts")
-    if spec.local_steps < 1:
-        raise FedctlError(f"--local-steps {spec.local_steps} is not a number of SGD steps",
-                          "use 1 (FedSGD, the default) or more (local SGD, which the attacker unrolls)")
-    if not (math.isfinite(spec.local_lr) and spec.local_lr > 0):
-        raise FedctlError(f"--local-lr {spec.local_lr} is not a learning rate", "use a finite value > 0, e.g. 0.5")
-    if spec.run and spec.local_steps > 1:
-        raise FedctlError("--run with --local-steps > 1: the attacker's unroll models N plain SGD steps on one batch, "
-                          "but a fedctl run's clients train with AdamW over shuffled micro-batches with clipping",
-                          "attack the run's update as one step (--local-steps 1), or a simulated client without --run")
-    if spec.local_steps > 1 and not cfg.transcripts:
-        raise FedctlError("--no-transcripts with --local-steps > 1 is not implemented (the unroll needs the CTC "
-                          "targets)", "attack a FedSGD update (--local-steps 1) without transcripts, or give them")
     # the attacker knows the client's local training (the server configures it) and unrolls it
     cfg = dataclasses.replace(cfg, local_steps=spec.local_steps, local_lr=spec.local_lr)
     spec = dataclasses.replace(spec, attack=cfg)  # so that the logged settings say what the attacker ran
@@ -197,8 +266,6 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
         frames = cache(u).shape[0] if spec.max_frames is None else min(cache(u).shape[0], spec.max_frames)
         check_feasible(u.id, u.target, int(output_lengths(spec.arch, torch.tensor([frames]))[0]))
     if spec.run:
-        if spec.run_round is None or spec.client is None:
-            raise FedctlError("--run needs --round and --client", "e.g. --run runs/asr --round 3 --client client_000")
         from fedctl.attacks.case import run_update
 
         model, shared = run_update(spec.run, spec.run_round, spec.client, spec.arch, spec.preset, match=cfg.match,
@@ -329,7 +396,7 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
     crops = set()
     for d in out_dirs:
         for p in sorted((Path(d) / "recon").glob("*.pt")):
-            recs[p.stem] = torch_load(p, what="reconstruction")
+            recs[p.stem] = read_recon(p)
         settings = read_settings(d)
         if settings is not None:
             crops.add(settings.get("max_frames"))
@@ -350,10 +417,29 @@ def speaker_leakage(out_dirs: list[str | Path], corpus: list[str] | None, arch: 
         w = windows(cache(u), frames)
         feats += w
         labels += [u.speaker] * len(w)
-    sid = SpeakerID(feats, labels)
     ids = sorted(recs)
     spk = [recs[i]["speaker"] for i in ids]
+    if len(set(spk)) < 2:
+        # one speaker: a model that names that speaker for any input (noise included) scores 1.00
+        raise FedctlError(f"the {len(ids)} scored reconstruction(s) all come from one speaker ({spk[0]}): "
+                          "identification rates would not measure leakage",
+                          "attack utterances of at least two speakers (e.g. --batch-stride N spreads the range)")
+    sid = SpeakerID(feats, labels)
     return {"reconstructed": sid.topk([recs[i]["x_hat"] for i in ids], spk),
             "clean": sid.topk([recs[i]["x_true"] for i in ids], spk),
             "random_start": sid.topk([recs[i]["x_init"] for i in ids], spk),
-            "chance": sid.chance(), "utterances": len(ids), "speakers": len(sid.classes), "train_examples": len(feats)}
+            "prior": prior_topk(labels, spk), "chance": sid.chance(), "utterances": len(ids),
+            "scored_speakers": len(set(spk)), "speakers": len(sid.classes), "train_examples": len(feats)}
+
+
+def read_recon(path: Path) -> dict:
+    """One `recon/<utterance>.pt`, checked: the speaker and the three [T, F] feature tensors that scoring reads."""
+    rec = torch_load(path, what="reconstruction")
+    hint = "the attack folder is damaged: move this file (and its metrics.csv row) away and re-run the attack"
+    if not isinstance(rec, dict) or not isinstance(rec.get("speaker"), str):
+        raise FedctlError(f"{path} is not a fedctl attack reconstruction (no speaker)", hint)
+    for key in ("x_hat", "x_true", "x_init"):
+        t = rec.get(key)
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.is_floating_point() or t.shape[0] < 1:
+            raise FedctlError(f"{path}: '{key}' is not a [frames, features] tensor", hint)
+    return rec

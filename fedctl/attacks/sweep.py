@@ -7,78 +7,125 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import fields
+import re
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
 from fedctl.attacks.attack import AttackConfig
-from fedctl.attacks.case import Defense
-from fedctl.attacks.runner import AttackSpec, read_metrics, run_attack, speaker_leakage
+from fedctl.attacks.runner import AttackSpec, attack_spec, read_metrics, run_attack, speaker_leakage
+from fedctl.core.config import apply_mapping, load_yaml, unknown_key_error
 from fedctl.errors import FedctlError
 from fedctl.utils.io import write_text
 
-KEYS = {"arch", "preset", "model", "bins", "batch_start", "batch_end", "batch_size", "max_frames", "victim_seed", "crop_transcript", "batch_stride",
-        "attack", "methods", "defenses", "local_steps", "local_lr"}
+SPEC_KEYS = ("arch", "preset", "model", "batch_start", "batch_end", "batch_size", "batch_stride", "max_frames",
+             "crop_transcript", "victim_seed", "local_steps", "local_lr", "attack")  # AttackSpec keys a sweep sets
 CLIENT_KEYS = ("local_steps", "local_lr")  # AttackConfig fields that describe the client: top-level keys only
 SWEEP_COLUMNS = ["method", "defense", "bin", "utterances", "budget", "mae_ratio", "snr_db", "seconds",
                  "speaker_top1", "speaker_top5", "clean_top1", "clean_top5", "chance_top1", "chance_top5",
-                 "transcript_cer"]  # empty unless attack.transcripts is false
+                 "transcript_cer", "prior_top1", "prior_top5"]  # transcript_cer: empty unless attack.transcripts is false
+
+
+@dataclass
+class SweepGrid:
+    """The sweep's axes; every other key of the file is an AttackSpec setting shared by all cells."""
+
+    bins: list[list[int]] = field(default_factory=lambda: [[1000, 2000]])  # duration bins, ms [min, max)
+    methods: list[str] = field(default_factory=lambda: ["gradient"])
+    defenses: dict = field(default_factory=lambda: {"none": {}})  # name → Defense settings
+
+
+@dataclass
+class Cell:
+    method: str
+    defense: str
+    bin: tuple[int, int]
+    spec: AttackSpec
 
 
 def load_sweep(path: Path) -> dict:
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    unknown = sorted(set(data) - KEYS)
-    if unknown:
-        raise FedctlError(f"unknown sweep key(s) in {path}: {', '.join(unknown)}", f"valid keys: {', '.join(sorted(KEYS))}")
-    attack_keys = {f.name for f in fields(AttackConfig)} - set(CLIENT_KEYS)
-    bad = sorted(set(data.get("attack", {})) - attack_keys)
+    """The sweep file, strictly: YAML as the training config reads it (UTF-8, syntax, a mapping), then every cell
+    through `attack_spec` (the attack's typed settings: unknown keys, types, ranges), so that a bad value is
+    one error naming the file and the key before any cell runs."""
+    data = load_yaml(path)
+    try:
+        sweep_cells(data, [], Path("."))
+    except FedctlError as exc:  # the config checks' examples say `--set key=value`: a sweep file says `key: value`
+        hint = re.sub(r"--set ([^=\s]+)=(\S*)", r"\1: \2", exc.hint or "")
+        raise FedctlError(f"{path}: {exc.message}", hint) from None
+    return data
+
+
+def sweep_cells(data: dict, corpus: list[str], out: Path) -> list[Cell]:
+    """method × defence × bin: one checked AttackSpec per cell, writing to `out/<method>/<defence>/<bin>/`."""
+    grid = SweepGrid()
+    common = {}
+    for key, value in data.items():
+        if key in {f.name for f in fields(SweepGrid)}:
+            continue
+        if key not in SPEC_KEYS:
+            raise unknown_key_error(str(key), sorted([*SPEC_KEYS, *(f.name for f in fields(SweepGrid))]), "")
+        common[key] = value
+    apply_mapping(grid, {k: data[k] for k in (f.name for f in fields(SweepGrid)) if k in data}, "")
+    attack = common.pop("attack", None) or {}
+    if not isinstance(attack, dict):
+        raise FedctlError("config key 'attack' must be a mapping", "e.g. attack: {restarts: 2, max_iter: 200}")
+    attack_keys = {f.name for f in fields(AttackConfig)} - set(CLIENT_KEYS) - {"method"}
+    bad = sorted(str(k) for k in set(attack) - attack_keys)
     if bad:
         hint = f"valid: {', '.join(sorted(attack_keys))}"
         if set(bad) & set(CLIENT_KEYS):
             hint = "local_steps and local_lr describe the client: set them at the top level of the sweep"
-        raise FedctlError(f"unknown attack setting(s) in {path}: {', '.join(bad)}", hint)
-    defense_keys = {f.name for f in fields(Defense)}
-    for name, d in (data.get("defenses") or {"none": {}}).items():
-        bad = sorted(set(d or {}) - defense_keys)
-        if bad:
-            raise FedctlError(f"defence {name!r} in {path} has unknown key(s) {', '.join(bad)}",
-                              f"valid: {', '.join(sorted(defense_keys))}")
-    return data
+        elif "method" in bad:
+            hint = "the methods are an axis of the sweep: methods: [gradient, hfgm]"
+        raise FedctlError(f"unknown attack setting(s): {', '.join(bad)}", hint)
+    for i, pair in enumerate(grid.bins):
+        if len(pair) != 2:
+            raise FedctlError(f"config key 'bins[{i}]' = {pair} is not a [min, max) pair of milliseconds",
+                              "e.g. bins: [[1000, 2000], [2000, 3000]]")
+    cells = []
+    for j, method in enumerate(grid.methods):
+        for dname, dkw in grid.defenses.items():
+            if dkw is not None and not isinstance(dkw, dict):
+                raise FedctlError(f"config key 'defenses.{dname}' must be a mapping",
+                                  "e.g. defenses: {none: {}, dp: {clip: 1.0, noise: 0.1}}")
+            for i, (lo, hi) in enumerate(grid.bins):
+                def label(key: str, i=i, j=j, dname=dname) -> str:
+                    if key in ("min_dur", "max_dur"):
+                        return f"bins[{i}]"
+                    if key == "attack.method":
+                        return f"methods[{j}]"
+                    return f"defenses.{dname}.{key[8:]}" if key.startswith("defense.") else key
+
+                spec = attack_spec({"batch_end": 4, **common, "corpus": list(corpus), "min_dur": lo, "max_dur": hi,
+                                    "defense": dkw or {}, "attack": {**attack, "method": method},
+                                    "out": str(out / method / str(dname) / f"{lo}-{hi}ms"), "plots": 1}, label)
+                cells.append(Cell(method, str(dname), (lo, hi), spec))
+    return cells
 
 
 def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list[dict]:
     data = load_sweep(config)
     rows = []
-    for method in data.get("methods", ["gradient"]):
-        for dname, dkw in (data.get("defenses") or {"none": {}}).items():
-            for lo, hi in data.get("bins", [[1000, 2000]]):
-                cell = out / method / dname / f"{lo}-{hi}ms"
-                spec = AttackSpec(arch=data.get("arch", "ds1"), preset=data.get("preset", "tiny"),
-                                  model=data.get("model", {}) or {}, corpus=list(corpus), min_dur=lo, max_dur=hi,
-                                  batch_start=data.get("batch_start", 0), batch_end=data.get("batch_end", 4),
-                                  batch_size=data.get("batch_size", 1), batch_stride=data.get("batch_stride", 1), victim_seed=data.get("victim_seed", 0),
-                                  max_frames=data.get("max_frames"),
-                                  crop_transcript=bool(data.get("crop_transcript", False)), defense=Defense(**(dkw or {})),
-                                  local_steps=data.get("local_steps", 1), local_lr=data.get("local_lr", 1.0),
-                                  attack=AttackConfig(**{**data.get("attack", {}), "method": method}), out=str(cell),
-                                  plots=1)
-                if progress:
-                    progress(f"cell {method} / {dname} / {lo}-{hi} ms")
-                run_attack(spec, progress)
-                metrics = read_metrics(cell / "metrics.csv")
-                spk = speaker_leakage([cell], corpus, spec.arch, frames=spec.max_frames)
-                def mean(k, metrics=metrics):
-                    return sum(float(r[k]) for r in metrics) / len(metrics)
+    for c in sweep_cells(data, corpus, out):  # every cell checked before the first runs
+        cell = Path(c.spec.out)
+        if progress:
+            progress(f"cell {c.method} / {c.defense} / {c.bin[0]}-{c.bin[1]} ms")
+        run_attack(c.spec, progress)
+        metrics = read_metrics(cell / "metrics.csv")
+        spk = speaker_leakage([cell], corpus, c.spec.arch, frames=c.spec.max_frames)
 
-                rows.append({"method": method, "defense": dname, "bin": f"{lo}-{hi}ms", "utterances": len(metrics),
-                             "budget": mean("budget"), "mae_ratio": mean("mae_ratio"), "snr_db": mean("snr_db"),
-                             "seconds": mean("seconds"),
-                             "speaker_top1": spk["reconstructed"]["top1"], "speaker_top5": spk["reconstructed"]["top5"],
-                             "clean_top1": spk["clean"]["top1"], "clean_top5": spk["clean"]["top5"],
-                             "chance_top1": spk["chance"]["top1"], "chance_top5": spk["chance"]["top5"],
-                             "transcript_cer": (mean("transcript_cer") if all(r.get("transcript_cer") for r in metrics)
-                                                else "")})
+        def mean(k, metrics=metrics):
+            return sum(float(r[k]) for r in metrics) / len(metrics)
+
+        rows.append({"method": c.method, "defense": c.defense, "bin": f"{c.bin[0]}-{c.bin[1]}ms",
+                     "utterances": len(metrics), "budget": mean("budget"), "mae_ratio": mean("mae_ratio"),
+                     "snr_db": mean("snr_db"), "seconds": mean("seconds"),
+                     "speaker_top1": spk["reconstructed"]["top1"], "speaker_top5": spk["reconstructed"]["top5"],
+                     "clean_top1": spk["clean"]["top1"], "clean_top5": spk["clean"]["top5"],
+                     "chance_top1": spk["chance"]["top1"], "chance_top5": spk["chance"]["top5"],
+                     "prior_top1": spk["prior"]["top1"], "prior_top5": spk["prior"]["top5"],
+                     "transcript_cer": (mean("transcript_cer") if all(r.get("transcript_cer") for r in metrics)
+                                        else "")})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SWEEP_COLUMNS)
     writer.writeheader()

@@ -42,6 +42,19 @@ _EPILOG = ("Examples:\n\n"
            "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
 
 
+# AttackSpec key → the flag that sets it: errors name what the user typed (`--seeds`, not attack.restarts)
+FLAGS = {"min_dur": "--min-dur", "max_dur": "--max-dur", "batch_start": "--batch-start", "batch_end": "--batch-end",
+         "text_norm": "--text-norm", "batch_size": "--batch-size", "batch_stride": "--batch-stride", "model": "--preset/--hidden",
+         "run_round": "--round", "client_lr": "--client-lr", "victim_seed": "--victim-seed",
+         "local_steps": "--local-steps", "local_lr": "--local-lr", "out": "--out", "max_frames": "--max-frames",
+         "crop_transcript": "--crop-transcript",
+         **{f"defense.{k}": f"--defense-{k}" for k in ("dropout", "prune", "clip", "noise")},
+         **{f"attack.{k}": f"--{k.replace('_', '-')}" for k in (
+             "method", "optimizer", "dtype", "lr", "lr_step", "max_iter", "patience", "distance", "distance_weight",
+             "match", "top_grad_fraction", "seed", "hfgm_directions", "hfgm_plateau")},
+         "attack.restarts": "--seeds", "attack.transcripts": "--transcripts"}
+
+
 def _command(arch: str):
     def command(
         corpus: Annotated[list[Path] | None, typer.Option("--corpus", help="LibriSpeech tree(s), fairseq/CSV manifest(s) or local HF dataset(s).")] = None,
@@ -90,25 +103,26 @@ def _command(arch: str):
         threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
                                              "small victims down on a busy machine; reference sizes: your cores).")] = 1,
     ) -> None:
-        from fedctl.attacks.attack import AttackConfig
-        from fedctl.attacks.case import Defense
-        from fedctl.attacks.runner import AttackSpec, run_attack
+        from fedctl.attacks.runner import attack_spec, run_attack
 
         _threads(threads)
-        spec = AttackSpec(
-            arch=arch, preset=preset, model={"n_hidden": hidden} if hidden else {},
-            corpus=[str(c) for c in corpus or []], text_norm=text_norm, parts=str(parts) if parts else None, client=client,
-            min_dur=min_dur, max_dur=max_dur, batch_start=batch_start, batch_end=batch_end, batch_size=batch_size,
-            batch_stride=batch_stride,
-            checkpoint=str(checkpoint) if checkpoint else None,
-            run=str(run) if run else None, run_round=round_, client_lr=client_lr, victim_seed=victim_seed, local_steps=local_steps,
-            local_lr=local_lr,
-            defense=Defense(dropout=defense_dropout, prune=defense_prune, clip=defense_clip, noise=defense_noise),
-            attack=AttackConfig(method=method, optimizer=optimizer, dtype=dtype, restarts=seeds, lr=lr, lr_step=lr_step, max_iter=max_iter,
-                                patience=patience, distance=distance, distance_weight=distance_weight, match=match,
-                                top_grad_fraction=top_grad_fraction, seed=seed, hfgm_directions=hfgm_directions,
-                                hfgm_plateau=hfgm_plateau, transcripts=transcripts),
-            out=str(out_dir), max_frames=max_frames, crop_transcript=crop_transcript)
+        spec = attack_spec({
+            "arch": arch, "preset": preset, "model": {"n_hidden": hidden} if hidden is not None else {},
+            "corpus": [str(c) for c in corpus or []], "text_norm": text_norm, "parts": str(parts) if parts else None, "client": client,
+            "min_dur": min_dur, "max_dur": max_dur, "batch_start": batch_start, "batch_end": batch_end,
+            "batch_size": batch_size, "batch_stride": batch_stride,
+            "checkpoint": str(checkpoint) if checkpoint else None, "run": str(run) if run else None,
+            "run_round": round_, "client_lr": client_lr, "victim_seed": victim_seed, "local_steps": local_steps,
+            "local_lr": local_lr,
+            "defense": {"dropout": defense_dropout, "prune": defense_prune, "clip": defense_clip,
+                        "noise": defense_noise},
+            "attack": {"method": method, "optimizer": optimizer, "dtype": dtype, "restarts": seeds, "lr": lr,
+                       "lr_step": lr_step, "max_iter": max_iter, "patience": patience, "distance": distance,
+                       "distance_weight": distance_weight, "match": match, "top_grad_fraction": top_grad_fraction,
+                       "seed": seed, "hfgm_directions": hfgm_directions, "hfgm_plateau": hfgm_plateau,
+                       "transcripts": transcripts},
+            "out": str(out_dir), "max_frames": max_frames, "crop_transcript": crop_transcript,
+        }, label=lambda key: FLAGS.get(key, key))
         summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False))
         if json_:
             print_json(summary)
@@ -139,7 +153,7 @@ def _render(summary: dict, arch: str, method: str) -> None:
         table.add_column(col, justify="right")
     for name, b in summary["bins"].items():
         table.add_row(name, str(b["utterances"]), f"{b['budget']:.1f}×", f"{b['feature_mae']:.3g}",
-                      f"{b['random_mae']:.3g}", f"{b['mae_ratio']:.3f}", f"{b['cosine']:.3f}", f"{b['snr_db']:.1f}",
+                      f"{b['random_mae']:.3g}", f"{b['mae_ratio']:.3g}", f"{b['cosine']:.3f}", f"{b['snr_db']:.1f}",
                       f"{b['seconds']:.1f}", *([f"{b.get('transcript_cer', float('nan')):.3f}"] * cer))
     out.print(table)
 
@@ -170,13 +184,22 @@ def speakers(
     if json_:
         print_json(res)
         return
-    table = Table(title=f"speaker identification: {res['utterances']} reconstructions, {res['speakers']} speakers, "
-                        f"model trained on {res['train_examples']} clean windows")
-    for col in ("features", "top-1", "top-5"):
+    table = Table(title=f"speaker identification: {res['utterances']} reconstructions of {res['scored_speakers']} "
+                        f"speakers; model of {res['speakers']} speakers trained on {res['train_examples']} clean "
+                        "windows (95% Wilson intervals)")
+    for col in ("features", "top-1", "95% CI", "top-5", "95% CI"):
         table.add_column(col, justify="right")
-    for name in ("reconstructed", "clean", "random_start", "chance"):
-        table.add_row(name.replace("_", " "), f"{res[name]['top1']:.2f}", f"{res[name]['top5']:.2f}")
+
+    def ci(r: dict, k: str) -> str:
+        return f"[{r[k][0]:.2f}, {r[k][1]:.2f}]" if k in r else ""
+
+    for name, label in (("reconstructed", "reconstructed"), ("clean", "clean"), ("random_start", "random start"),
+                        ("prior", "frequency prior"), ("chance", "uniform chance")):
+        r = res[name]
+        table.add_row(label, f"{r['top1']:.2f}", ci(r, "top1_ci"), f"{r['top5']:.2f}", ci(r, "top5_ci"))
     out.print(table)
+    err.print("frequency prior: always guessing the k speakers most frequent in the model's training windows; "
+              "a rate below it shows no leakage", highlight=False)
 
 
 def _attack_arch(dirs: list[Path]) -> str:
@@ -219,13 +242,13 @@ def sweep(
     if json_:
         print_json(rows)
         return
-    table = Table(title="attack sweep (speaker ID: reconstructed / clean / chance)")
+    table = Table(title="attack sweep (speaker ID: reconstructed / clean / frequency prior / uniform chance)")
     for col in ("method", "defence", "bin", "utts", "budget", "MAE ratio", "SNR dB", "s/utt", "top-1", "top-5"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(r["method"], r["defense"], r["bin"], str(r["utterances"]), f"{r['budget']:.1f}×",
-                      f"{r['mae_ratio']:.3f}", f"{r['snr_db']:.1f}", f"{r['seconds']:.1f}",
-                      f"{r['speaker_top1']:.2f} / {r['clean_top1']:.2f} / {r['chance_top1']:.2f}",
-                      f"{r['speaker_top5']:.2f} / {r['clean_top5']:.2f} / {r['chance_top5']:.2f}")
+                      f"{r['mae_ratio']:.3g}", f"{r['snr_db']:.1f}", f"{r['seconds']:.1f}",
+                      f"{r['speaker_top1']:.2f} / {r['clean_top1']:.2f} / {r['prior_top1']:.2f} / {r['chance_top1']:.2f}",
+                      f"{r['speaker_top5']:.2f} / {r['clean_top5']:.2f} / {r['prior_top5']:.2f} / {r['chance_top5']:.2f}")
     out.print(table)
     saved(out_dir / "sweep.csv", "sweep table")

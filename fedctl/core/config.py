@@ -41,6 +41,71 @@ def yaml_load(text: str) -> Any:
     return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - YamlLoader is a SafeLoader
 
 
+def describe(key: str) -> str:
+    """How an error names a setting: `option --seeds` for a command-line flag, `config key 'a.b'` otherwise."""
+    return f"option {key}" if key.startswith("-") else f"config key '{key}'"
+
+
+def _example(key: str, value: str) -> str:
+    return f"{key} {value}" if key.startswith("-") else f"--set {key}={value}"
+
+
+def check_range(*, low: float | None = None, high: float | None = None, low_open: bool = False,
+                high_open: bool = False, finite: bool = True, hint: str) -> typing.Callable[[Any, str], None]:
+    """A field check (`metadata={"check": ...}`): the value lies in the interval, else a FedctlError naming the
+    key or flag, the value and the interval, with `hint`. NaN is never in range, nor ±inf unless `finite` is false. One declaration serves a
+    config key, a command-line flag and a sweep file alike (the message names whichever was given)."""
+    if low is not None and high is not None:
+        want = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        want = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        want = f"{'<' if high_open else '<='} {high:g}"
+
+    def check(value: Any, key: str) -> None:
+        ok = not (isinstance(value, float) and (math.isnan(value) or (finite and math.isinf(value))))
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value < high if high_open else value <= high
+        if not ok:
+            raise FedctlError(f"{describe(key)} = {value!r} is out of range: it must be {want}", hint)
+
+    check.want = want  # type: ignore[attr-defined]
+    return check
+
+
+def check_choice(*choices: str, hint: str | None = None) -> typing.Callable[[Any, str], None]:
+    """A field check: the value is one of `choices`."""
+
+    def check(value: Any, key: str) -> None:
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            raise FedctlError(f"{describe(key)} = {value!r} is not one of {', '.join(choices)}"
+                              + (f" (did you mean '{close[0]}'?)" if close else ""),
+                              hint or f"e.g. {_example(key, choices[0])}")
+
+    return check
+
+
+def check_fields(obj: Any, prefix: str = "", label: typing.Callable[[str], str] | None = None) -> None:
+    """Run every field check of dataclass `obj` (and of the dataclasses inside it) on its current values:
+    the same checks `apply_mapping` runs on the values it sets, for an object built in code."""
+    for f in dataclasses.fields(obj):
+        full = f"{prefix}.{f.name}" if prefix else f.name
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_fields(value, full, label)
+        elif f.metadata.get("check") is not None and value is not None:
+            f.metadata["check"](value, label(full) if label else full)
+
+
+# probabilities of dropping: 1 would drop everything (training and the attack's client refuse it alike)
+check_dropout = check_range(low=0, high=1, high_open=True, hint="a probability in [0, 1), e.g. 0.2; 0 disables it")
+check_prune = check_range(low=0, high=1, high_open=True,
+                          hint="the fraction of each update tensor zeroed, e.g. 0.9 keeps the top 10%; 0 is off")
+
+
 def check_plain_name(value: str, key: str) -> None:
     """A run name becomes a folder under runs/: no path separators, no '..', nothing hidden or empty."""
     if (not value or value in (".", "..") or "/" in value or "\\" in value or "\0" in value
@@ -67,7 +132,7 @@ def check_out_path(value: str, key: str) -> None:
 
 def check_seed(value: int, key: str) -> None:
     if not 0 <= value < SEED_LIMIT:
-        raise FedctlError(f"config key '{key}' = {value} is out of range", "use a seed between 0 and 2**63 - 1, e.g. --seed 0")
+        raise FedctlError(f"{describe(key)} = {value} is out of range", "use a seed between 0 and 2**63 - 1, e.g. --seed 0")
 
 
 @dataclass
@@ -99,7 +164,7 @@ class FederationConfig:
     save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
     save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
     dp: dict = field(default_factory=dict)  # client-level DP: {mode, clip, clipping_norm, noise_multiplier, ...}; {} = off
-    prune: float = 0.0  # each client shares only the largest-|Δ| (1 − prune) of every tensor of its update; 0 = off
+    prune: float = field(default=0.0, metadata={"check": check_prune})  # each client shares only the largest-|Δ| (1 − prune) of every tensor of its update; 0 = off
 
 
 @dataclass(frozen=True)
@@ -157,7 +222,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             value = int(value)  # `1e3` (a YAML 1.2 float) where a count is expected
         if isinstance(value, int) and not isinstance(value, bool):
             if abs(value) >= INT_LIMIT:
-                raise FedctlError(f"config key '{key}' = {value} is out of range", "use a value below 2**63")
+                raise FedctlError(f"{describe(key)} = {value} is out of range", "use a value below 2**63")
             return value
         raise _type_error(key, value, tp)
     if tp is float:
@@ -168,8 +233,8 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
                 value = math.inf
             if not math.isfinite(value):
                 raise FedctlError(
-                    f"config key '{key}' = {value} is not a finite number",
-                    f"give a finite number, e.g. --set {key}=0.1",
+                    f"{describe(key)} = {value} is not a finite number",
+                    f"give a finite number, e.g. {_example(key, '0.1')}",
                 )
             return value
         raise _type_error(key, value, tp)
@@ -193,13 +258,18 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _type_error(key: str, value: Any, tp: Any) -> FedctlError:
     return FedctlError(
-        f"config key '{key}' = {value!r} is not a valid {_type_name(tp)}",
-        f"set it to a {_type_name(tp)}, e.g. --set {key}=...",
+        f"{describe(key)} = {value!r} is not a valid {_type_name(tp)}",
+        f"set it to a {_type_name(tp)}, e.g. {_example(key, '...')}",
     )
 
 
-def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
-    """Set fields of dataclass `obj` from `mapping`, strictly (unknown key or wrong type → FedctlError)."""
+def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str,
+                  label: typing.Callable[[str], str] | None = None) -> None:
+    """Set fields of dataclass `obj` from `mapping`, strictly (unknown key or wrong type → FedctlError).
+
+    `label(key)` names a setting in errors where it came from elsewhere than a config key (a command-line
+    flag such as `--seeds` for `attack.restarts`)."""
+    name = label or (lambda k: k)
     types_ = _field_types(type(obj))
     checks = {f.name: f.metadata.get("check") for f in dataclasses.fields(obj)}
     for key, value in mapping.items():
@@ -211,18 +281,19 @@ def apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
             )
         full = f"{prefix}.{key}" if prefix else key
         if key not in types_:
-            raise unknown_key_error(full, list(types_), prefix)
+            raise unknown_key_error(name(full), list(types_), prefix)
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
-                raise FedctlError(f"config key '{full}' must be a mapping", f"valid keys: {', '.join(_field_types(type(current)))}")
-            apply_mapping(current, value, full)
+                raise FedctlError(f"config key '{name(full)}' must be a mapping",
+                                  f"valid keys: {', '.join(_field_types(type(current)))}")
+            apply_mapping(current, value, full, label)
         elif types_[key] is dict and isinstance(value, dict) and isinstance(current, dict):
             setattr(obj, key, {**current, **value} if prefix else dict(value))
         else:
-            value = coerce(value, types_[key], full)
+            value = coerce(value, types_[key], name(full))
             if checks.get(key) is not None and value is not None:
-                checks[key](value, full)
+                checks[key](value, name(full))
             setattr(obj, key, value)
 
 

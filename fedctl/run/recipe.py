@@ -13,7 +13,15 @@ from typing import Any
 import torch
 
 from fedctl.core import parallel
-from fedctl.core.config import FederationConfig, RunConfig, apply_mapping, load_yaml, parse_set, to_dict
+from fedctl.core.config import (
+    FederationConfig,
+    RunConfig,
+    apply_mapping,
+    check_fields,
+    load_yaml,
+    parse_set,
+    to_dict,
+)
 from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
 from fedctl.core.events import Message
 from fedctl.core.rundir import RunDir, check_resume
@@ -117,9 +125,7 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
                           "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     strategy = build_strategy(f.strategy, f.strategy_args)  # checks name and options
-    if not 0.0 <= f.prune < 1.0:
-        raise FedctlError(f"federation.prune = {f.prune} is outside [0, 1)",
-                          "the fraction of each update tensor zeroed, e.g. --set federation.prune=0.9 keeps the top 10%")
+    check_fields(f, "federation")  # the field checks (prune, …) also for a config built in code
     if f.dp:
         check_strategy(strategy, dp_config(dict(f.dp)))  # before any data is read: DP refuses what it cannot account
     resolve_device(exp.run.device)

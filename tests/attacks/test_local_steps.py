@@ -149,11 +149,11 @@ def test_cli_attacks_a_two_step_client(corpus, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--local-steps", "0"], "--local-steps 0 is not a number of SGD steps"),
-    (["--local-steps", "-2"], "--local-steps -2 is not a number of SGD steps"),
-    (["--local-lr", "0"], "--local-lr 0.0 is not a learning rate"),
-    (["--local-lr", "-1"], "--local-lr -1.0 is not a learning rate"),
-    (["--local-lr", "inf"], "--local-lr inf is not a learning rate"),
+    (["--local-steps", "0"], "option --local-steps = 0 is out of range: it must be >= 1"),
+    (["--local-steps", "-2"], "option --local-steps = -2 is out of range: it must be >= 1"),
+    (["--local-lr", "0"], "option --local-lr = 0.0 is out of range: it must be > 0"),
+    (["--local-lr", "-1"], "option --local-lr = -1.0 is out of range: it must be > 0"),
+    (["--local-lr", "inf"], "option --local-lr = inf is not a finite number"),
     (["--local-steps", "2", "--run", "nowhere", "--round", "1", "--client", "c0"], "AdamW"),
     (["--local-steps", "2", "--no-transcripts"], "--no-transcripts with --local-steps > 1 is not implemented"),
 ])

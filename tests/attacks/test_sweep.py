@@ -27,13 +27,14 @@ def test_attack_sweep_template_opens_with_its_command_and_loads():
 def test_sweep_rejects_unknown_keys(tmp_path):
     bad = tmp_path / "s.yaml"
     bad.write_text(yaml.safe_dump({"arch": "ds1", "defenses": {"x": {"sigma": 1}}}))
-    with pytest.raises(FedctlError, match="unknown key"):
+    with pytest.raises(FedctlError, match="unknown config key 'defenses.x.sigma'"):
         load_sweep(bad)
 
 
 def test_sweep_runs_cells_and_reports_speaker_id(corpus, tmp_path):
     cfg = tmp_path / "s.yaml"
-    cfg.write_text(yaml.safe_dump({"arch": "ds1", "preset": "tiny", "bins": [[1000, 1300]], "batch_end": 2,
+    cfg.write_text(yaml.safe_dump({"arch": "ds1", "preset": "tiny", "bins": [[1000, 1300]], "batch_end": 4,
+                                   "batch_stride": 2,  # two speakers
                                    "max_frames": 9, "crop_transcript": True,
                                    "attack": {"restarts": 1, "max_iter": 2}, "methods": ["gradient"],
                                    "defenses": {"none": {}, "dp": {"clip": 1.0, "noise": 0.1}}}, sort_keys=False))
@@ -43,3 +44,4 @@ def test_sweep_runs_cells_and_reports_speaker_id(corpus, tmp_path):
     for r in rows:
         assert r["utterances"] == 2 and r["chance_top1"] == 0.25 and r["chance_top5"] == 1.0
         assert 0.0 <= r["speaker_top1"] <= 1.0 and r["budget"] > 0
+        assert 0.0 <= r["prior_top1"] <= r["prior_top5"] == 1.0  # 4 speakers: the 5 most frequent cover all

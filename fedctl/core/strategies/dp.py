@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from fedctl.core.aggregate import State
+from fedctl.core.config import check_range
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
 from fedctl.errors import FedctlError
@@ -71,6 +72,11 @@ class DPConfig:
     clipped_count_stddev: float | None = None  # adaptive: σ_b of the unclipped-count query; None: m / 20
     delta: float = 1e-5  # δ of the reported (ε, δ)
     buffers: str = "refuse"  # floating non-parameter tensors that travel (BatchNorm statistics): refuse | private
+
+
+# noise std in units of the clipping norm (the attack's --defense-noise is checked by the same function)
+check_noise_multiplier = check_range(low=0, hint="the Gaussian noise std in units of the clipping norm, "
+                                                  "e.g. 1.0; 0 adds no noise")
 
 
 def dp_config(options: dict[str, Any]) -> DPConfig:
@@ -95,7 +101,6 @@ def dp_config(options: dict[str, Any]) -> DPConfig:
         (cfg.mode == "server" or cfg.clip == "fixed", "clip",
          "fixed with mode: client (adaptive clipping needs each client's un-noised clipped bit)"),
         (cfg.clipping_norm > 0, "clipping_norm", "> 0 (inf: no clipping)"),
-        (cfg.noise_multiplier >= 0 and math.isfinite(cfg.noise_multiplier), "noise_multiplier", ">= 0"),
         (0 < cfg.target_clipped_quantile < 1, "target_clipped_quantile", "in (0, 1)"),
         (cfg.clip_norm_lr >= 0, "clip_norm_lr", ">= 0"),
         (0 < cfg.delta < 1, "delta", "in (0, 1)"),
@@ -103,6 +108,7 @@ def dp_config(options: dict[str, Any]) -> DPConfig:
          "finite when noise_multiplier > 0 (noise is in units of it)"),
         (cfg.clip == "fixed" or math.isfinite(cfg.clipping_norm), "clipping_norm", "finite with clip: adaptive"),
     ]
+    check_noise_multiplier(cfg.noise_multiplier, "federation.dp.noise_multiplier")
     for ok, key, want in checks:
         if not ok:
             raise FedctlError(f"federation.dp.{key} = {getattr(cfg, key)!r} is invalid: it must be {want}",

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fedctl.core.config import Flag
+from fedctl.core.config import Flag, check_dropout
 
 
 @dataclass
@@ -39,7 +39,7 @@ class AsrConfig:
     local_updates: int = 8  # optimizer steps per client per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's utterances per round when local_updates = 0
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
-    dropout: float = 0.0  # dropout in training forward passes, in [0, 1): ds1 after fc1-fc4, ds2 after both convs
+    dropout: float = field(default=0.0, metadata={"check": check_dropout})  # dropout in training forward passes, in [0, 1): ds1 after fc1-fc4, ds2 after both convs
                           # and on the output layer's input (where `fedctl attack --defense-dropout` puts it)
 
     # ---- evaluation

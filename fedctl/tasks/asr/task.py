@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedctl.core.config import require_in_range
+from fedctl.core.config import check_fields, require_in_range
 from fedctl.core.local import LocalTraining
 from fedctl.core.task import Task, TaskContext
 from fedctl.data.speech.demo import demo_partition
@@ -130,7 +130,6 @@ class AsrTask(Task):
             ("local_updates", cfg.local_updates >= 0, "0 switches to local_epochs"),
             ("local_epochs", cfg.local_updates > 0 or cfg.local_epochs > 0, "set local_epochs > 0 or local_updates > 0"),
             ("grad_clip", cfg.grad_clip >= 0, "0 disables clipping"),
-            ("dropout", 0 <= cfg.dropout < 1, "a probability in [0, 1), e.g. 0.2; 0 disables it"),
             ("eval_batch_size", cfg.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
             ("min_dur", cfg.min_dur >= 0, "milliseconds, e.g. 1000"),
@@ -138,6 +137,7 @@ class AsrTask(Task):
              "characters per second of audio, e.g. 1.0; 0 disables the check"),
         ], lambda key: getattr(cfg, key))
         check_text_norm(cfg.text_norm, "task.text_norm (--text-norm)")
+        check_fields(cfg, "task")  # declared checks (dropout: the same as the attack's --defense-dropout)
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                       grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
                                       local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
