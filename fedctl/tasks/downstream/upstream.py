@@ -128,12 +128,19 @@ def _from_folder(path: Path):
     model_type = meta.get("model_type")
     if model_type not in MODEL_TYPES:
         raise FedctlError(f"upstream {path} is a '{model_type}' model, not HuBERT or wav2vec 2.0", HINT)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # progress goes to stderr once per load: noise in every worker and eval
     try:
         model = _model_class(model_type).from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # transformers raises many types for a broken folder
         first = (str(exc).splitlines() or [""])[0][:160]
         raise FedctlError(f"upstream {path} does not load as {MODEL_TYPES[model_type]} ({type(exc).__name__}: {first})",
                           HINT) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     normalize = False
     pre = path / "preprocessor_config.json"
     if pre.is_file():
