@@ -39,18 +39,42 @@ def _bad_files_warning(bad: list, where: str) -> None:
 
 @app.command(
     epilog="Examples:\n\n  fedctl data synth --out data/synth\n\n"
-    "  fedctl data synth --speakers 6 --utterances 5 --seed 1 --out /tmp/tiny"
+    "  fedctl data synth --speakers 6 --utterances 5 --seed 1 --out /tmp/tiny\n\n"
+    "  fedctl data synth --keywords --out data/keywords        (Speech Commands layout: 10 keywords, 20 other words)\n\n"
+    "  fedctl data synth --keywords --words yes,no,stop --unknown-words cat,dog --speakers 20 --repetitions 1 "
+    "--noise-seconds 10 --out /tmp/kw"
 )
 def synth(
     out_dir: SpeechOutOpt,
-    speakers: Annotated[int, typer.Option("--speakers", help="Distinct eSpeak voices.")] = 24,
-    utterances: Annotated[int, typer.Option("--utterances", help="Utterances per speaker (0.5-4 s each).")] = 40,
+    keywords: Annotated[bool, typer.Option("--keywords", help="Write a Speech Commands-layout keyword corpus instead of LibriSpeech.")] = False,
+    speakers: Annotated[int | None, typer.Option("--speakers", help="Distinct eSpeak voices (default 24; --keywords: 50).")] = None,
+    utterances: Annotated[int | None, typer.Option("--utterances", help="Utterances per speaker (0.5-4 s each; default 40).")] = None,
+    words: Annotated[str | None, typer.Option("--words", help="--keywords: comma-separated keywords (default yes,no,up,down,left,right,on,off,stop,go).")] = None,
+    unknown_words: Annotated[str | None, typer.Option("--unknown-words", help="--keywords: comma-separated other words for _unknown_ (default the 20 of Speech Commands v0.01; '' for none).")] = None,
+    repetitions: Annotated[int | None, typer.Option("--repetitions", help="--keywords: times each speaker says each word (default 2).")] = None,
+    noise_seconds: Annotated[float | None, typer.Option("--noise-seconds", help="--keywords: length of each _background_noise_ file (default 60).")] = None,
     seed: SpeechSeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
-    """Synthesize a LibriSpeech-layout corpus (16 kHz FLAC + transcripts + phone alignments) with eSpeak NG."""
+    """Synthesize a corpus with eSpeak NG: LibriSpeech layout (FLAC + transcripts + phone alignments) or, with
+    --keywords, Speech Commands layout (1 s words, _background_noise_, validation/testing lists)."""
+    from fedctl.errors import FedctlError
+
+    keyword_only = {"--words": words, "--unknown-words": unknown_words, "--repetitions": repetitions,
+                    "--noise-seconds": noise_seconds}
+    if keywords:
+        if utterances is not None:
+            raise FedctlError("--utterances is for the LibriSpeech corpus, not --keywords",
+                              "with --keywords, set --repetitions (times each speaker says each word)")
+        _synth_keywords(out_dir, speakers, words, unknown_words, repetitions, noise_seconds, seed, overwrite)
+        return
+    given = [flag for flag, value in keyword_only.items() if value is not None]
+    if given:
+        raise FedctlError(f"{', '.join(given)} only apply to a keyword corpus", "add --keywords")
     from fedctl.data.speech.synth import synth_corpus
 
+    speakers = 24 if speakers is None else speakers
+    utterances = 40 if utterances is None else utterances
     err.print(f"Synthesizing {speakers} speakers x {utterances} utterances with eSpeak NG ...")
     result = synth_corpus(out_dir, speakers=speakers, utterances=utterances, seed=seed, overwrite=overwrite)
     out.print(
@@ -58,6 +82,27 @@ def synth(
         f"({result.min_duration:.2f}-{result.max_duration:.2f} s each) in {result.elapsed:.1f} s"
     )
     saved(result.out, "corpus")
+
+
+def _synth_keywords(out_dir, speakers, words, unknown_words, repetitions, noise_seconds, seed, overwrite) -> None:
+    from fedctl.data.speech.keywords import SPEECH_COMMANDS_KEYWORDS, V1_AUXILIARY_WORDS
+    from fedctl.data.speech.synth_keywords import synth_keywords
+
+    keyword_list = SPEECH_COMMANDS_KEYWORDS if words is None else words
+    unknown_list = V1_AUXILIARY_WORDS if unknown_words is None else unknown_words
+    speakers = 50 if speakers is None else speakers
+    repetitions = 2 if repetitions is None else repetitions
+    err.print(f"Synthesizing a keyword corpus: {speakers} speakers x {repetitions} repetition(s) with eSpeak NG ...")
+    result = synth_keywords(out_dir, keywords=keyword_list, unknown_words=unknown_list, speakers=speakers,
+                            repetitions=repetitions, noise_seconds=60.0 if noise_seconds is None else noise_seconds,
+                            seed=seed, overwrite=overwrite)
+    sp, cl = result.split_speakers, result.split_clips
+    out.print(
+        f"{result.clips} clips of 1 s, {result.speakers} speakers (train/validation/test {sp['train']}/"
+        f"{sp['validation']}/{sp['test']} speakers, {cl['train']}/{cl['validation']}/{cl['test']} clips), "
+        f"{result.noise_files} noise files of {result.noise_seconds:g} s in {result.elapsed:.1f} s"
+    )
+    saved(result.out, "keyword corpus")
 
 
 @partition_app.command(

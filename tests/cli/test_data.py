@@ -66,3 +66,36 @@ def test_help_has_examples():
     for args in (["data", "synth"], ["data", "partition", "librispeech"], ["data", "kmeans"]):
         r = runner.invoke(app, [*args, "--help"])
         assert r.exit_code == 0 and "Examples" in r.output
+
+
+def test_synth_keywords_writes_a_speech_commands_folder(tmp_path):
+    from fedctl.data.speech.keywords import read_speech_commands
+
+    out = tmp_path / "kw"
+    r = runner.invoke(app, ["data", "synth", "--keywords", "--words", "yes,no", "--unknown-words", "cat",
+                            "--speakers", "3", "--repetitions", "1", "--noise-seconds", "2", "--seed", "5",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    # 3 words x 3 speakers x 1 repetition; 3 speakers -> one per split
+    assert "9 clips of 1 s, 3 speakers (train/validation/test 1/1/1 speakers, 3/3/3 clips)" in r.stdout
+    assert "4 noise files of 2 s" in r.stdout and "Saved keyword corpus" in r.stdout
+    assert len((out / "validation_list.txt").read_text().splitlines()) == 3
+    rows = read_speech_commands(out, "yes,no")
+    assert sorted({r.label for r in rows}) == ["_silence_", "_unknown_", "no", "yes"]
+    assert len(rows) == 9 + 4 * 2  # 2 s of noise: 2 windows per file
+
+
+def test_synth_keywords_bad_inputs_exit_1(tmp_path):
+    cases = (
+        (["--keywords", "--words", "yes,Go!"], "'Go!' is not a word"),
+        (["--keywords", "--utterances", "3"], "--utterances is for the LibriSpeech corpus"),
+        (["--repetitions", "2"], "--repetitions only apply to a keyword corpus"),
+        (["--keywords", "--speakers", "2"], "at least 3"),
+        (["--keywords", "--noise-seconds", "0.5"], "--noise-seconds must be between 1 and 3600"),
+    )
+    for args, needle in cases:
+        r = runner.invoke(app, ["data", "synth", *args, "--out", str(tmp_path / "k")])
+        assert r.exit_code == 1, (args, r.output)
+        assert needle in r.output and "Error:" in r.output and "Hint:" in r.output, (args, r.output)
+        assert "Traceback" not in r.output
+    assert not (tmp_path / "k").exists()

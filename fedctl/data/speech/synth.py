@@ -203,6 +203,26 @@ def _context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def run_in_fresh_processes(worker, jobs: list[tuple], workers: int) -> list:
+    """Run `worker(*job)` for each job, each in a fresh forked process, `workers` at a time; returns the
+    concatenation of the workers' result lists, in job order.
+
+    A fresh single-worker pool per job: fork is cheap (no re-import of torch as with spawn) and the parent
+    never touches eSpeak, so every child starts from the library's pristine state (see `synth_corpus`).
+    """
+    results: list = []
+    for wave in range(0, len(jobs), workers):
+        pools = [ProcessPoolExecutor(max_workers=1, mp_context=_context()) for _ in jobs[wave : wave + workers]]
+        try:
+            futures = [pool.submit(worker, *job) for pool, job in zip(pools, jobs[wave : wave + workers])]
+            for future in futures:
+                results.extend(future.result())
+        finally:
+            for pool in pools:
+                pool.shutdown(cancel_futures=True)
+    return results
+
+
 def _chunks(num_speakers: int) -> list[range]:
     # The chunking depends on the speaker count only, so the corpus does not depend on the worker count.
     n = max(1, min(num_speakers, max(2, math.ceil(num_speakers / 50))))
@@ -235,22 +255,10 @@ def synth_corpus(
     voices = speaker_voices(speakers, seed)
     chunks = _chunks(speakers)
     workers = max(1, min(workers or min(2, os.cpu_count() or 1), len(chunks)))
-    results: list[dict] = []
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        for wave in range(0, len(chunks), workers):
-            # A fresh single-worker pool per chunk: fork is cheap (no re-import of torch as with spawn) and
-            # the parent never touches eSpeak, so every child starts from the library's pristine state.
-            pools = [ProcessPoolExecutor(max_workers=1, mp_context=_context()) for _ in chunks[wave : wave + workers]]
-            try:
-                futures = [
-                    pool.submit(_synth_speakers, str(tmp), seed, c.start, voices[c.start : c.stop], utterances)
-                    for pool, c in zip(pools, chunks[wave : wave + workers])
-                ]
-                for future in futures:
-                    results.extend(future.result())
-            finally:
-                for pool in pools:
-                    pool.shutdown(cancel_futures=True)
+        results = run_in_fresh_processes(
+            _synth_speakers, [(str(tmp), seed, c.start, voices[c.start : c.stop], utterances) for c in chunks], workers
+        )
         rows = [
             f"{r['speaker']:<5}| {r['voice'].sex} | synth-{seed:<9}| {sum(r['durations']) / 60:6.2f} | "
             f"{r['voice'].describe()}\n"
