@@ -217,10 +217,11 @@ def test_keyword_probe_learns_tones_with_silence_and_unknown(corpus, tmp_path):
     (tmp_path / "kw" / "_background_noise_").mkdir()
     sf.write(tmp_path / "kw" / "_background_noise_" / "white.wav", (0.05 * rng.standard_normal(48000)).astype(np.float32), 16000)
     (tmp_path / "kw" / "validation_list.txt").write_text("yes/spk0_nohash_0.wav\nno/spk1_nohash_0.wav\ncat/spk2_nohash_0.wav\n")
+    (tmp_path / "kw" / "testing_list.txt").write_text("yes/spk3_nohash_0.wav\n")
     cfg = DownstreamConfig(upstream="fbank", probe="ks", keywords=str(tmp_path / "kw"), keyword_list="yes,no",
                            cache_dir=str(tmp_path / "cache"), local_updates=30, batch_size=8, proj_dim=16, lr=1e-2)
     task = DownstreamTask(cfg, TaskContext(num_clients=1, seed=0, device=torch.device("cpu"), log=lambda _: None))
-    assert task.vocab == ["yes", "no", "_silence_", "_unknown_"]
+    assert task.vocab == ["yes", "no", "_unknown_", "_silence_"]
     model = task.build_model()
     fit(task, model)
     metrics = task.evaluate(model)

@@ -41,12 +41,13 @@ class Utt:
     transcript: str = ""
     phones: str | None = None
     label: str = ""
+    offset: int = 0  # first sample in `path` (keyword `_silence_` windows of a long noise file)
 
 
-def read_audio(path: str) -> np.ndarray:
-    """16 kHz mono float32 in [-1, 1]."""
+def read_audio(path: str, offset: int = 0, num_samples: int = -1) -> np.ndarray:
+    """16 kHz mono float32 in [-1, 1] (`num_samples` from `offset`; -1: to the end)."""
     try:
-        audio, rate = sf.read(path, dtype="float32", always_2d=False)
+        audio, rate = sf.read(path, start=offset, frames=num_samples, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise FedctlError(f"cannot read audio {path} ({str(exc).splitlines()[0][:100]})",
                           "the file changed since it was indexed: re-make the partition") from None
@@ -108,52 +109,23 @@ def from_corpus(corpus: str | Path, clients: int, by: str, val_fraction: float, 
 
 
 def from_keywords(folder: str | Path, keywords: list[str], clients: int, by: str, seed: int) -> dict[str, list[Utt]]:
-    """A Speech Commands-layout folder: one folder per word of `<speaker>_nohash_<n>.wav` files, optional
-    `validation_list.txt` / `testing_list.txt` (official held-out membership: both become the val split here) and
-    `_background_noise_` (1 s crops become `_silence_`). Words outside `keywords` become `_unknown_`."""
-    from fedctl.data.speech import partition as p
-    from fedctl.data.speech.librispeech import Utterance
+    """A Speech Commands-layout folder through `fedctl.data.speech.keywords`: its train rows dealt out by
+    `partition_keywords` (speaker or iid), its validation rows (official list or hashing rule) held out and
+    pooled; `_silence_` rows are 1 s windows of the background noise (an `offset` into the file)."""
+    from fedctl.data.speech.keywords import partition_keywords, read_speech_commands
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FedctlError(f"--keywords {folder} is not a folder", "pass a Speech Commands-layout folder (one folder per word)")
-    words = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("_"))
-    if not set(words) & set(keywords):
-        raise FedctlError(f"--keywords {folder} has no folder for any keyword ({', '.join(keywords)}); it has "
-                          f"{', '.join(words[:8]) or 'no word folders'}",
-                          "point it at a Speech Commands folder, or set task.keyword_list to words it holds")
-    held_out: set[str] = set()
-    for name in ("validation_list.txt", "testing_list.txt"):
-        if (folder / name).is_file():
-            held_out |= {ln.strip() for ln in (folder / name).read_text(encoding="utf-8").splitlines() if ln.strip()}
-    utts: list[Utterance] = []
-    for word in words:
-        for wav in sorted((folder / word).glob("*.wav")):
-            info = sf.info(str(wav))
-            rel = f"{word}/{wav.name}"
-            speaker = wav.stem.split("_nohash_")[0]
-            label = word if word in keywords else UNKNOWN
-            utts.append(Utterance(id=rel.replace("/", "-").removesuffix(".wav"), path=str(wav.resolve()),
-                                  duration=info.frames / 16000, num_samples=info.frames, sample_rate=info.samplerate,
-                                  speaker=speaker, chapter=word, transcript=label,
-                                  split="val" if rel in held_out else "train"))
-    noise = folder / "_background_noise_"
-    if noise.is_dir():
-        for wav in sorted(noise.glob("*.wav")):
-            info = sf.info(str(wav))
-            utts.append(Utterance(id=f"noise-{wav.stem}", path=str(wav.resolve()), duration=info.frames / 16000,
-                                  num_samples=info.frames, sample_rate=info.samplerate, speaker=f"noise-{wav.stem}",
-                                  chapter="_background_noise_", transcript=SILENCE, split="train"))
-    rng = np.random.default_rng(seed)
-    parts = p.split_by_speaker(utts, clients) if by == "speaker" else p.split_iid(utts, clients, rng)
-    out = {}
-    for k, part in enumerate(parts):
-        cid = p.client_name(k)
-        out[cid] = [Utt(id=u.id, path=u.path, num_samples=u.num_samples, speaker=u.speaker, client=cid, split=u.split,
-                        transcript=u.transcript, label=u.transcript) for u in part]
-    if not any(u.split == "val" for us in out.values() for u in us):  # no official lists: hold out by hash of id
-        out = {cid: [replace(u, split="val" if int(u.id.encode().hex(), 16) % 5 == 0 else "train") for u in us]
-               for cid, us in out.items()}
+    rows = read_speech_commands(folder, keywords=keywords)
+    parts = partition_keywords(rows, clients, by=by, seed=seed)
+    val = [r for r in rows if r.split == "validation"]
+
+    def utt(r, cid: str, split: str) -> Utt:
+        return Utt(id=r.id, path=r.path, num_samples=r.num_samples, speaker=r.speaker or "", client=cid, split=split,
+                   transcript=r.word, label=r.label, offset=r.offset)
+
+    out = {f"client_{k:03d}": [utt(r, f"client_{k:03d}", "train") for r in part] for k, part in enumerate(parts)}
+    for i, r in enumerate(val):  # held-out rows are pooled for the global evaluation; dealt out for --eval-clients
+        cid = f"client_{i % clients:03d}"
+        out[cid].append(utt(r, cid, "val"))
     return out
 
 
@@ -203,7 +175,9 @@ def label_asr(clients: dict[str, list[Utt]]) -> tuple[dict[str, list[Utt]], list
 
 
 def label_ks(clients: dict[str, list[Utt]], keywords: list[str]) -> tuple[dict[str, list[Utt]], list[str]]:
-    return clients, [*keywords, SILENCE, UNKNOWN]
+    from fedctl.data.speech.keywords import keyword_labels
+
+    return clients, keyword_labels(keywords)
 
 
 def check_clients(clients: dict[str, list[Utt]], num_clients: int, source: str) -> None:
@@ -218,6 +192,18 @@ def check_clients(clients: dict[str, list[Utt]], num_clients: int, source: str) 
         raise FedctlError(f"{source} has no held-out utterances", "raise task.val_fraction (e.g. 0.2)")
 
 
+def demo_keywords(root: Path, speakers: int, log: Callable[[str], None]) -> Path:
+    """The synth keyword demo (`fedctl data synth --keywords`), made once under `root`."""
+    from fedctl.data.speech.demo import DEMO_SEED
+    from fedctl.data.speech.synth_keywords import synth_keywords
+
+    folder = root / f"keywords-s{max(3, speakers)}-seed{DEMO_SEED}"
+    if not folder.is_dir():
+        log(f"demo data: synthesizing a keyword corpus ({max(3, speakers)} eSpeak speakers) into {folder}")
+        synth_keywords(folder, speakers=max(3, speakers), repetitions=1, noise_seconds=10, seed=DEMO_SEED)
+    return folder
+
+
 def load_table(cfg, num_clients: int, seed: int, demo_root: Callable[[], Path], log: Callable[[str], None]
                ) -> tuple[dict[str, list[Utt]], list[str], str]:
     """(utterances per client with labels and splits, label vocabulary, source description)."""
@@ -226,11 +212,14 @@ def load_table(cfg, num_clients: int, seed: int, demo_root: Callable[[], Path], 
         raise FedctlError(f"--{given[0]} and --{given[1]} both name the data", "give one of --corpus, --parts, --keywords")
     keywords = [w.strip() for w in cfg.keyword_list.split(",") if w.strip()]
     if cfg.probe == "ks":
-        if not cfg.keywords:
-            raise FedctlError("--probe ks needs --keywords DIR (a Speech Commands-layout folder)",
-                              "pass the folder of Speech Commands (one folder per word, _background_noise_)")
-        clients = from_keywords(cfg.keywords, keywords, num_clients, cfg.partition_by, seed)
-        source = str(cfg.keywords)
+        folder = cfg.keywords
+        if not folder:
+            if cfg.corpus or cfg.parts:
+                raise FedctlError("--probe ks reads a keyword corpus, not --corpus/--parts",
+                                  "pass --keywords DIR (a Speech Commands-layout folder), or neither for the demo")
+            folder = demo_keywords(demo_root(), cfg.demo_speakers, log)
+        clients = from_keywords(folder, keywords, num_clients, cfg.partition_by, seed)
+        source = str(folder)
     elif cfg.keywords:
         raise FedctlError(f"--keywords is for --probe ks, not {cfg.probe}", "drop --keywords or use --probe ks")
     elif cfg.corpus:

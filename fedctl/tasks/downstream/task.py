@@ -28,7 +28,7 @@ from fedctl.core.task import LocalTraining, Task, TaskContext
 from fedctl.errors import FedctlError
 from fedctl.tasks.downstream import cache as hcache
 from fedctl.tasks.downstream.config import MODES, PROBES, DownstreamConfig
-from fedctl.tasks.downstream.data import SILENCE, Utt, load_table, read_audio
+from fedctl.tasks.downstream.data import Utt, load_table, read_audio
 from fedctl.tasks.downstream.heads import (
     Featurizer,
     FinetuneModel,
@@ -43,7 +43,6 @@ from fedctl.utils.io import atomic_dir
 CTC_PROBES = ("pr", "asr")
 META_FILE = "downstream.json"
 WEIGHTS_FILE = "model.safetensors"
-SILENCE_CROP_SECONDS = 1.0  # ks: `_silence_` examples are random 1 s crops of the background-noise files
 DATA_SEED = 0  # splits of --corpus / sid / ks are fixed, independent of the run seed, so seeds vary the model only
 
 
@@ -139,7 +138,7 @@ class DownstreamTask(Task):
         self.cache_folder = root / key[:24]
         describe = f"{self.cfg.upstream}{' (random init, seed ' + str(self.ctx.seed) + ')' if self.cfg.random_init else ''}"
         self.states = hcache.load_or_build(root, key, fingerprint, [u.id for u in utts],
-                                           lambda i: self.upstream.hidden_states(read_audio(utts[i].path)),
+                                           lambda i: self.upstream.hidden_states(read_audio(utts[i].path, utts[i].offset, utts[i].num_samples)),
                                            self.ctx.log, describe)
 
     # ------------------------------------------------------------------------------ model
@@ -190,16 +189,9 @@ class DownstreamTask(Task):
 
     def _batch(self, utts: list[Utt], gen: torch.Generator | None) -> dict[str, Any]:
         """Padded inputs (frozen: hidden states [B, L, T, D]; fine-tune: audio [B, samples]), frame lengths and
-        targets. KS `_silence_` utterances are cropped to 1 s (random with `gen`, at 0 without)."""
-        crops = []
-        for u in utts:
-            frames = self.upstream.num_frames(u.num_samples)
-            start, keep = 0, frames
-            if self.cfg.probe == "ks" and u.label == SILENCE:
-                keep = min(frames, self.upstream.num_frames(int(SILENCE_CROP_SECONDS * 16000)))
-                if gen is not None and frames > keep:
-                    start = int(torch.randint(frames - keep + 1, (1,), generator=gen))
-            crops.append((start, keep))
+        targets. Whole utterances (KS `_silence_` rows are already fixed 1 s windows of the noise files); `gen` is
+        unused: nothing random happens after the cache."""
+        crops = [(0, self.upstream.num_frames(u.num_samples)) for u in utts]
         lengths = torch.tensor([k for _, k in crops], dtype=torch.long)
         if self.frozen:
             first = self.states[utts[0].id]
@@ -227,7 +219,7 @@ class DownstreamTask(Task):
 
     def _wave(self, u: Utt) -> torch.Tensor:
         if u.id not in self._audio:
-            self._audio[u.id] = self.upstream.waveform(read_audio(u.path))
+            self._audio[u.id] = self.upstream.waveform(read_audio(u.path, u.offset, u.num_samples))
         return self._audio[u.id]
 
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
