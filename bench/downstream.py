@@ -38,7 +38,7 @@ def train(task: str, out: Path, config: str | None, flags: dict, sets: list[str]
 
 
 def upstreams(args, out: Path) -> dict[str, tuple[str, bool]]:
-    """name -> (upstream, random_init); pretrains what is missing."""
+    """(name -> (upstream, random_init), the 1-client partition the central probes read); pretrains what is missing."""
     from fedctl.data.speech.demo import demo_partition
     from fedctl.data.speech.kmeans import KmeansConfig, learn_kmeans_labels
     from fedctl.data.speech.partition import partition_librispeech
@@ -74,7 +74,7 @@ def upstreams(args, out: Path) -> dict[str, tuple[str, bool]]:
                     central=True)
     return {"hubert central": (str(central), False), "hubert fed IID": (str(fed["iid"]), False),
             "hubert fed by speaker": (str(fed["speaker"]), False), "distilled (1 layer)": (str(student), False),
-            "random init": (str(central), True), "mfcc": ("mfcc", False), "fbank": ("fbank", False)}, parts
+            "random init": (str(central), True), "mfcc": ("mfcc", False), "fbank": ("fbank", False)}, one
 
 
 def probe_cell(args, out: Path, name: str, upstream: str, random_init: bool, probe: str, seed: int, parts: Path) -> dict:
