@@ -45,7 +45,7 @@ def command(
     res = evaluate_target(target, config=config, base=base, clients=clients, device=device)
     if as_json:
         print_json({"target": res.target, "kind": res.kind, "task": res.task, "round": res.round,
-                    "metrics": res.metrics, "clients": res.clients})
+                    "metrics": res.metrics, "clients": res.clients, "samples": res.samples})
         return
     where = f" (round {res.round})" if res.round is not None else ""
     table = Table(title=None, show_edge=False, header_style="bold")
@@ -58,3 +58,6 @@ def command(
         table.add_row(escape(cid), *[_fmt(m.get(k, "–")) for k in names])
     out.print(f"[bold]{res.task}[/] · {res.kind} {escape(res.target)}{where}", highlight=False)
     out.print(table)
+    for sample in res.samples:  # a low error rate that emits only frequent symbols shows here
+        out.print(f"{escape(sample['id'])}\n  ref: {escape(sample['ref'])}\n  hyp: {escape(sample['hyp']) or '(empty)'}",
+                  highlight=False)

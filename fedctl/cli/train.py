@@ -200,7 +200,7 @@ def workload_command(workload: Workload) -> None:
 
 @app.command("central", cls=TrainCommand, epilog="Examples:\n\n  fedctl train central --task mamba\n\n  fedctl train central --task mamba --config pure_ssm_1_layer --data wikitext-2 --rounds 50")
 def central(
-    task: Annotated[str, typer.Option("--task", help="Workload: mamba, glue, hubert, distill, asr.")] = "mamba",
+    task: Annotated[str, typer.Option("--task", help="Workload: mamba, glue, hubert, distill, asr, downstream.")] = "mamba",
     config: ConfigOpt = None,
     sets: SetOpt = None,
     rounds: RoundsOpt = None,

@@ -100,6 +100,7 @@ def train_steps(
         lr = t.lr_at(peak_lr, step_offset + step)
         for g in optimizer.param_groups:
             g["lr"] = lr
+        task.step_begins(model, step_offset + step)
         for items in group:
             batch = task.make_batch(client_id, items, gen)
             n_items += len(items)

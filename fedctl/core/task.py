@@ -188,7 +188,16 @@ class Task(ABC):
         `throughput_units`; the engine reports `<unit>_per_s` per round. Default: none."""
         return {}
 
+    # Schedules the workload owns (e.g. a frozen-encoder warm-up counted in global optimizer steps).
+    def step_begins(self, model: nn.Module, global_step: int) -> None:
+        """Called before each optimizer step's micro-batches with the global step (round offset + local step)."""
+        return None
+
     # Artefacts and reporting.
+    def decoded_samples(self) -> list[dict[str, str]]:
+        """A few {"id", "ref", "hyp"} of the last evaluation (CTC workloads), for `fedctl eval`; default none."""
+        return []
+
     def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:
         """Called after a client's local training, before its update is taken (e.g. to save its adapter)."""
         return None

@@ -35,6 +35,7 @@ class EvalResult:
     round: int | None
     metrics: dict[str, float]  # the global validation split
     clients: dict[str, dict[str, float]] = field(default_factory=dict)  # each client's held-out split (--clients)
+    samples: list[dict[str, str]] = field(default_factory=list)  # CTC workloads: decoded hypotheses next to references
 
 
 def _find_config(start: Path, config: Path | None) -> tuple[dict[str, Any], Path]:
@@ -107,5 +108,6 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
     if state is not None:
         load_weights(model, state, target, required=keys)
     metrics = task.evaluate(model)
+    samples = task.decoded_samples()
     per_client = {cid: task.evaluate(model, cid) for cid in task.client_ids()} if clients else {}
-    return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client)
+    return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client, samples)

@@ -59,6 +59,7 @@ WORKLOADS: dict[str, Workload] = {w.name: w for w in (
     Workload("hubert", "fedctl.tasks.hubert", "HubertPretrainConfig", "HubertTask"),
     Workload("distill", "fedctl.tasks.distill", "DistillConfig", "DistillTask"),
     Workload("asr", "fedctl.tasks.asr", "AsrConfig", "AsrTask"),
+    Workload("downstream", "fedctl.tasks.downstream", "DownstreamConfig", "DownstreamTask"),
 )}
 
 
