@@ -6,12 +6,12 @@ a part that crashes instead of reporting would lose the whole slot.
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = {"hubert", "hubert_round", "mamba", "inversion", "fedavg", "parallel", "lora_merge"}
