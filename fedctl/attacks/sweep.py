@@ -14,7 +14,8 @@ import yaml
 
 from fedctl.attacks.attack import AttackConfig
 from fedctl.attacks.case import Defense
-from fedctl.attacks.runner import AttackSpec, read_metrics, run_attack, speaker_leakage
+from fedctl.attacks.runner import AttackSpec, legacy_attack_folder, read_metrics, run_attack, speaker_leakage
+from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
 from fedctl.utils.io import write_text
 
@@ -47,8 +48,21 @@ def load_sweep(path: Path) -> dict:
     return data
 
 
-def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list[dict]:
+def run_sweep(config: Path, corpus: list[str], out: Path, progress=None, overwrite: bool = False) -> list[dict]:
     data = load_sweep(config)
+    root = RunDir(out, label="attack sweep folder")
+    root.check_owner("attack sweep", legacy=_legacy_sweep)  # the user's folder is never written into
+    with root.locked():  # a second sweep on this folder is refused while this one runs
+        root.mark("attack sweep")
+        return _run_cells(data, corpus, Path(out), progress, overwrite)
+
+
+def _legacy_sweep(path: Path) -> bool:
+    """A sweep folder written by a fedctl from before the ownership marker."""
+    return (path / "sweep.csv").is_file() or any(legacy_attack_folder(c) for c in path.glob("*/*/*"))
+
+
+def _run_cells(data: dict, corpus: list[str], out: Path, progress, overwrite: bool) -> list[dict]:
     rows = []
     for method in data.get("methods", ["gradient"]):
         for dname, dkw in (data.get("defenses") or {"none": {}}).items():
@@ -65,7 +79,7 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list
                                   plots=1)
                 if progress:
                     progress(f"cell {method} / {dname} / {lo}-{hi} ms")
-                run_attack(spec, progress)
+                run_attack(spec, progress, overwrite=overwrite)
                 metrics = read_metrics(cell / "metrics.csv")
                 spk = speaker_leakage([cell], corpus, spec.arch, frames=spec.max_frames)
                 def mean(k, metrics=metrics):

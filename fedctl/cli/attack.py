@@ -39,7 +39,13 @@ _EPILOG = ("Examples:\n\n"
            "  fedctl attack {arch} --corpus corpus/ --defense-clip 1 --defense-noise 0.01 --out atk_dp/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --no-transcripts --out atk_notext/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --local-steps 4 --local-lr 0.5 --out atk_local/\n\n"
-           "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
+           "Re-running the same command resumes: utterances already in metrics.csv are skipped (a larger "
+           "--batch-end attacks more). Other settings into the same --out are refused, naming them: choose "
+           "another --out, or --overwrite to replace that folder's attack results.")
+
+AttackOverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="--out holds attack results of other settings: replace them (fedctl's own files only; "
+    "the same settings resume without it).")]
 
 
 def _command(arch: str):
@@ -85,6 +91,7 @@ def _command(arch: str):
         max_frames: Annotated[int | None, typer.Option("--max-frames", help="Crop features to N frames.")] = None,
         crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
+        overwrite: AttackOverwriteOpt = False,
         json_: JsonOpt = False,
         threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
                                              "small victims down on a busy machine; reference sizes: your cores).")] = 1,
@@ -108,7 +115,7 @@ def _command(arch: str):
                                 top_grad_fraction=top_grad_fraction, seed=seed, hfgm_directions=hfgm_directions,
                                 hfgm_plateau=hfgm_plateau, transcripts=transcripts),
             out=str(out_dir), max_frames=max_frames, crop_transcript=crop_transcript)
-        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False))
+        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
         if json_:
             print_json(summary)
             return
@@ -203,6 +210,7 @@ def sweep(
     config: Annotated[str, typer.Option("--config", "-c", help="Sweep YAML (see templates/attack_sweep_tiny.yaml).")],
     corpus: Annotated[list[Path], typer.Option("--corpus", help="LibriSpeech-layout tree(s).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder, one subfolder per cell.")] = Path("attack_sweep"),
+    overwrite: AttackOverwriteOpt = False,
     json_: JsonOpt = False,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
                                          "small victims down on a busy machine; reference sizes: your cores).")] = 1,
@@ -214,7 +222,7 @@ def sweep(
     from fedctl.utils.templates import resolve_template
 
     rows = run_sweep(resolve_template(config), [str(c) for c in corpus], out_dir,
-                     progress=lambda m: err.print(m, highlight=False))
+                     progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
     if json_:
         print_json(rows)
         return
