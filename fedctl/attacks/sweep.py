@@ -59,7 +59,11 @@ def run_sweep(config: Path, corpus: list[str], out: Path, progress=None, overwri
 
 def _legacy_sweep(path: Path) -> bool:
     """A sweep folder written by a fedctl from before the ownership marker."""
-    return (path / "sweep.csv").is_file() or any(legacy_attack_folder(c) for c in path.glob("*/*/*"))
+    try:
+        table = (path / "sweep.csv").read_text(encoding="utf-8").startswith("method,defense,bin,")
+    except (OSError, UnicodeDecodeError):
+        table = False
+    return table or any(legacy_attack_folder(c) for c in path.glob("*/*/*"))
 
 
 def _run_cells(data: dict, corpus: list[str], out: Path, progress, overwrite: bool) -> list[dict]:

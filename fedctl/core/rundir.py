@@ -121,11 +121,7 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise FedctlError(
-                f"{self.label} {self.path} is in use by another fedctl process (PID {self._holder()})",
-                "wait for it to finish, stop it, or choose another --out"
-                + (" / --set run.name=…" if self.label == "run directory" else ""),
-            ) from None
+            raise self._in_use() from None
         pid_file = self.path / f"{LOCK_NAME}.pid"
         try:
             pid_file.write_text(f"{os.getpid()}\n")
@@ -223,6 +219,28 @@ class RunDir:
         """What the folder holds besides fedctl's lock files and killed writes' temp files."""
         ours = {LOCK_NAME, f"{LOCK_NAME}.pid"}
         return [p for p in self.path.iterdir() if p.name not in ours and not _TEMP.match(p.name)]
+
+    def check_unlocked(self) -> None:
+        """Refuse now, as `locked()` would, when another process holds the lock (creates nothing): for a
+        caller that reports what it is about to do ("resuming") before the writer takes the lock."""
+        from filelock import FileLock, Timeout
+
+        lock_file = self.path / LOCK_NAME
+        if not lock_file.is_file():  # a holder has created it
+            return
+        lock = FileLock(str(lock_file), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise self._in_use() from None
+        lock.release()
+
+    def _in_use(self) -> FedctlError:
+        return FedctlError(
+            f"{self.label} {self.path} is in use by another fedctl process (PID {self._holder()})",
+            "wait for it to finish, stop it, or choose another --out"
+            + (" / --set run.name=…" if self.label == "run directory" else ""),
+        )
 
     def _holder(self) -> str:
         try:
