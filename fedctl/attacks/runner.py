@@ -3,7 +3,8 @@
 
 - `metrics.csv`: one row per attacked utterance (columns `COLUMNS`), rewritten atomically after each batch,
   so an interrupted attack resumes without redoing the utterances already in it;
-- `attack.log`: the resolved settings and per-iteration progress; `settings.json`: the settings of the last run;
+- `attack.log`: the resolved settings and per-iteration progress; `settings.json`: the folder's settings (a
+  re-run with other settings is refused, naming them, unless `overwrite` replaces the results: `RunDir.claim`);
 - `recon/<utterance>.pt`: {x_hat, x_true, x_init, speaker, curve} for later analysis (speaker ID);
 - `plots/<utterance>.png`: true / reconstructed / |difference| features and the distance curve, for the
   first `plots` utterances.

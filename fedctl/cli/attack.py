@@ -75,7 +75,7 @@ def _command(arch: str):
         transcripts: Annotated[bool, typer.Option("--transcripts/--no-transcripts", help="Attacker holds the client's transcripts; --no-transcripts: it recovers them too (gradient method).")] = True,
         preset: Annotated[str, typer.Option("--preset", help="Model preset: tiny, small or reference.")] = "tiny",
         hidden: Annotated[int | None, typer.Option("--hidden", help="Override the model's n_hidden.")] = None,
-        checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights (.pt or final/).")] = None,
+        checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights: a round .pt, best.pt, a run folder, final/ or final/hf of fedctl train asr.")] = None,
         run: Annotated[Path | None, typer.Option("--run", help="A fedctl train asr run: attack a client's saved update.")] = None,
         round_: Annotated[int | None, typer.Option("--round", help="With --run: the round of the update.")] = None,
         client_lr: Annotated[float, typer.Option("--client-lr", help="With --run: the client's learning rate.")] = 1.0,

@@ -11,7 +11,6 @@ import os
 
 from typer.testing import CliRunner
 
-from fedctl.attacks.runner import attack_dir
 from fedctl.cli.app import app
 from fedctl.core.rundir import RunDir
 
@@ -121,7 +120,7 @@ def test_the_same_settings_resume_and_overwrite_replaces_only_the_attack_results
 
 def test_an_attack_folder_in_use_is_refused(corpus, tmp_path):
     out = tmp_path / "atk"
-    with attack_dir(out).locked():  # another process's attack holds it (an OS file lock, as across processes)
+    with RunDir(out).locked():  # another process's attack holds it (an OS file lock, as across processes)
         res = _attack("ds1", "--corpus", corpus, *FAST, "--batch-end", 1, "--out", out)
         _refused(res, f"attack folder {out} is in use by another fedctl process (PID {os.getpid()})")
         assert "--resume" not in res.output
@@ -141,7 +140,7 @@ def test_a_second_attack_sweep_is_told_the_folder_is_locked(corpus, tmp_path):
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(SWEEP)
     out = tmp_path / "sweep"
-    with RunDir(out, label="attack sweep folder").locked():
+    with RunDir(out).locked():
         res = runner.invoke(app, ["attack", "sweep", "--config", str(cfg), "--corpus", str(corpus), "--out", str(out)])
         _refused(res, "attack sweep folder", "is in use by another fedctl process")
         assert "--resume" not in res.output
