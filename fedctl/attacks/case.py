@@ -16,8 +16,10 @@ lengths but not the transcripts, and recovers them with the features (`objective
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from dataclasses import fields as dc_fields
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from fedctl.core.config import check_dropout, check_prune, check_range, check_se
 from fedctl.core.prune import prune_smallest
 from fedctl.core.strategies.dp import check_noise_multiplier
 from fedctl.errors import FedctlError
-from fedctl.tasks.asr.models import build_asr_model
+from fedctl.tasks.asr.models import ARCHITECTURES, build_asr_model
 from fedctl.utils.io import torch_load
 
 
@@ -59,79 +61,116 @@ class Defense:
 
 def load_victim(arch: str, preset: str, *, checkpoint: str | Path | None = None, seed: int = 0,
                 overrides: dict | None = None) -> nn.Module:
-    """The victim model: untrained and seeded (the reference setting), or weights from a checkpoint
-    (a `.pt` with a "model" state dict and optional "config", or a bare state dict)."""
+    """The victim model: untrained and seeded (the reference setting), or the weights of `checkpoint` in any
+    form `fedctl train asr` leaves (see `victim_source`), or a `.pt` with a "model" state dict and optional
+    `config["task"]`, or a bare state dict. A saved model's own config decides its sizes: `overrides` that
+    contradict it are refused, as is a model of another architecture or workload."""
     overrides = dict(overrides or {})
-    state = None
-    if checkpoint is not None:
-        path = Path(checkpoint)
-        if path.is_dir() and (path / "asr_config.json").is_file():  # a `fedctl train asr` export (final/hf)
-            from fedctl.tasks.asr.task import load_asr_model
-
-            found, model = load_asr_model(path)
-            if found != arch:
-                raise FedctlError(f"victim {path} is a {found} model, not {arch}",
-                                  f"run `fedctl attack {found}` on it, or pass a {arch} checkpoint")
-            for p in model.parameters():
-                p.requires_grad_(True)
-            return model.train()
-        if path.is_dir():
-            cands = sorted(path.glob("*.pt")) or sorted(path.glob("**/*.pt"))
-            if not cands:
-                raise FedctlError(f"no .pt checkpoint in {path}", "pass a checkpoints/round_NNN.pt file or a final/ folder")
-            path = cands[-1]
-        if not path.exists():
-            raise FedctlError(f"victim checkpoint {path} does not exist", "pass a checkpoint .pt file")
-        state, task = victim_state(path)
-        if isinstance(task, dict) and task.get("arch") and task["arch"] != arch:
-            raise FedctlError(f"victim checkpoint {path} is a {task['arch']} model, not {arch}",
-                              f"run `fedctl attack {task['arch']}` on it, or pass a {arch} checkpoint")
-        if isinstance(task, dict):
-            # `fedctl train asr` keeps model settings as task keys (task.n_hidden=32) or under task.model
-            from dataclasses import fields as dc_fields
-
-            from fedctl.tasks.asr.models import ARCHITECTURES
-
-            names = {f.name for f in dc_fields(ARCHITECTURES[arch][0])}
-            flat = {k: v for k, v in task.items() if k in names}
-            preset = task.get("preset", preset)
-            overrides = {**flat, **(task.get("model") or {}), **overrides}
-        is_ds1 = any(k.startswith("bi_lstm.") for k in state)
-        if ("ds1" if is_ds1 else "ds2") != arch:
-            raise FedctlError(f"victim checkpoint {path} holds a {'ds1' if is_ds1 else 'ds2'} model, not {arch}",
-                              f"run `fedctl attack {'ds1' if is_ds1 else 'ds2'}` on it, or pass a {arch} checkpoint")
-    torch.manual_seed(seed)
-    model = build_asr_model(arch, preset, **overrides)
-    if state is not None:
-        from fedctl.tasks.asr.task import load_state
-
-        load_state(model, state, f"victim checkpoint {checkpoint}", arch)  # names the first misfit tensor
+    if checkpoint is None:
+        torch.manual_seed(seed)
+        model = build_asr_model(arch, preset, **overrides)
+    else:
+        model = _saved_victim(arch, preset, victim_source(checkpoint), overrides)
     for p in model.parameters():
         p.requires_grad_(True)
     return model.train()
 
 
-def victim_state(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(state dict, task config) of a victim `.pt`: a fedctl checkpoint (checked as every reader checks one) or a
-    bare state dict of tensors; anything else is a FedctlError naming the file."""
-    from fedctl.core.checkpoint import FORMAT, check_checkpoint, check_tensors
+def victim_source(checkpoint: str | Path) -> Path:
+    """The file or export folder that holds the victim named by `checkpoint`: a round checkpoint or `best.pt`
+    as given; a run directory or its `checkpoints/` folder: the newest round checkpoint (the run's final
+    global model, as `fedctl eval RUN` reads it); a `final/` folder: its `hf/` export."""
+    from fedctl.core.config import load_yaml
+    from fedctl.core.rundir import RunDir
+    from fedctl.tasks.asr.task import CONFIG_FILE
 
-    blob = torch_load(path, what="victim checkpoint")
-    if isinstance(blob, dict) and blob.get("format") == FORMAT:
-        check_checkpoint(blob, path)
-        state, config = blob.get("model") or {}, blob.get("config") or {}
-    elif isinstance(blob, dict) and isinstance(blob.get("model"), dict):  # {"model": ..., "config": ...} by hand
-        state, config = blob["model"], blob.get("config") or {}
-    elif isinstance(blob, dict) and blob:
-        state, config = blob, {}
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FedctlError(f"victim checkpoint {path} does not exist",
+                          "pass a checkpoint .pt, a run directory or its final/hf export")
+    if path.is_file():
+        return path
+    if (path / CONFIG_FILE).is_file() or (path / "hf" / CONFIG_FILE).is_file():
+        return path if (path / CONFIG_FILE).is_file() else path / "hf"
+    run = RunDir(path.parent if path.name == "checkpoints" and not (path / "config.yaml").is_file() else path)
+    if run.config_path.is_file():
+        task = (load_yaml(run.config_path).get("run") or {}).get("task")
+        if task != "asr":
+            raise FedctlError(f"victim {path} is a {task} run (fedctl train {task}), not an asr run",
+                              "pass a run, checkpoint or final/hf of `fedctl train asr`")
+    if run.list_checkpoints():
+        return run.latest_checkpoint()
+    if (path / "config.json").is_file():  # a Hugging Face export of another workload (mamba, hubert, …)
+        try:
+            kind = json.loads((path / "config.json").read_text(encoding="utf-8")).get("model_type") or "model"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            kind = "model"
+        raise FedctlError(f"victim {path} is a Hugging Face {kind} export, not a DeepSpeech model of `fedctl "
+                          "train asr`", "pass a run, checkpoint or final/hf of `fedctl train asr`")
+    raise FedctlError(f"no victim model in {path} (no round checkpoint, no {CONFIG_FILE})",
+                      "pass checkpoints/round_NNN.pt, checkpoints/best.pt, a run directory or final/hf")
+
+
+def _saved_victim(arch: str, preset: str, path: Path, overrides: dict) -> nn.Module:
+    from fedctl.core.checkpoint import FORMAT, load_checkpoint
+    from fedctl.tasks.asr.task import build_model_from_config, load_asr_model, load_state
+
+    def other_arch(found: str) -> FedctlError:
+        return FedctlError(f"victim checkpoint {path} is a {found} model, not {arch}",
+                           f"run `fedctl attack {found}` on it, or pass a {arch} checkpoint")
+
+    if path.is_dir():  # a `fedctl train asr` export (final/hf)
+        found, model = load_asr_model(path)
     else:
-        state, config = None, {}
-    if not isinstance(state, dict) or not state or not isinstance(config, dict):
-        raise FedctlError(f"victim checkpoint {path} holds neither a fedctl checkpoint nor a state dict of tensors",
-                          "pass a checkpoints/round_NNN.pt of `fedctl train asr`, its final/hf folder or a state dict")
-    check_tensors(state, path, "model")
-    task = config.get("task") if isinstance(config.get("task"), dict) else {}
-    return state, task
+        blob = torch_load(path, what="victim checkpoint")
+        if isinstance(blob, dict) and blob.get("format") == FORMAT:  # a fedctl checkpoint (round_NNN.pt, best.pt)
+            ckpt = load_checkpoint(path)
+            if ckpt["task"] != "asr":
+                raise FedctlError(f"victim checkpoint {path} is a {ckpt['task']} checkpoint (fedctl train "
+                                  f"{ckpt['task']}), not a DeepSpeech model",
+                                  "pass a checkpoint, run or final/hf of `fedctl train asr`")
+            task_cfg = ckpt["config"].get("task") if isinstance(ckpt["config"], dict) else None
+            if not isinstance(task_cfg, dict) or task_cfg.get("arch") not in ("ds1", "ds2"):
+                raise FedctlError(f"victim checkpoint {path} names no DeepSpeech architecture in config.task.arch",
+                                  "the file was altered; use another checkpoint of the run")
+            found = task_cfg["arch"]
+            if found != arch:
+                raise other_arch(found)
+            model = build_model_from_config(task_cfg)  # the run's own reading of its config (None: the preset's)
+            load_state(model, ckpt["model"], str(path), found)
+        else:  # a hand-made `.pt`: {"model": state, "config": {"task": {...}}} or a bare state dict
+            state = blob.get("model", blob) if isinstance(blob, dict) else blob
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise FedctlError(f"victim checkpoint {path} holds no state dict of tensors",
+                                  "pass a checkpoint of `fedctl train asr` or a .pt with a 'model' state dict")
+            task = (blob.get("config") or {}).get("task", {}) if isinstance(blob, dict) else {}
+            task = task if isinstance(task, dict) else {}
+            if task.get("arch") and task["arch"] != arch:
+                raise other_arch(task["arch"])
+            found = ("ds1" if any(k.startswith("bi_lstm.") for k in state)
+                     else "ds2" if any(k.startswith("rnns.") or k.startswith("conv") for k in state) else None)
+            if found is None:
+                raise FedctlError(f"victim checkpoint {path} holds no DeepSpeech model (tensors: "
+                                  f"{', '.join(list(state)[:3])}, …)", f"pass a {arch} checkpoint")
+            if found != arch:
+                raise FedctlError(f"victim checkpoint {path} holds a {found} model, not {arch}",
+                                  f"run `fedctl attack {found}` on it, or pass a {arch} checkpoint")
+            names = {f.name for f in dc_fields(ARCHITECTURES[arch][0])}
+            saved = {k: v for k, v in task.items() if k in names and v is not None}
+            model = build_asr_model(arch, task.get("preset") or preset, **{**saved, **overrides})
+            try:
+                load_state(model, state, str(path), found)
+            except FedctlError as exc:  # no config to read the sizes from: the user's --preset/--hidden decide
+                raise FedctlError(exc.message, "pass --preset / --hidden matching the checkpoint") from None
+            return model
+    if found != arch:
+        raise other_arch(found)
+    differ = {k: v for k, v in overrides.items() if getattr(model.config, k) != v}
+    if differ:
+        raise FedctlError(f"victim {path} has {', '.join(f'{k} = {getattr(model.config, k)!r}' for k in differ)}, "
+                          f"not {', '.join(f'{k} = {v!r}' for k, v in differ.items())}",
+                          "leave --hidden off: the saved model's config sets its sizes")
+    return model
 
 
 @contextlib.contextmanager
@@ -204,7 +243,8 @@ def apply_defense(update: dict[str, torch.Tensor], defense: Defense, gen: torch.
 def run_update(run: str | Path, server_round: int, client_id: str, arch: str, preset: str, *, match: str = "last",
                client_lr: float = 1.0, overrides: dict | None = None) -> tuple[nn.Module, list[torch.Tensor]]:
     """The victim and shared gradient of client `client_id` in round `server_round` of a fedctl run: the
-    global model the client started from (`checkpoints/round_{k-1}.pt`) and its saved update
+    global model the client started from (`checkpoints/round_{k-1}.pt`; for round 1 the run's initial model,
+    rebuilt from its config.yaml and `run.seed` as training built it) and its saved update
     (`deltas/clients/round_k/<client>.safetensors` = client − previous global), turned into a gradient as
     −delta / client_lr (exact for one local SGD step; the cosine distance ignores the scale). fedctl's own
     clients take AdamW steps over shuffled micro-batches with clipping, which this reading (and the attacker's
@@ -214,19 +254,24 @@ def run_update(run: str | Path, server_round: int, client_id: str, arch: str, pr
     from fedctl.core.rundir import RunDir
 
     rundir = RunDir(run)
-    ckpt = rundir.checkpoint_path(server_round - 1)
-    if not ckpt.exists():
-        raise FedctlError(f"{run} has no checkpoint of round {server_round - 1} (the global model client "
-                          f"{client_id} started round {server_round} from)",
-                          "attack a round right after a saved checkpoint (federation.checkpoint_every)")
+    if server_round < 1:
+        raise FedctlError(f"--round {server_round} is not a training round", "rounds count from 1")
     delta_path = rundir.delta_path(server_round, client_id)
     if not delta_path.exists():
         raise FedctlError(f"{run} has no update of client {client_id} in round {server_round} ({delta_path})",
                           "train with --save-deltas every=1 --save-deltas entity=clients")
-    model = load_victim(arch, preset, checkpoint=ckpt, overrides=overrides)
+    ckpt = rundir.checkpoint_path(server_round - 1)
+    if server_round == 1:
+        model = _initial_victim(rundir, arch, overrides or {})
+    elif ckpt.exists():
+        model = load_victim(arch, preset, checkpoint=ckpt, overrides=overrides)
+    else:
+        raise FedctlError(f"{run} has no checkpoint of round {server_round - 1} (the global model client "
+                          f"{client_id} started round {server_round} from)",
+                          "attack round 1 or a round right after a saved checkpoint (federation.checkpoint_every)")
     try:
         delta = load_file(str(delta_path))
-    except Exception as exc:  # safetensors raises its own error types for truncated or foreign bytes
+    except Exception as exc:  # safetensors raises its own error types for damaged files
         raise FedctlError(f"{delta_path} is not a readable safetensors file ({str(exc).splitlines()[0][:120]})",
                           "the run's delta file is damaged; attack another round or client") from None
     missing = [n for n in matched_names(model, match) if n not in delta]
@@ -239,3 +284,29 @@ def run_update(run: str | Path, server_round: int, client_id: str, arch: str, pr
                               f"is {tuple(params[n].shape)} {params[n].dtype}",
                               "the delta must come from the same run as the checkpoint (same model settings)")
     return model, [(-delta[n].float() / client_lr) for n in matched_names(model, match)]
+
+
+def _initial_victim(rundir, arch: str, overrides: dict) -> nn.Module:
+    """Round 0's global model of `rundir`, rebuilt from its config.yaml (it has no checkpoint)."""
+    from fedctl.tasks.asr.task import initial_model
+
+    if not rundir.config_path.is_file():
+        raise FedctlError(f"--run {rundir.path} has no config.yaml to rebuild round 1's starting model from",
+                          "pass the --out folder of a `fedctl train asr` run, or attack a later round")
+    config = rundir.read_config()
+    task = (config.get("run") or {}).get("task")
+    if task != "asr":
+        raise FedctlError(f"--run {rundir.path} is a {task} run (fedctl train {task}), not an asr run",
+                          "pass the --out folder of a `fedctl train asr` run")
+    task_cfg = config.get("task") or {}
+    if task_cfg.get("arch") != arch:
+        raise FedctlError(f"--run {rundir.path} trained a {task_cfg.get('arch')} model, not {arch}",
+                          f"run `fedctl attack {task_cfg.get('arch')}` on it")
+    model = initial_model(task_cfg, int((config.get("run") or {}).get("seed", 0)))
+    differ = {k: v for k, v in overrides.items() if getattr(model.config, k) != v}
+    if differ:
+        raise FedctlError(f"--run {rundir.path} has {', '.join(f'{k} = {getattr(model.config, k)!r}' for k in differ)}",
+                          "leave --hidden off: the run's config sets the model's sizes")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.train()

@@ -3,7 +3,8 @@
 
 - `metrics.csv`: one row per attacked utterance (columns `COLUMNS`), rewritten atomically after each batch,
   so an interrupted attack resumes without redoing the utterances already in it;
-- `attack.log`: the resolved settings and per-iteration progress; `settings.json`: the settings of the last run;
+- `attack.log`: the resolved settings and per-iteration progress; `settings.json`: the folder's settings (a
+  re-run with other settings is refused, naming them, unless `overwrite` replaces the results: `RunDir.claim`);
 - `recon/<utterance>.pt`: {x_hat, x_true, x_init, speaker, curve} for later analysis (speaker ID);
 - `plots/<utterance>.png`: true / reconstructed / |difference| features and the distance curve, for the
   first `plots` utterances.
@@ -36,6 +37,7 @@ from fedctl.core.config import (
     check_range,
     check_seed,
 )
+from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
 from fedctl.tasks.asr.ctc import check_feasible
 from fedctl.tasks.asr.data import FeatureCache, collate, load_corpus, load_partition, normalise
@@ -248,9 +250,34 @@ def _plot(path: Path, x_true: torch.Tensor, x_hat: torch.Tensor, curve: list[flo
     plt.close(fig)
 
 
-def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) -> dict:
-    """Attack every batch of the selected utterances not already in out/metrics.csv; returns the summary."""
+# settings that may change between runs into one attack folder: where it is, how many plots, and how far
+# down the utterance range it goes (a larger --batch-end attacks more utterances of the same experiment)
+RESUMABLE = ("out", "plots", "batch_end")
+# what `run_attack` writes into an attack folder: all that --overwrite removes (never the user's files)
+OUTPUTS = ("metrics.csv", "attack.log", "settings.json", "recon/*.pt", "plots/*.png")
+
+
+def attack_dir(out: str | Path) -> RunDir:
+    return RunDir(out, label="attack folder")
+
+
+def legacy_attack_folder(path: Path) -> bool:
+    """An attack folder written by a fedctl from before the ownership marker (its settings.json)."""
+    try:
+        settings = read_settings(path)
+    except FedctlError:
+        return False
+    return settings is not None and {"arch", "attack", "defense"} <= set(settings)
+
+
+def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None, overwrite: bool = False) -> dict:
+    """Attack every batch of the selected utterances not already in out/metrics.csv; returns the summary.
+
+    `out` is an attack folder (`RunDir` ownership: marker, lock, settings check): a folder fedctl did not write
+    is refused untouched; one written with other settings is refused naming them, or with `overwrite` its
+    attack outputs are replaced; with the same settings the attack resumes. A second process is refused."""
     check_spec(spec)
+    attack_dir(spec.out).check_owner("attack", legacy=legacy_attack_folder)  # before any work: touch nothing
     cfg = spec.attack
     # the attacker knows the client's local training (the server configures it) and unrolls it
     cfg = dataclasses.replace(cfg, local_steps=spec.local_steps, local_lr=spec.local_lr)
@@ -272,31 +299,42 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
                                    client_lr=spec.client_lr, overrides=spec.model)
         utts = utts[: spec.batch_size]  # the one batch whose update the run saved
     else:
+        shared = None
         model = load_victim(spec.arch, spec.preset, checkpoint=spec.checkpoint, seed=spec.victim_seed,
                             overrides=spec.model)
+    settings = json.loads(json.dumps(asdict(spec), default=str))  # as settings.json holds them
+    folder = attack_dir(spec.out)
+    with folder.locked():
+        folder.claim("attack", settings, settings_name="settings.json", volatile=RESUMABLE, overwrite=overwrite,
+                     outputs=OUTPUTS, legacy=legacy_attack_folder)
+        with (folder.path / "attack.log").open("a") as log_fh:
+            return _attack_batches(spec, utts, model, shared, cache, settings, log_fh, progress)
+
+
+def _attack_batches(spec: AttackSpec, utts: list, model, shared: list[torch.Tensor] | None, cache: FeatureCache,
+                    settings: dict, log_fh, progress: Callable[[str], None] | None) -> dict:
+    cfg = spec.attack
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.csv"
     rows = read_metrics(metrics_path)
     done = {r["utterance"] for r in rows}
-    log_fh = (out / "attack.log").open("a")
 
     def log(msg: str) -> None:
         log_fh.write(f"{time.strftime('%H:%M:%S')} {msg}\n")
         log_fh.flush()
 
-    settings = {k: v for k, v in asdict(spec).items()}
-    log("settings " + json.dumps(settings, default=str))
-    write_text(out / "settings.json", json.dumps(settings, default=str, indent=1) + "\n")
+    log("settings " + json.dumps(settings))
     skipped = 0
     batches = [utts[i: i + spec.batch_size] for i in range(0, len(utts), spec.batch_size)]
     for n_batch, batch in enumerate(batches):
         if all(u.id in done for u in batch):
             skipped += len(batch)
             continue
+        ids = {u.id for u in batch}  # a batch partly done before (a larger --batch-end regrouped it): redone whole
+        rows = [r for r in rows if r["utterance"] not in ids]
         feats = [cache(u) if spec.max_frames is None else cache(u)[: spec.max_frames] for u in batch]
         x, lengths, targets, target_lengths = collate(feats, [u.target for u in batch])
-        if spec.run:
+        if shared is not None:
             target = shared
         else:
             target = client_update(model, x, lengths, targets, target_lengths, match=cfg.match,
@@ -340,7 +378,6 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None) 
                       f"{m['random_mae']:.3g}, cos {m['cosine']:.3f}")
             log(f"{u.id}: " + json.dumps(row))
         write_metrics(metrics_path, rows)  # atomic: a crash leaves the previous complete file
-    log_fh.close()
     summary = summarize(rows)
     summary.update({"out": str(out), "skipped": skipped, "attacked": len(rows) - skipped})
     return summary

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fedctl.attacks.attack import AttackConfig
-from fedctl.attacks.runner import AttackSpec, attack_spec, read_metrics, run_attack, speaker_leakage
+from fedctl.attacks.runner import AttackSpec, attack_spec, legacy_attack_folder, read_metrics, run_attack, speaker_leakage
 from fedctl.core.config import apply_mapping, load_yaml, unknown_key_error
+from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
 from fedctl.utils.io import write_text
 
@@ -103,14 +104,31 @@ def sweep_cells(data: dict, corpus: list[str], out: Path) -> list[Cell]:
     return cells
 
 
-def run_sweep(config: Path, corpus: list[str], out: Path, progress=None) -> list[dict]:
+def run_sweep(config: Path, corpus: list[str], out: Path, progress=None, overwrite: bool = False) -> list[dict]:
     data = load_sweep(config)
+    root = RunDir(out, label="attack sweep folder")
+    root.check_owner("attack sweep", legacy=_legacy_sweep)  # the user's folder is never written into
+    with root.locked():  # a second sweep on this folder is refused while this one runs
+        root.mark("attack sweep")
+        return _run_cells(data, corpus, Path(out), progress, overwrite)
+
+
+def _legacy_sweep(path: Path) -> bool:
+    """A sweep folder written by a fedctl from before the ownership marker."""
+    try:
+        table = (path / "sweep.csv").read_text(encoding="utf-8").startswith("method,defense,bin,")
+    except (OSError, UnicodeDecodeError):
+        table = False
+    return table or any(legacy_attack_folder(c) for c in path.glob("*/*/*"))
+
+
+def _run_cells(data: dict, corpus: list[str], out: Path, progress, overwrite: bool) -> list[dict]:
     rows = []
     for c in sweep_cells(data, corpus, out):  # every cell checked before the first runs
         cell = Path(c.spec.out)
         if progress:
             progress(f"cell {c.method} / {c.defense} / {c.bin[0]}-{c.bin[1]} ms")
-        run_attack(c.spec, progress)
+        run_attack(c.spec, progress, overwrite=overwrite)
         metrics = read_metrics(cell / "metrics.csv")
         spk = speaker_leakage([cell], corpus, c.spec.arch, frames=c.spec.max_frames)
 

@@ -39,7 +39,13 @@ _EPILOG = ("Examples:\n\n"
            "  fedctl attack {arch} --corpus corpus/ --defense-clip 1 --defense-noise 0.01 --out atk_dp/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --no-transcripts --out atk_notext/\n\n"
            "  fedctl attack {arch} --corpus corpus/ --local-steps 4 --local-lr 0.5 --out atk_local/\n\n"
-           "Re-running the same command resumes: utterances already in metrics.csv are skipped.")
+           "Re-running the same command resumes: utterances already in metrics.csv are skipped (a larger "
+           "--batch-end attacks more). Other settings into the same --out are refused, naming them: choose "
+           "another --out, or --overwrite to replace that folder's attack results.")
+
+AttackOverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="--out holds attack results of other settings: replace them (fedctl's own files only; "
+    "the same settings resume without it).")]
 
 
 # AttackSpec key → the flag that sets it: errors name what the user typed (`--seeds`, not attack.restarts)
@@ -83,7 +89,7 @@ def _command(arch: str):
         transcripts: Annotated[bool, typer.Option("--transcripts/--no-transcripts", help="Attacker holds the client's transcripts; --no-transcripts: it recovers them too (gradient method).")] = True,
         preset: Annotated[str, typer.Option("--preset", help="Model preset: tiny, small or reference.")] = "tiny",
         hidden: Annotated[int | None, typer.Option("--hidden", help="Override the model's n_hidden.")] = None,
-        checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights (.pt or final/).")] = None,
+        checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights: a round .pt, best.pt, a run folder, final/ or final/hf of fedctl train asr.")] = None,
         run: Annotated[Path | None, typer.Option("--run", help="A fedctl train asr run: attack a client's saved update.")] = None,
         round_: Annotated[int | None, typer.Option("--round", help="With --run: the round of the update.")] = None,
         client_lr: Annotated[float, typer.Option("--client-lr", help="With --run: the client's learning rate.")] = 1.0,
@@ -99,6 +105,7 @@ def _command(arch: str):
         max_frames: Annotated[int | None, typer.Option("--max-frames", help="Crop features to N frames.")] = None,
         crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
+        overwrite: AttackOverwriteOpt = False,
         json_: JsonOpt = False,
         threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
                                              "small victims down on a busy machine; reference sizes: your cores).")] = 1,
@@ -123,7 +130,7 @@ def _command(arch: str):
                        "transcripts": transcripts},
             "out": str(out_dir), "max_frames": max_frames, "crop_transcript": crop_transcript,
         }, label=lambda key: FLAGS.get(key, key))
-        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False))
+        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
         if json_:
             print_json(summary)
             return
@@ -227,6 +234,7 @@ def sweep(
     config: Annotated[str, typer.Option("--config", "-c", help="Sweep YAML (see templates/attack_sweep_tiny.yaml).")],
     corpus: Annotated[list[Path], typer.Option("--corpus", help="LibriSpeech-layout tree(s).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder, one subfolder per cell.")] = Path("attack_sweep"),
+    overwrite: AttackOverwriteOpt = False,
     json_: JsonOpt = False,
     threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
                                          "small victims down on a busy machine; reference sizes: your cores).")] = 1,
@@ -238,7 +246,7 @@ def sweep(
     from fedctl.utils.templates import resolve_template
 
     rows = run_sweep(resolve_template(config), [str(c) for c in corpus], out_dir,
-                     progress=lambda m: err.print(m, highlight=False))
+                     progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
     if json_:
         print_json(rows)
         return

@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from typing import Any
 from fedctl.core import checkpoint as ckpt_io
 from fedctl.core.aggregate import State
 from fedctl.errors import FedctlError
-from fedctl.utils.io import atomic_path, dumps_json, write_text
+from fedctl.utils.io import MARKER, atomic_path, dumps_json, write_text
 
 _ROUND_FILE = re.compile(r"^round_(\d+)\.pt$")
 _TEMP = re.compile(r"^\..+\.tmp$")
@@ -41,8 +41,9 @@ LOCK_NAME = ".fedctl.lock"
 class RunDir:
     """A run directory at `path` (created on first write)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, label: str = "run directory"):
         self.path = Path(path)
+        self.label = label  # what the folder is called in messages ("attack folder")
         self._lock = None
 
     def __repr__(self) -> str:
@@ -125,10 +126,7 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            raise FedctlError(
-                f"run directory {self.path} is in use by another fedctl process (PID {self._holder()})",
-                "wait for it to finish, stop it, or choose another --out / --set run.name=…",
-            ) from None
+            raise self._in_use() from None
         pid_file = self.path / f"{LOCK_NAME}.pid"
         try:
             pid_file.write_text(f"{os.getpid()}\n")
@@ -143,6 +141,111 @@ class RunDir:
                 for folder in created:
                     with contextlib.suppress(OSError):
                         folder.rmdir()
+
+    # -- ownership: whose folder this is, and with which settings it was written ----------------------
+    def owner(self) -> str | None:
+        """The kind of fedctl output this folder holds by its marker (`utils.io.MARKER`): e.g. "attack";
+        "" for a folder fedctl wrote without naming a kind (an export, demo data); None without a marker."""
+        marker = self.path / MARKER
+        if not marker.is_file():
+            return None
+        try:
+            data = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return ""
+        return str(data.get("kind") or "") if isinstance(data, dict) else ""
+
+    def check_owner(self, kind: str, legacy: Callable[[Path], bool] | None = None) -> None:
+        """Refuse, touching nothing, a path that is not a new or empty folder or a folder of fedctl output of
+        `kind` (`legacy(path)` true: one written by a fedctl from before the marker)."""
+        path = self.path
+        if not os.path.lexists(path):
+            return
+        if path.is_symlink() or not path.is_dir():
+            raise FedctlError(f"--out {path} exists and is a {'symlink' if path.is_symlink() else 'file'}: "
+                              "fedctl will not replace it", "choose another --out (a folder name that does not exist yet)")
+        owner = self.owner()
+        if owner == kind:
+            return
+        if owner is not None:
+            what = f"fedctl {owner} output" if owner else "another fedctl output"
+            raise FedctlError(f"--out {path} holds {what}, not a {kind} folder: fedctl will not write into it",
+                              "choose another --out (a new folder name)")
+        if not self._entries() or (legacy is not None and legacy(path)):
+            return
+        raise FedctlError(f"--out {path} is a folder fedctl did not write: fedctl will not write into it or "
+                          "replace anything in it", "choose another --out (a new folder name), or empty that folder yourself")
+
+    def claim(self, kind: str, settings: dict[str, Any], *, settings_name: str, volatile: Collection[str] = (),
+              overwrite: bool = False, outputs: Collection[str] = (),
+              legacy: Callable[[Path], bool] | None = None) -> dict[str, Any] | None:
+        """Make this folder `kind`'s output with `settings` (call it inside `locked()`) and return the settings
+        it already held, whose results may be resumed (None: a new folder, or one `overwrite` cleared).
+
+        A folder that is not ours is refused (`check_owner`). One written with other settings (dotted keys
+        outside `volatile` differ) is refused naming them, or with `overwrite` its `outputs` (glob patterns:
+        fedctl's own files, never the user's) are removed first. The marker and the settings file
+        (`settings_name`, JSON) are then written atomically."""
+        self.check_owner(kind, legacy)
+        settings_path = self.path / settings_name
+        saved = None
+        if settings_path.is_file():
+            try:
+                saved = json.loads(settings_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                saved = None
+            if not isinstance(saved, dict):
+                raise FedctlError(f"{settings_path} is not a fedctl {kind} settings file (damaged or edited)",
+                                  f"choose another --out, or pass --overwrite to replace the {kind} results in it")
+        if saved is not None:
+            changed = [k for k in config_changes(saved, settings) if k not in volatile]
+            if changed and not overwrite:
+                shown = "; ".join(f"{k}: {_dotted(saved, k)!r} → {_dotted(settings, k)!r}" for k in changed[:8])
+                raise FedctlError(
+                    f"--out {self.path} holds {kind} results of other settings ({shown}"
+                    f"{'; …' if len(changed) > 8 else ''}): resuming would mix them",
+                    f"choose another --out for these settings, or pass --overwrite to replace the {kind} results in "
+                    "it (only fedctl's own files are removed)")
+            if changed:
+                for pattern in outputs:
+                    for p in self.path.glob(pattern):
+                        if p.is_file() and not p.is_symlink():
+                            p.unlink()
+                saved = None
+        self.mark(kind)
+        write_text(settings_path, json.dumps(settings, default=str, indent=1) + "\n")
+        return saved
+
+    def mark(self, kind: str) -> Path:
+        """Write the ownership marker: this folder holds fedctl output of `kind`."""
+        return write_text(self.path / MARKER, json.dumps({"written_by": "fedctl", "kind": kind}) + "\n")
+
+    def _entries(self) -> list[Path]:
+        """What the folder holds besides fedctl's lock files and killed writes' temp files."""
+        ours = {LOCK_NAME, f"{LOCK_NAME}.pid"}
+        return [p for p in self.path.iterdir() if p.name not in ours and not _TEMP.match(p.name)]
+
+    def check_unlocked(self) -> None:
+        """Refuse now, as `locked()` would, when another process holds the lock (creates nothing): for a
+        caller that reports what it is about to do ("resuming") before the writer takes the lock."""
+        from filelock import FileLock, Timeout
+
+        lock_file = self.path / LOCK_NAME
+        if not lock_file.is_file():  # a holder has created it
+            return
+        lock = FileLock(str(lock_file), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise self._in_use() from None
+        lock.release()
+
+    def _in_use(self) -> FedctlError:
+        return FedctlError(
+            f"{self.label} {self.path} is in use by another fedctl process (PID {self._holder()})",
+            "wait for it to finish, stop it, or choose another --out"
+            + (" / --set run.name=…" if self.label == "run directory" else ""),
+        )
 
     def _holder(self) -> str:
         try:
@@ -267,6 +370,12 @@ def config_changes(saved: Any, current: Any, prefix: str = "") -> list[str]:
     if isinstance(saved, float) and isinstance(current, (int, float)) and not isinstance(current, bool):
         return [] if float(current) == saved else [prefix.rstrip(".")]
     return [] if saved == current else [prefix.rstrip(".")]
+
+
+def _dotted(config: Any, key: str) -> Any:
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
 
 
 def check_resume(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path, checkpoint_round: int) -> None:

@@ -86,6 +86,7 @@ def run_sweep(config: str | Path, seeds: list[int], grid: list[str], out: str | 
             r.status = "skipped"
             emit(Message(f"[{i}/{len(runs)}] {r.name}: finished before, skipped"))
             continue
+        RunDir(r.run_dir).check_unlocked()  # another sweep is training it: say so, not "resuming"
         resume = RunDir(r.run_dir).has_checkpoints()
         emit(Message(f"[{i}/{len(runs)}] {r.name}" + (" (resuming)" if resume else "")))
         recipe.train(exp, on_event=on_event, resume=resume)

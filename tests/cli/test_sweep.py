@@ -59,3 +59,25 @@ def test_sweep_runs_every_combination_skips_finished_and_inspect_groups_seeds(li
     assert (out / dirs[0].name / "plots" / "runs_val_loss.png").is_file()
     res = cli("inspect", "run", *dirs, "--metric", "val_loss")
     assert "mean ± std" in res.stdout and "(n=3)" in res.stdout
+
+
+@pytest.mark.parametrize("has_checkpoint", [False, True])
+def test_a_run_another_sweep_is_training_is_reported_locked_not_resumed(linear, tmp_path, has_checkpoint):
+    """The second sweep on a folder is told that another process holds the run, never "resuming" / --resume."""
+    import os
+
+    from fedctl.core.rundir import RunDir
+    from tests.reliability.helpers import assert_user_error
+
+    template = tmp_path / "tiny.yaml"
+    template.write_text("run:\n  task: mamba\nfederation:\n  rounds: 3\n  clients: 3\n")
+    out = tmp_path / "study"
+    run = out / "tiny-seed0"
+    if has_checkpoint:  # the other sweep has saved a round of it already
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "round_001.pt").write_bytes(b"")
+    with RunDir(run).locked():  # an OS file lock: held here as the other process would
+        res = cli("sweep", "--config", template, "--seeds", 0, "--out", out)
+    msg = assert_user_error(res)
+    assert f"run directory {run} is in use by another fedctl process (PID {os.getpid()})" in msg
+    assert "--resume" not in res.output and "resuming" not in res.output

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,20 @@ def build_model_from_config(task_cfg: dict[str, Any]) -> nn.Module:
     initialised; load the checkpoint's `model` state into it."""
     cfg = AsrConfig(**{k: v for k, v in task_cfg.items() if k in AsrConfig.__dataclass_fields__})
     return build_asr_model(cfg.arch, cfg.preset, **model_overrides(cfg))
+
+
+def initial_model(task_cfg: dict[str, Any], seed: int) -> nn.Module:
+    """The global model a run starts from (round 0): its resolved `task` section built under `run.seed`,
+    then its `init` weights if any. `AsrTask.build_model` makes it this way, so it can be rebuilt from a
+    run's config.yaml (round 0 has no checkpoint)."""
+    cfg = AsrConfig(**{k: v for k, v in task_cfg.items() if k in AsrConfig.__dataclass_fields__})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_asr_model(cfg.arch, cfg.preset, **model_overrides(cfg))
+    if cfg.init is not None:
+        source_arch, loaded = load_asr_model(cfg.init)
+        load_state(model, loaded.state_dict(), cfg.init, source_arch)
+    return model
 
 
 def load_asr_model(path: str | Path) -> tuple[str, nn.Module]:
@@ -217,12 +232,7 @@ class AsrTask(Task):
 
     def build_model(self) -> nn.Module:
         """A freshly initialised DS1/DS2 (or the `init` weights), identical for the same ctx.seed."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.ctx.seed)
-            model = build_asr_model(self.cfg.arch, self.cfg.preset, **self.overrides)
-        if self.cfg.init is not None:
-            source_arch, loaded = load_asr_model(self.cfg.init)
-            load_state(model, loaded.state_dict(), self.cfg.init, source_arch)
+        model = initial_model(asdict(self.cfg), self.ctx.seed)
         model.dropout = self.cfg.dropout  # training forward passes only; evaluation runs in eval mode
         model.train()
         return model.to(self.device)
