@@ -12,7 +12,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from fedctl.attacks.attack import AttackConfig
-from fedctl.attacks.runner import AttackSpec, attack_spec, legacy_attack_folder, read_metrics, run_attack, speaker_leakage
+from fedctl.attacks.runner import (
+    AttackSpec,
+    attack_spec,
+    legacy_attack_folder,
+    read_metrics,
+    run_attack,
+    speaker_leakage,
+)
 from fedctl.core.config import apply_mapping, load_yaml, unknown_key_error
 from fedctl.core.rundir import RunDir
 from fedctl.errors import FedctlError
