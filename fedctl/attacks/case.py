@@ -112,7 +112,7 @@ def victim_source(checkpoint: str | Path) -> Path:
 
 
 def _saved_victim(arch: str, preset: str, path: Path, overrides: dict) -> nn.Module:
-    from fedctl.core.checkpoint import FORMAT, load_checkpoint
+    from fedctl.core.checkpoint import FORMAT, check_tensors, load_checkpoint
     from fedctl.tasks.asr.task import build_model_from_config, load_asr_model, load_state
 
     def other_arch(found: str) -> FedctlError:
@@ -140,9 +140,11 @@ def _saved_victim(arch: str, preset: str, path: Path, overrides: dict) -> nn.Mod
             load_state(model, ckpt["model"], str(path), found)
         else:  # a hand-made `.pt`: {"model": state, "config": {"task": {...}}} or a bare state dict
             state = blob.get("model", blob) if isinstance(blob, dict) else blob
-            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-                raise FedctlError(f"victim checkpoint {path} holds no state dict of tensors",
-                                  "pass a checkpoint of `fedctl train asr` or a .pt with a 'model' state dict")
+            if not isinstance(state, dict) or not state:
+                raise FedctlError(f"victim checkpoint {path} holds neither a fedctl checkpoint nor a state dict "
+                                  "of tensors", "pass a checkpoint of `fedctl train asr` or a .pt with a 'model' "
+                                  "state dict")
+            check_tensors(state, path, "model")  # names the first entry that is not a tensor
             task = (blob.get("config") or {}).get("task", {}) if isinstance(blob, dict) else {}
             task = task if isinstance(task, dict) else {}
             if task.get("arch") and task["arch"] != arch:

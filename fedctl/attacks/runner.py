@@ -305,6 +305,8 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None, 
     settings = json.loads(json.dumps(asdict(spec), default=str))  # as settings.json holds them
     folder = attack_dir(spec.out)
     with folder.locked():
+        if not overwrite:
+            read_metrics(folder.path / "metrics.csv")  # a damaged table is refused before anything is rewritten
         folder.claim("attack", settings, settings_name="settings.json", volatile=RESUMABLE, overwrite=overwrite,
                      outputs=OUTPUTS, legacy=legacy_attack_folder)
         with (folder.path / "attack.log").open("a") as log_fh:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -212,6 +213,14 @@ def _csv(rows, header=COLUMNS):
     return (",".join(header) + "\n" + "".join(",".join(r[c] for c in header) + "\n" for r in rows)).encode()
 
 
+@pytest.fixture(scope="module")
+def attack_folder(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("attack") / "atk"
+    res = cli("attack", "ds1", "--corpus", corpus, *FAST, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
 @pytest.mark.parametrize("content,needle", [
     (b"\x80\x81\x00\xffbinary", "is not UTF-8"),
     (b"", "does not have fedctl attack's columns"),
@@ -221,9 +230,10 @@ def _csv(rows, header=COLUMNS):
     (_csv([_good_row(duration_ms="1.5e3x")]), "duration_ms"),
     (_csv([_good_row()]) + b'"unterminated,\n', "line"),
 ])
-def test_damaged_metrics_csv_on_resume_is_one_error_and_nothing_is_written(corpus, tmp_path, content, needle):
+def test_damaged_metrics_csv_on_resume_is_one_error_and_nothing_is_written(corpus, tmp_path, content, needle,
+                                                                             attack_folder):
     out = tmp_path / "atk"
-    out.mkdir()
+    shutil.copytree(attack_folder, out)  # a real attack folder (marker, settings.json) whose metrics.csv is damaged
     (out / "metrics.csv").write_bytes(content)
     before = tree_state(out)
     res = cli("attack", "ds1", "--corpus", corpus, *FAST, "--out", out)
