@@ -9,8 +9,8 @@ What lives here, per client id, as one flat dict of tensors with namespaced name
 `ClientStateStore` holds entries in memory up to `memory_bytes` and spills the least recently used ones to
 `<run_dir>/client_state/<client>.safetensors` beyond it (a temporary folder for runs kept in memory), so 1,000
 clients of a model cost the budget in RAM, not 1,000 models. Spill and reload are bit-exact (safetensors keeps
-dtype and bytes). Spill order depends only on the order of `get`/`put`, which the engine keeps in sampled order,
-so 1 or N worker processes spill the same clients.
+dtype and bytes), so where an entry sits (memory or file) never changes a result: 1 or N worker processes give
+bit-identical runs.
 
 Checkpoints (`snapshot`): the live folder's files are immutable once written (a new version replaces the name
 atomically, a new inode), so a checkpoint hard-links every spilled file into `checkpoints/client_state_NNN/` and
@@ -132,13 +132,14 @@ class ClientStateStore:
         # a reloaded entry keeps its file: spilling it again unchanged costs nothing
         self._memory[client_id] = entry
         self.in_memory_bytes += entry_nbytes(entry)
-        self.peak_memory_bytes = max(self.peak_memory_bytes, self.in_memory_bytes)
+        # the entry being added is the one momentary excess over the budget (it may be spilled itself)
         while self.in_memory_bytes > self.memory_bytes and self._memory:
             cid, old = self._memory.popitem(last=False)
             self.in_memory_bytes -= entry_nbytes(old)
             if cid not in self._spilled:
                 self._spilled[cid] = self._write(self.folder / file_name(cid), old)
                 self.spills += 1
+        self.peak_memory_bytes = max(self.peak_memory_bytes, self.in_memory_bytes)
 
     @staticmethod
     def _write(path: Path, entry: Entry) -> Path:

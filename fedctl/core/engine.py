@@ -248,8 +248,12 @@ class Run:
 
     @torch.no_grad()
     def load_global(self) -> None:
+        """The working model as the server holds it: the global state, and the initial local tensors (each
+        client's own ones live in the client-state store, never here)."""
         for k in self.keys:
             self.params[k].copy_(self.global_state[k])
+        for k in self.local_keys:
+            self.params[k].copy_(self.local_init[f"local/{k}"])
 
     def checkpoint_payload(self, server_round: int, with_client_state: bool = True) -> dict[str, Any]:
         return {
