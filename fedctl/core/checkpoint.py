@@ -1,7 +1,8 @@
 """Checkpoints: one file per round, written atomically, readable with torch.load(weights_only=True).
 
 A checkpoint is a dict of tensors and plain Python values:
-  format, round, task, strategy, model (global state), strategy_state, client_optimizer_states,
+  format, round, task, strategy, model (global state), strategy_state, client_state (None, or {"dir":
+  "client_state_NNN", "clients": [ids]}: the per-client state snapshot beside it, fedctl.core.client_state),
   rng (torch, python), config (resolved, nested dict), metrics (history of metrics.jsonl records).
 """
 

@@ -152,7 +152,7 @@ class FederationConfig:
     clients: int = 4  # clients the training data is split across
     fraction: float = 1.0  # fraction of clients sampled each round, in (0, 1]
     min_fit_clients: int = 1  # fewest clients sampled, and fewest successful updates for a round to count
-    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum fedentropy fedfisher
+    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum fedentropy fedfisher scaffold fednova fedbn fedper
     strategy_args: dict = field(default_factory=dict)  # options of the strategy, Flower's names (e.g. server_momentum)
     eval_every: int = 1  # evaluate the global model every N rounds (and after the last)
     eval_clients: bool = False  # also evaluate on each client's data (slower)
@@ -160,7 +160,9 @@ class FederationConfig:
     keep_checkpoints: int = 0  # how many newest checkpoints to keep; 0 keeps all (never deletes best.pt)
     best_metric: str | None = "val_loss"  # global eval metric that picks checkpoints/best.pt; null: no best.pt
     best_mode: str = "min"  # min (losses, perplexity) or max (accuracy)
-    keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (memory: K optimizer states)
+    keep_optimizer_state: bool = False  # clients keep optimizer state across rounds (in the client-state store)
+    local_keys: list[str] = field(default_factory=list)  # glob patterns of tensors that stay on each client (FedPer)
+    client_state_memory: int = field(default=512 * 2**20, metadata={"check": check_range(low=0, hint="bytes, e.g. 536870912 (512 MiB); 0 keeps every client's state on disk")})  # bytes of per-client state held in RAM; beyond: spilled to client_state/
     save_deltas_every: int = 0  # save parameter deltas every N rounds into deltas/ (0 = never)
     save_deltas_entity: str = "server"  # server (global_t − global_t−1), clients (client − global_t−1) or all
     dp: dict = field(default_factory=dict)  # client-level DP: {mode, clip, clipping_norm, noise_multiplier, ...}; {} = off

@@ -25,8 +25,9 @@ import torch
 from torch import nn
 
 from fedctl.core import checkpoint as ckpt_io
-from fedctl.core import client_stats, local
+from fedctl.core import client_stats, stateful
 from fedctl.core.aggregate import State, all_finite, state_nbytes
+from fedctl.core.client_state import ClientStateStore, flatten_optimizer_state
 from fedctl.core.config import FederationConfig
 from fedctl.core.events import (
     CheckpointSaved,
@@ -39,7 +40,7 @@ from fedctl.core.events import (
 )
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.rundir import RunDir
-from fedctl.core.strategies import ClientUpdate, Strategy
+from fedctl.core.strategies import ClientUpdate, Strategy, innermost
 from fedctl.core.task import ClientConfig, Task, client_seed
 from fedctl.errors import FedctlError
 
@@ -78,7 +79,7 @@ class ClientOutcome:
     client_id: str
     update: ClientUpdate | None = None
     failure: str | None = None
-    optimizer_state: dict[str, Any] | None = None
+    client_state: dict[str, torch.Tensor] | None = None  # what the client keeps for its next round (the store's)
 
 
 Executor = Callable[["Run", int, list[int], ClientInstructions], Iterator[ClientOutcome]]
@@ -91,7 +92,8 @@ def prepare_client(
     instructions: ClientInstructions,
     global_state: State,
     keep_optimizer_state: bool = False,
-    optimizer_state: dict[str, Any] | None = None,
+    client_state: dict[str, torch.Tensor] | None = None,
+    server_payload: dict[str, torch.Tensor] | None = None,
 ) -> ClientConfig:
     """Seed every RNG for this (run, round, client) and build its ClientConfig; wherever a client
     trains (here or on a Flower SuperNode) this makes its result identical."""
@@ -104,7 +106,8 @@ def prepare_client(
         instructions=instructions,
         anchor=global_state if instructions.proximal_mu > 0.0 else None,  # FedProx only
         keep_optimizer_state=keep_optimizer_state,
-        optimizer_state=optimizer_state,
+        client_state=client_state,
+        server_payload=server_payload or None,
     )
 
 
@@ -119,10 +122,10 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
         cid = run.client_ids[index]
         run.load_global()
         cfg = prepare_client(run.seed, server_round, index, instructions, run.global_state,
-                             run.fed.keep_optimizer_state, run.optimizer_states.get(cid))
+                             run.fed.keep_optimizer_state, run.client_entry(cid), run.payload)
         cfg.on_step = run.progress_hook(server_round, sampled.index(index) + 1, len(sampled))
         try:
-            result = local.train_client(run.task, run.model, cid, cfg, run.keys)
+            result = stateful.train(run.task, run.model, cid, cfg, run.keys)
         except FedctlError:
             raise
         except Exception as exc:  # a failing client is left out, not fatal
@@ -130,7 +133,7 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
             continue
         state = {k: run.params[k] for k in run.keys}
         yield ClientOutcome(cid, ClientUpdate(cid, state, result.num_examples, result.metrics, result.stats),
-                            optimizer_state=result.optimizer_state)
+                            client_state=result.client_state)
 
 
 def peak_rss_mb() -> float:
@@ -197,7 +200,6 @@ class Run:
         self.emit: EventSink = on_event or (lambda event: None)
         self.executor: Executor = executor or local_executor
         self.history: list[dict[str, Any]] = []
-        self.optimizer_states: dict[str, Any] = {}
 
         self.client_ids = list(task.client_ids())
         self.model = task.build_model()
@@ -206,7 +208,15 @@ class Run:
         missing = [k for k in self.keys if k not in self.params]
         if missing:
             raise FedctlError(f"task {task.name} shares keys its model lacks: {missing[:3]}", "fix shared_keys()")
+        # tensors that stay on each client (FedBN's BatchNorm, federation.local_keys): they leave the shared keys
+        self.local_keys = local_keys_of(innermost(strategy), self.model, self.keys, list(federation.local_keys))
+        self.keys = [k for k in self.keys if k not in set(self.local_keys)]
+        self.local_init = {f"local/{k}": self.params[k].detach().clone() for k in self.local_keys}
+        innermost(strategy).bind(num_clients=len(self.client_ids))
         strategy.check_model(self.model, self.keys)  # e.g. DP refuses BatchNorm statistics it would not protect
+        self.client_state = ClientStateStore(
+            None if self.run_dir is None else self.run_dir.path / "client_state", federation.client_state_memory)
+        self.payload: State = {}  # Strategy.broadcast() of the round being trained
         self.global_state: State = {k: self.params[k].detach().clone() for k in self.keys}
         self.shared_bytes = state_nbytes(self.global_state)
         self.spare: State | None = None  # buffers the aggregator may reuse (see fit_round)
@@ -217,26 +227,61 @@ class Run:
         return lambda step, steps: self.emit(ClientProgress(server_round, client, clients, step, steps))
 
     # -- state movement -------------------------------------------------------------------------
+    def client_entry(self, client_id: str) -> dict[str, torch.Tensor] | None:
+        """What client `client_id` kept from its last round (its local tensors start as the initial model's)."""
+        entry = self.client_state.get(client_id)
+        if self.local_init and (entry is None or not any(k.startswith("local/") for k in entry)):
+            entry = {**self.local_init, **(entry or {})}
+        return entry
+
+    def stateful(self) -> str | None:
+        """What the clients of this run keep between rounds, in words, or None (backends that cannot keep client
+        state refuse the run by this)."""
+        what = innermost(self.strategy).client_state
+        if what is not None:
+            return f"strategy {innermost(self.strategy).name} keeps {what} on every client"
+        if self.local_keys:
+            return "federation.local_keys keeps tensors on every client"
+        if self.fed.keep_optimizer_state:
+            return "federation.keep_optimizer_state keeps each client's optimizer state"
+        return None
+
     @torch.no_grad()
     def load_global(self) -> None:
+        """The working model as the server holds it: the global state, and the initial local tensors (each
+        client's own ones live in the client-state store, never here)."""
         for k in self.keys:
             self.params[k].copy_(self.global_state[k])
+        for k in self.local_keys:
+            self.params[k].copy_(self.local_init[f"local/{k}"])
 
-    def checkpoint_payload(self, server_round: int) -> dict[str, Any]:
+    def checkpoint_payload(self, server_round: int, with_client_state: bool = True) -> dict[str, Any]:
         return {
             "round": server_round,
             "task": self.task.name,
             "strategy": self.strategy.name,
             "model": {k: v.detach().cpu() for k, v in self.global_state.items()},
             "strategy_state": self.strategy.state_dict(),
-            "client_optimizer_states": self.optimizer_states,
+            "client_state": self.snapshot_client_state(server_round) if with_client_state else None,
             "rng": ckpt_io.rng_state(),
             "config": self.config,
             "metrics": self.history,
         }
 
+    def snapshot_client_state(self, server_round: int) -> dict[str, Any] | None:
+        """Copy the client-state store beside round `server_round`'s checkpoint (hard links: cheap) and return
+        the reference the checkpoint holds; None when no client keeps state."""
+        if self.run_dir is None or len(self.client_state) == 0:
+            return None
+        target = self.run_dir.client_state_snapshot(server_round)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clients = self.client_state.snapshot(target)
+        return {"dir": target.name, "clients": clients}
+
     def checkpoint(self, server_round: int) -> Path | None:
         if self.run_dir is None:
+            return None
+        if self.client_state.dirty:  # clients of an unfinished round already changed it: no true snapshot
             return None
         path = self.run_dir.save_checkpoint(server_round, self.checkpoint_payload(server_round),
                                             keep=self.fed.keep_checkpoints)
@@ -271,7 +316,7 @@ class Run:
 
     def save_best(self, server_round: int, metrics: dict[str, Any]) -> Path:
         """checkpoints/best.pt: this round's checkpoint plus {"best": metric, mode, value, round}."""
-        payload = self.checkpoint_payload(server_round)
+        payload = self.checkpoint_payload(server_round, with_client_state=False)  # for evaluation, not resume
         key = self.fed.best_metric
         payload["best"] = {"metric": key, "mode": self.fed.best_mode, "value": float(metrics[key]),
                            "round": server_round}
@@ -295,7 +340,18 @@ class Run:
                 )
             self.global_state[k].copy_(saved[k])
         self.strategy.load_state_dict(ckpt.get("strategy_state") or {})
-        self.optimizer_states = ckpt.get("client_optimizer_states") or {}
+        ref = ckpt.get("client_state")
+        if ref:
+            source = path.parent / str(ref["dir"])
+            if not source.is_dir():
+                raise FedctlError(f"checkpoint {path} refers to client state {source}, which is missing",
+                                  "resume from another checkpoint of the run (move the newer ones aside)")
+            self.client_state.restore(source, [str(c) for c in ref["clients"]])
+        else:
+            self.client_state.restore_empty()
+        for cid, opt in (ckpt.get("client_optimizer_states") or {}).items():  # checkpoints before the store
+            self.client_state.put(cid, {f"optim/{k}": v for k, v in flatten_optimizer_state(opt).items()})
+        self.client_state.commit()
         self.history = list(ckpt.get("metrics") or [])
         ckpt_io.restore_rng(ckpt.get("rng") or {})
         self.write_metrics()
@@ -321,6 +377,9 @@ class Run:
         instructions = self.strategy.configure_fit(server_round)
         if self.fed.prune > 0:  # the run's setting, not the strategy's: it travels with every client's instructions
             instructions = dataclasses.replace(instructions, prune=self.fed.prune)
+        if self.local_keys:
+            instructions = dataclasses.replace(instructions, local_keys=tuple(self.local_keys))
+        self.payload = innermost(self.strategy).broadcast(server_round)
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
@@ -349,8 +408,8 @@ class Run:
             aggregator.add(update)
             trained.append(dict(update.metrics))
             local_steps += int(update.metrics.get("steps", 0))
-            if self.fed.keep_optimizer_state and outcome.optimizer_state is not None:
-                self.optimizer_states[cid] = outcome.optimizer_state
+            if outcome.client_state is not None:  # in sampled order: the store spills the same for any executor
+                self.client_state.put(cid, outcome.client_state)
             loss = update.metrics.get("train_loss")
             if loss is not None and math.isfinite(loss):
                 loss_sum += loss * update.num_examples
@@ -359,8 +418,11 @@ class Run:
 
         if aggregator.count < self.fed.min_fit_clients:
             saved = self.checkpoint(server_round - 1) if server_round > 1 else None
-            then = ("then continue with --resume" if saved is not None
-                    else "then start the run again (round 1 failed, so nothing was saved to resume)")
+            if saved is None and self.client_state.dirty and self.run_dir is not None and self.run_dir.has_checkpoints():
+                then = "then continue with --resume (from the newest checkpoint: client state changed this round)"
+            else:
+                then = ("then continue with --resume" if saved is not None
+                        else "then start the run again (round 1 failed, so nothing was saved to resume)")
             raise FedctlError(
                 f"round {server_round}: only {aggregator.count} of {len(sampled)} clients returned usable updates "
                 f"(min_fit_clients = {self.fed.min_fit_clients}); failed: {', '.join(failed)}",
@@ -375,6 +437,7 @@ class Run:
                 f"(NaN or Inf); stopped, the newest checkpoint holds the last good state",
                 "lower the server step (federation.strategy_args, e.g. eta or server_learning_rate) or task.lr",
             )
+        self.client_state.commit()
         self.task.round_end(server_round, self.global_state)
         if self.deltas_for("server", server_round):
             self.run_dir.save_delta(server_round, None, self.global_state, old,
@@ -400,6 +463,8 @@ class Run:
         }
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:
+        if self.local_keys:
+            return self.evaluate_personalised(server_round)
         self.load_global()
         records = [{"type": "eval", "round": server_round, "scope": "global", **self.task.evaluate(self.model)}]
         if self.fed.eval_clients:
@@ -409,6 +474,34 @@ class Run:
                      **self.task.evaluate(self.model, cid)}
                 )
         return records
+
+    @torch.no_grad()
+    def load_client(self, client_id: str) -> None:
+        """The working model as client `client_id` holds it: the global tensors and its own local ones."""
+        self.load_global()
+        entry = self.client_entry(client_id) or {}
+        for k in self.local_keys:
+            self.params[k].copy_(entry[f"local/{k}"])
+
+    def evaluate_personalised(self, server_round: int) -> list[dict[str, Any]]:
+        """With local tensors there is no single global model: every client is evaluated with the global
+        tensors and its own local ones on its own held-out data (`task.evaluate(model, client_id)`); the global
+        record is the num_examples-weighted mean of those metrics (`personalised: true`). Cost: one evaluation
+        per client per eval round; per-client rows are logged with federation.eval_clients."""
+        rows, totals, weight = [], {}, 0.0
+        for cid in self.client_ids:
+            self.load_client(cid)
+            metrics = self.task.evaluate(self.model, cid)
+            rows.append({"type": "eval", "round": server_round, "scope": "client", "client_id": cid, **metrics})
+            n = float(self.task.num_examples(cid))
+            weight += n
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    totals[k] = totals.get(k, 0.0) + n * float(v)
+        self.load_global()
+        merged = {k: v / weight for k, v in totals.items()}
+        head = {"type": "eval", "round": server_round, "scope": "global", "personalised": True, **merged}
+        return [head, *rows] if self.fed.eval_clients else [head]
 
     def run(self, resume: bool) -> RunResult:
         start = 1
@@ -454,8 +547,29 @@ class Run:
                     "likely too much noise for the model (federation.dp.noise_multiplier; BatchNorm statistics, "
                     "see federation.dp.buffers) or a diverging step (task.lr, federation.strategy_args)")
         self.load_global()
+        self.client_state.close()
         self.emit(RunFinished(total, {}))
         return RunResult(self.model, self.history, total, self.run_dir)
+
+
+def local_keys_of(strategy: Strategy, model: nn.Module, shared_keys: list[str], patterns: list[str]) -> list[str]:
+    """The shared tensors that stay on every client: the strategy's own (FedBN) and those matching a
+    `federation.local_keys` glob pattern; each pattern must match a shared tensor."""
+    import fnmatch
+
+    keys = list(strategy.local_keys(model, shared_keys, patterns))
+    for pattern in patterns:
+        hits = [k for k in shared_keys if fnmatch.fnmatchcase(k, str(pattern))]
+        if not hits:
+            close = ", ".join(shared_keys[:4]) + (", …" if len(shared_keys) > 4 else "")
+            raise FedctlError(f"federation.local_keys pattern '{pattern}' matches no shared tensor of the model",
+                              f"use glob patterns over the tensor names (e.g. {close}); "
+                              "`fedctl inspect ckpt` lists them")
+        keys += [k for k in hits if k not in keys]
+    if keys and len(keys) == len(shared_keys):
+        raise FedctlError("federation.local_keys / the strategy keep every shared tensor local: nothing would travel",
+                          "keep only the personal layers local (e.g. the classifier head)")
+    return keys
 
 
 def run_federated(

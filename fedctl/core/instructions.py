@@ -33,6 +33,9 @@ class ClientInstructions:
     prune: float = 0.0  # federation.prune: zero this fraction of each shared tensor's update, smallest |Δ| first
     dp_clipping_norm: float | None = None  # federation.dp mode client: clip the update to this L2 norm, then
     dp_noise_std: float = 0.0  # add N(0, dp_noise_std²) to every entry, before the update leaves the client
+    scaffold: bool = False  # SCAFFOLD: correct each step's gradient by c − c_i, report Δc_i (fedctl.core.stateful)
+    fednova: bool = False  # FedNova: report the local normaliser a_i of the steps taken
+    local_keys: tuple[str, ...] = ()  # tensors the client keeps between rounds (FedBN, FedPer): never uploaded
 
     @property
     def wants_stats(self) -> bool:
@@ -52,4 +55,7 @@ class ClientInstructions:
             prune=float(data.get("prune", 0.0)),
             dp_clipping_norm=None if data.get("dp_clipping_norm") is None else float(data["dp_clipping_norm"]),
             dp_noise_std=float(data.get("dp_noise_std", 0.0)),
+            scaffold=bool(data.get("scaffold", False)),
+            fednova=bool(data.get("fednova", False)),
+            local_keys=tuple(data.get("local_keys") or ()),
         )

@@ -50,8 +50,11 @@ def schedule(training: LocalTraining, num_items: int, gen: torch.Generator) -> l
 
 
 def make_optimizer(training: LocalTraining, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters."""
+    """AdamW (or plain/momentum SGD, `training.optimizer`) over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if training.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=training.lr if lr is None else lr, momentum=training.momentum,
+                               weight_decay=training.weight_decay)
     return torch.optim.AdamW(params, lr=training.lr if lr is None else lr, betas=training.betas, eps=training.eps,
                              weight_decay=training.weight_decay)
 
@@ -81,6 +84,7 @@ def train_steps(
     anchor: dict[str, torch.Tensor] | None = None,
     proximal_mu: float = 0.0,
     on_step: Callable[[int, int], None] | None = None,
+    on_gradients: Callable[[float], None] | None = None,
 ) -> dict[str, float]:
     """The loop. Returns the mean of the task's loss (without the proximal term) and of each batch metric
     over the micro-batches, the number of optimizer steps taken, and the resource record: `lr` (the last
@@ -121,6 +125,8 @@ def train_steps(
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         norm_sum += float(norm)
+        if on_gradients is not None:  # a strategy's correction of the final gradient (SCAFFOLD: + c − c_i)
+            on_gradients(lr)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -146,7 +152,8 @@ def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitR
     steps = schedule(t, n, gen)
     m = train_steps(task, model, optimizer, client_id, steps, gen, peak_lr=peak,
                     step_offset=(cfg.server_round - 1) * t.steps_per_round(n), anchor=cfg.anchor,
-                    proximal_mu=cfg.instructions.proximal_mu, on_step=cfg.on_step)
+                    proximal_mu=cfg.instructions.proximal_mu, on_step=cfg.on_step,
+                    on_gradients=cfg.on_gradients)
     loss = m.pop("loss")
     steps_taken = m.pop("steps")
     # resource record, unprefixed: the engine sums / averages these per round (see Run.fit_round)

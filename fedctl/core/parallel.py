@@ -57,7 +57,7 @@ from typing import Any
 
 import torch
 
-from fedctl.core import local
+from fedctl.core import stateful
 from fedctl.core.engine import ClientOutcome, Run, local_executor, prepare_client
 from fedctl.core.instructions import ClientInstructions
 from fedctl.core.strategies import ClientUpdate
@@ -220,15 +220,15 @@ def _worker_main(spec: _Spec) -> None:
             return
         if not job:  # () = stop
             return
-        pos, server_round, index, cid, instructions, optimizer_state = job
+        pos, server_round, index, cid, instructions, client_state, payload = job
         with torch.no_grad():
             for k in spec.keys:
                 params[k].copy_(spec.global_state[k])
         anchor = spec.global_state if on_host else {k: params[k].detach().clone() for k in spec.keys}
         cfg = prepare_client(spec.seed, server_round, index, instructions, anchor,
-                             spec.keep_optimizer_state, optimizer_state)
+                             spec.keep_optimizer_state, client_state, payload)
         try:
-            result = local.train_client(task, model, cid, cfg, spec.keys)
+            result = stateful.train(task, model, cid, cfg, spec.keys)
             stats = result.stats
         except FedctlError as exc:
             _send(conn, "fatal", pos, exc.message, exc.hint)
@@ -243,7 +243,7 @@ def _worker_main(spec: _Spec) -> None:
         with torch.no_grad():
             for k in spec.keys:
                 spec.slot[k].copy_(params[k])
-        _send(conn, "done", pos, result.num_examples, result.metrics, stats, result.optimizer_state)
+        _send(conn, "done", pos, result.num_examples, result.metrics, stats, result.client_state)
 
 
 # ----------------------------------------------------------------------------------- the server side
@@ -441,10 +441,11 @@ class ParallelExecutor:
                 continue
             pos, index = todo.popleft()
             cid = run.client_ids[index]
-            opt = run.optimizer_states.get(cid) if run.fed.keep_optimizer_state else None
+            # the client's kept state travels with its job (pickled: O(its state)), the new one comes back
+            entry = run.client_entry(cid)
             w.job = (pos, cid)
             try:
-                _send(w.conn, pos, server_round, index, cid, instructions, opt)
+                _send(w.conn, pos, server_round, index, cid, instructions, entry, run.payload)
             except (OSError, ValueError):
                 pass  # it died; _receive sees its sentinel and reports the client as failed
 
@@ -492,12 +493,12 @@ class ParallelExecutor:
                 arrived[pos] = (ClientOutcome(cid, failure=msg[2]), None)
                 w.job = None
             elif kind == "done":
-                _, pos, num_examples, metrics, stats, optimizer_state = msg
+                _, pos, num_examples, metrics, stats, client_state = msg
                 _, cid = w.job
                 device = next(iter(run.global_state.values())).device
                 state = {k: (t if device.type == "cpu" else t.to(device)) for k, t in w.slot.items()}
                 update = ClientUpdate(cid, state, num_examples, metrics, stats)
-                arrived[pos] = (ClientOutcome(cid, update, optimizer_state=optimizer_state), w)
+                arrived[pos] = (ClientOutcome(cid, update, client_state=client_state), w)
                 w.holds, w.job = pos, None
 
 

@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -334,7 +335,14 @@ class RunDir:
         if keep > 0:
             for old in self.list_checkpoints()[:-keep]:
                 old.unlink(missing_ok=True)
+                snapshot = old.with_name(old.stem.replace("round_", "client_state_"))
+                if snapshot.is_dir():  # the client state that checkpoint referenced (fedctl.core.client_state)
+                    shutil.rmtree(snapshot, ignore_errors=True)
         return path
+
+    def client_state_snapshot(self, server_round: int) -> Path:
+        """`checkpoints/client_state_NNN/`: the per-client state round NNN's checkpoint refers to."""
+        return self.checkpoints_dir / f"client_state_{server_round:03d}"
 
     def save_best(self, payload: dict[str, Any]) -> Path:
         """Write `checkpoints/best.pt` atomically (replacing the previous best)."""

@@ -63,6 +63,8 @@ class LocalTraining:
     local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
     amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
+    optimizer: str = "adamw"  # adamw, or sgd (with `momentum`; FedNova's a_i and SCAFFOLD are defined for SGD)
+    momentum: float = 0.0  # sgd only: heavy-ball momentum ρ
 
     def micro_batches(self, num_items: int) -> int:
         """Micro-batches one client takes per round."""
@@ -96,6 +98,11 @@ class ClientConfig:
     anchor: dict[str, torch.Tensor] | None = None
     keep_optimizer_state: bool = False  # when true: load `optimizer_state` (if any), return the new one
     optimizer_state: dict[str, Any] | None = None
+    client_state: dict[str, torch.Tensor] | None = None  # what the client kept from its last round (client_state)
+    server_payload: dict[str, torch.Tensor] | None = None  # Strategy.broadcast(): e.g. SCAFFOLD's c
+    # called after each step's gradients are final (unscaled, clipped), before the optimizer step, with the step's
+    # lr: a strategy's gradient correction (SCAFFOLD adds c − c_i)
+    on_gradients: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
     # called after each optimizer step with (step, steps); progress display only, never affects training
     on_step: Callable[[int, int], None] | None = field(default=None, repr=False, compare=False)
 
@@ -108,6 +115,7 @@ class FitResult:
     metrics: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)  # strategy inputs, e.g. entropy or fisher
     optimizer_state: dict[str, Any] | None = None
+    client_state: dict[str, torch.Tensor] | None = None  # what the client keeps for its next round
 
 
 # ------------------------------------------------------------------------------------------- task

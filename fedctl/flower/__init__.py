@@ -30,7 +30,8 @@ Multi-machine recipe: README "Multi-machine with Flower". fedctl.flower.security
 fedctl.flower.loopback.LoopbackFederation runs all of it on 127.0.0.1 for tests and benchmarks.
 The run directory (config.yaml, metrics.jsonl, checkpoints/, final/) is written by the ServerApp
 on the SuperLink machine, exactly as `fedctl train` writes it. Node-local data: see
-fedctl.flower.client_app. Not supported over Flower: federation.keep_optimizer_state.
+fedctl.flower.client_app. Not supported over Flower: per-client state (federation.keep_optimizer_state, local_keys, scaffold,
+fedbn, fedper), refused by name.
 
 flwr is imported only inside this package's modules, so fedctl works without it.
 """

@@ -21,8 +21,9 @@ Which data a client trains on:
   shard sets `federation.clients=1` there and keeps partition-id as its index on the server.
   Tokenizers must match across nodes: point `task.tokenizer` at the server run's tokenizer.json.
 
-Not supported over Flower: `federation.keep_optimizer_state` (clients keep no state between
-rounds here; the ServerApp refuses such a config).
+Not supported over Flower: per-client state — `federation.keep_optimizer_state`, `federation.local_keys` and the
+strategies that keep state on clients (scaffold, fedbn, fedper); clients keep no state between rounds here and the
+ServerApp refuses such a config by name (fedctl.flower.server_app.refuse_client_state).
 """
 
 from __future__ import annotations

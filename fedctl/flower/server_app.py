@@ -147,6 +147,7 @@ class FlowerExecutor:
         if run.fed.keep_optimizer_state:
             raise FedctlError("federation.keep_optimizer_state is not supported over Flower",
                               "set federation.keep_optimizer_state=false (clients keep no state between rounds)")
+        refuse_client_state(run.stateful())
         if self._config_yaml is None:
             self._config_yaml = dump_yaml(run.config)
         nodes = self.assign(len(run.client_ids))
@@ -313,6 +314,16 @@ def experiment_from_run_config(run_config: dict[str, Any]):
     return recipe.resolve(task_name, config, flags={"run": {"out": out or None}}, sets=sets)
 
 
+def refuse_client_state(reason: str | None) -> None:
+    """Per-client state (fedctl.core.client_state) lives in the server process in simulation; over Flower it would
+    have to live on each node (Context.state), which is not implemented: refuse such a run by name."""
+    if reason is not None:
+        raise FedctlError(f"{reason}, which the Flower backend does not support (client state would have to stay "
+                          "on each node between rounds)",
+                          "train it with `fedctl train …` (in process or --workers N), or choose a strategy that keeps "
+                          "no client state (e.g. fedavg, fedprox)")
+
+
 def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[object], None] | None = None):
     """What the ServerApp does: build task and strategy like `fedctl train`, then run the engine
     with clients on the grid's SuperNodes. Returns the engine's RunResult."""
@@ -324,6 +335,13 @@ def run_server(grid: Grid, run_config: dict[str, Any], on_event: Callable[[objec
     if exp.federation.keep_optimizer_state:
         raise FedctlError("federation.keep_optimizer_state is not supported over Flower",
                           "set federation.keep_optimizer_state=false")
+    from fedctl.core.strategies import STRATEGIES
+
+    inner = STRATEGIES.get(str(exp.federation.strategy).lower().replace("-", "").replace("_", ""))
+    if inner is not None and inner.client_state is not None:
+        refuse_client_state(f"strategy {inner.name} keeps {inner.client_state} on every client")
+    if exp.federation.local_keys:
+        refuse_client_state("federation.local_keys keeps tensors on every client")
     executor = FlowerExecutor(
         grid,
         min_nodes=int(run_config.get("fedctl-min-nodes", 0)) or None,

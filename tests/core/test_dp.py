@@ -17,12 +17,14 @@ from fedctl.core.strategies import STRATEGIES, build_strategy
 from fedctl.core.strategies.base import ClientUpdate, Strategy
 from fedctl.core.strategies.dp import DifferentialPrivacy, dp_config, update_norm, wrap_dp
 from fedctl.errors import FedctlError
+from tests.core.bn_task import BatchNormTask
 from tests.core.linear_task import LinearTask
 from tests.core.toy_classifier import ToyClassifier
 
 FED = dict(rounds=3, clients=4, fraction=1.0, min_fit_clients=1)
-MEAN_STRATEGIES = {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"}
+MEAN_STRATEGIES = {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedbn", "fedper"}
 STATS_STRATEGIES = {"fedentropy", "fedfisher"}
+REPORTS_STRATEGIES = {"fednova"}  # the server step uses client reports the noise does not cover
 
 
 def train(strategy, task=None, **fed):
@@ -96,18 +98,20 @@ def test_inner_server_step_only_post_processes_the_privatised_mean():
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 @pytest.mark.parametrize("mode", ["server", "client"])
 def test_every_strategy_is_accepted_with_the_accountants_epsilon_or_refused_by_name(name, mode):
-    accepted = name in MEAN_STRATEGIES if mode == "server" else name not in STATS_STRATEGIES
+    accepted = name in MEAN_STRATEGIES if mode == "server" else name not in STATS_STRATEGIES | REPORTS_STRATEGIES
     options = dict(mode=mode, noise_multiplier=1.1, clipping_norm=0.5, delta=1e-5)
     if not accepted:
         with pytest.raises(FedctlError, match=f"federation.dp \\(mode: {mode}\\) cannot wrap strategy {name}: ") as exc:
             dp(build_strategy(name), **options)
-        reason = STRATEGIES[name].aggregation_rule if mode == "server" else "statistics of their data"
+        reason = (STRATEGIES[name].aggregation_rule if mode == "server" else
+                  STRATEGIES[name].uses_client_reports or "statistics of their data")
         assert reason in exc.value.message and "no guarantee" in exc.value.message
         assert "fedavg" in exc.value.hint
         return
-    task = ToyClassifier(num_clients=4, steps=2) if name == "krum" else LinearTask(steps=2)
+    task = (ToyClassifier(num_clients=4, steps=2) if name == "krum" else BatchNormTask(steps=2) if name == "fedbn"
+            else LinearTask(steps=2))
     res = train(dp(build_strategy(name), {"fraction": 0.5, "min_fit_clients": 2}, **options), task,
-                fraction=0.5, min_fit_clients=2)
+                fraction=0.5, min_fit_clients=2, local_keys=["bias"] if name == "fedper" else [])
     fits = [r for r in res.history if r["type"] == "fit"]
     assert [r["round"] for r in fits] == [1, 2, 3] and all(r["clients"] == 2 for r in fits)
     z = 1.1 if mode == "server" else 1.1 / 2  # client mode: one client's release has sensitivity 2C

@@ -271,6 +271,19 @@ def test_duplicate_partition_and_keep_optimizer_state_are_refused():
                       executor=FlowerExecutor(grid, poll_seconds=0.0))
 
 
+@pytest.mark.parametrize("name,fed_args,message", [
+    ("scaffold", {}, "strategy scaffold keeps a control variate c_i per client on every client"),
+    ("fedper", {"local_keys": ["bias"]}, "strategy fedper keeps its personal layers"),
+    ("fedavg", {"local_keys": ["bias"]}, "federation.local_keys keeps tensors on every client"),
+])
+def test_strategies_that_keep_client_state_are_refused_by_name(name, fed_args, message):
+    grid = InProcessGrid(make_client_app(lambda c, s: LinearTask()), [{}])
+    with pytest.raises(FedctlError, match=message) as exc:
+        run_federated(LinearTask(), build_strategy(name), fed(**fed_args), seed=0,
+                      executor=FlowerExecutor(grid, poll_seconds=0.0))
+    assert "which the Flower backend does not support" in exc.value.message and "fedavg" in exc.value.hint
+
+
 def test_cli_writes_a_runnable_flower_app(tmp_path):
     import tomllib
 

@@ -8,27 +8,31 @@ import math
 import typing
 from typing import Any
 
-from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
+from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy, innermost
 from fedctl.core.strategies.fedadagrad import FedAdagrad
 from fedctl.core.strategies.fedadam import FedAdam
 from fedctl.core.strategies.fedavg import FedAvg
 from fedctl.core.strategies.fedavgm import FedAvgM
+from fedctl.core.strategies.fedbn import FedBN
 from fedctl.core.strategies.fedentropy import FedEntropy
 from fedctl.core.strategies.fedfisher import FedFisher
 from fedctl.core.strategies.fedmedian import FedMedian
+from fedctl.core.strategies.fednova import FedNova
+from fedctl.core.strategies.fedper import FedPer
 from fedctl.core.strategies.fedprox import FedProx
 from fedctl.core.strategies.fedtrimmedavg import FedTrimmedAvg
 from fedctl.core.strategies.fedyogi import FedYogi
 from fedctl.core.strategies.krum import Krum
+from fedctl.core.strategies.scaffold import Scaffold
 from fedctl.errors import FedctlError
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg, Krum,
-                FedEntropy, FedFisher)
+                FedEntropy, FedFisher, Scaffold, FedNova, FedBN, FedPer)
 }
 
-__all__ = ["STRATEGIES", "Aggregator", "ClientUpdate", "Strategy", "build_strategy", "strategy_options"]
+__all__ = ["STRATEGIES", "Aggregator", "ClientUpdate", "Strategy", "build_strategy", "innermost", "strategy_options"]
 
 
 def strategy_options(name: str) -> dict[str, Any]:

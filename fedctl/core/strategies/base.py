@@ -101,6 +101,13 @@ class Collect(Aggregator):
         return {k: v.to(global_state[k].dtype) for k, v in out.items()}
 
 
+def innermost(strategy: Strategy) -> Strategy:
+    """The strategy a wrapper (DP, LoRA space) wraps, all the way down: it owns the client-side hooks."""
+    while getattr(strategy, "inner", None) is not None:
+        strategy = strategy.inner
+    return strategy
+
+
 class Strategy:
     """Base strategy: FedAvg's aggregate and no server optimizer. Subclasses override the hooks."""
 
@@ -123,6 +130,27 @@ class Strategy:
     def check_model(self, model, shared_keys: list[str]) -> None:
         """Called once by the engine with the model and the tensors that travel; refuse what this strategy cannot
         serve (FedctlError). Default: nothing to check."""
+
+    # -- per-client state (fedctl.core.client_state); wrappers (DP, LoRA space) leave these to the wrapped
+    # strategy, which the engine reaches through `innermost()`.
+    # What the strategy keeps on every client between rounds, in words ("a control variate c_i"); None: nothing.
+    # Backends that cannot keep client state (Flower, for now) refuse such a strategy by this name.
+    client_state: ClassVar[str | None] = None
+    # Client-reported values the server step uses besides the update itself (FedNova's local step counts);
+    # DP in client mode refuses what its noise does not cover.
+    uses_client_reports: ClassVar[str | None] = None
+
+    def local_keys(self, model, shared_keys: list[str], patterns: list[str]) -> list[str]:
+        """Shared tensors that stay on each client instead of travelling (FedBN: BatchNorm; FedPer: `patterns`,
+        i.e. federation.local_keys, which the engine applies for every strategy). Default: none of its own."""
+        return []
+
+    def bind(self, *, num_clients: int) -> None:
+        """Called once by the engine with the number of clients N (SCAFFOLD's server variate uses |S|/N)."""
+
+    def broadcast(self, server_round: int) -> State:
+        """Tensors every sampled client receives besides the global state (SCAFFOLD's c). Default: none."""
+        return {}
 
     def configure_fit(self, server_round: int) -> ClientInstructions:
         """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""

@@ -19,7 +19,8 @@ N(0, (z·C)²·I) before it leaves (`fedctl.core.local.train_client`: in process
 SuperNodes alike, and saved client deltas are the noised ones). Two data sets of one client give updates at
 distance ≤ 2C, so each release is a Gaussian mechanism with noise multiplier z/2; everything the server does
 with the noised updates is post-processing, so every strategy is accepted except those that ask clients for
-un-noised statistics (FedEntropy, FedFisher); the server weighs clients equally (num_examples is not a noised
+un-noised statistics (FedEntropy, FedFisher) or whose server step uses other client reports (FedNova's step counts);
+SCAFFOLD is accepted (each client derives Δc_i from its noised update: post-processing); the server weighs clients equally (num_examples is not a noised
 value). The reported ε is that of one client that takes part in every round. `clip: adaptive` is refused here
 (it needs each client's un-noised clipped bit).
 
@@ -55,7 +56,7 @@ from torch import nn
 from fedctl.core.aggregate import State
 from fedctl.core.config import check_range
 from fedctl.core.instructions import ClientInstructions
-from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy
+from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy, innermost
 from fedctl.errors import FedctlError
 
 
@@ -117,7 +118,7 @@ def dp_config(options: dict[str, Any]) -> DPConfig:
 
 
 
-SERVER_MODE_STRATEGIES = "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox"
+SERVER_MODE_STRATEGIES = "fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedprox, fedbn, fedper"
 
 
 def check_strategy(strategy: Strategy, cfg: DPConfig) -> None:
@@ -130,6 +131,11 @@ def check_strategy(strategy: Strategy, cfg: DPConfig) -> None:
                 "accountant's ε (Gaussian noise on the uniform mean of clipped updates) would be no guarantee",
                 f"use one of {SERVER_MODE_STRATEGIES} with federation.dp, or --set federation.dp.mode=client "
                 "(each client noises its own update; every strategy that asks no client statistics)")
+    elif (reports := innermost(strategy).uses_client_reports) is not None:
+        raise FedctlError(
+            f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: its server step uses {reports}, "
+            "which the noise does not cover, so the accountant's ε would be no guarantee",
+            "use another strategy with federation.dp (e.g. fedavg, fedprox, scaffold in mode: client)")
     elif strategy.configure_fit(1).wants_stats:
         raise FedctlError(
             f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: its clients report statistics "
