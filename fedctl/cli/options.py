@@ -61,6 +61,11 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", help="Client worker processes: 0 = auto (one per core), 1 = sequential, N."),
 ]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option("--track", help="Log to an experiment tracker, offline, inside the run folder: tensorboard, wandb "
+                                 "or mlflow (repeatable; needs pip install 'fedctl[tracking]')."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 BackendOpt = Annotated[
     str,
