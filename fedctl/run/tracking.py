@@ -95,8 +95,10 @@ class _TensorBoard:
     def __init__(self, run_dir: Path, state: dict, config: dict, run_name: str, group: str | None, start: int):
         from torch.utils.tensorboard import SummaryWriter
 
-        # purge_step: TensorBoard itself drops what an earlier, killed invocation logged from this round on
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=start if start > 1 else None,
+        # purge_step: TensorBoard drops whatever a killed invocation wrote after the last step tracking.json
+        # records (it died between the write and the record); the steps up to it stay, each once
+        after = int(state.get("last_step", 0)) + 1
+        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=after if after > 1 else None,
                                     flush_secs=3600)
         state.setdefault("log_dir", "tensorboard")
         if start <= 1:
@@ -226,8 +228,6 @@ class RunTrackers:
         run_name = str((config.get("run") or {}).get("name") or self.run_dir.name)
         for name in names:
             mine = self.state.setdefault(name, {})
-            if name == "tensorboard":
-                mine["last_step"] = min(int(mine.get("last_step", 0)), start - 1)  # purged from `start` on
             args = (self.run_dir, mine, config, run_name, group, start)
             try:
                 backend = _MLflow(*args, store=store) if name == "mlflow" else _BACKENDS[name](*args)
@@ -248,8 +248,9 @@ class RunTrackers:
         write_json(self.run_dir / STATE_NAME, self.state)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        """Log `metrics` at `step` in every tracker that has not logged this step yet (a resumed run repeats
-        the rounds after its newest checkpoint: each tracker keeps the first)."""
+        """Log `metrics` at `step` in every tracker that has not logged this step yet. A resumed run repeats the
+        rounds after its newest checkpoint: every tracker keeps the first logging of such a round (the same
+        model numbers: resume is exact; its wall-clock ones, seconds and rates, are the first execution's)."""
         changed = False
         for backend in self.backends:
             mine = self.state[backend.name]
