@@ -154,7 +154,7 @@ _register_groups()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app(args=argv)
+    app(args=argv, prog_name="fedctl")  # also under `python -m fedctl`: completion scripts name the command
 
 
 def report_error(exc: FedctlError) -> None:
