@@ -35,6 +35,8 @@ from fedctl.errors import FedctlError
 TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}  # name → package it needs
 INSTALL = "pip install 'fedctl[tracking]'"
 STATE_NAME = "tracking.json"
+# what a sweep's folder holds besides its runs: its run record and the sweep's MLflow store
+SWEEP_OWN = ("run.log", "meta.json", "mlflow.db", "mlartifacts")
 
 
 def check(names: list[str] | None, key: str = "run.track") -> list[str]:
@@ -337,25 +339,3 @@ def fan_out(*subscribers: Any):
             subscriber(event)
     return emit
 
-
-def log_images(run_dir: Path, images: list[tuple[str, Path]]) -> int:
-    """Log `fedctl inspect` figures into the trackers a run used (its tracking.json), at its last step;
-    returns how many trackers took them (0 when the run has none)."""
-    from fedctl.core.config import load_yaml
-
-    run_dir = Path(run_dir)
-    state = _read_state(run_dir)
-    if not state or not (run_dir / "config.yaml").is_file():
-        return 0
-    config = load_yaml(run_dir / "config.yaml")
-    names = [n for n in check((config.get("run") or {}).get("track")) if n in state]
-    if not names:
-        return 0
-    step = max(int(state[n].get("last_step", 0)) for n in names)
-    trackers = RunTrackers(run_dir, names, config, start=step + 1)
-    try:
-        for tag, path in images:
-            trackers.image(tag, path, step)
-    finally:
-        trackers.close()
-    return len(names)
