@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge": "bench.bench_merge",
           "speech": "bench.bench_speech", "hubert": "bench.bench_hubert", "parallel": "bench.bench_parallel",
-          "flower": "bench.bench_flower", "attack": "bench.bench_attack", "kmeans_scale": "bench.bench_kmeans_scale"}
+          "flower": "bench.bench_flower", "attack": "bench.bench_attack", "kmeans_scale": "bench.bench_kmeans_scale",
+          "tracking": "bench.bench_tracking"}
 
 
 def main() -> None:
