@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 SUITES = {"engine": "bench.bench_engine", "fisher": "bench.bench_fisher", "merge": "bench.bench_merge",
           "speech": "bench.bench_speech", "hubert": "bench.bench_hubert", "parallel": "bench.bench_parallel",
           "flower": "bench.bench_flower", "attack": "bench.bench_attack", "kmeans_scale": "bench.bench_kmeans_scale",
-          "downstream": "bench.bench_downstream", "drift": "bench.bench_drift"}
+          "downstream": "bench.bench_downstream", "drift": "bench.bench_drift", "tracking": "bench.bench_tracking"}
 
 
 def main() -> None:

@@ -27,12 +27,44 @@ class _FedctlGroup(TyperGroup):
     POSIX convention that tells "you called it wrong" from "it ran and failed"."""
 
     def make_context(self, info_name, args, parent=None, **extra):
+        argv = [info_name or "fedctl", *args]
         with _user_errors():  # options of `fedctl` itself (e.g. `fedctl --bogus`)
-            return super().make_context(info_name, args, parent=parent, **extra)
+            ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta["fedctl.argv"] = argv  # the exact command line, for the run record
+        return ctx
 
     def invoke(self, ctx):
-        with _user_errors():
+        with _run_record(ctx.meta.get("fedctl.argv") or ["fedctl"]), _user_errors():
             return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def _run_record(argv: list[str]):
+    """The run record (run.log + meta.json, fedctl/utils/record.py) of this command: everything the consoles
+    print is copied into it; the folders the command writes attach themselves; the exit status closes it."""
+    import click
+
+    from fedctl.cli.console import copy_to, stop_copy
+    from fedctl.utils import record
+
+    rec = record.begin(argv)
+    hooks = copy_to(rec.write)
+    status = 1
+    try:
+        yield
+        status = 0
+    except click.exceptions.Exit as exc:
+        status = exc.exit_code
+        raise
+    except KeyboardInterrupt:
+        status = 130
+        raise
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+        raise
+    finally:
+        stop_copy(hooks)
+        record.end(status)
 
 
 @contextlib.contextmanager
@@ -75,7 +107,7 @@ app = typer.Typer(
     name="fedctl",
     help="Federated-learning research toolkit for speech and language models.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish (Typer's own)
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
@@ -122,7 +154,7 @@ _register_groups()
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app(args=argv)
+    app(args=argv, prog_name="fedctl")  # also under `python -m fedctl`: completion scripts name the command
 
 
 def report_error(exc: FedctlError) -> None:

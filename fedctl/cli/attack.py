@@ -18,6 +18,7 @@ from rich.table import Table
 
 from fedctl.cli.console import err, out, print_json, saved
 from fedctl.cli.options import JsonOpt
+from fedctl.utils import record
 
 THREAT = ("Threat model: the attacker (server) holds the victim's weights and BatchNorm buffers, one client's "
           "shared update (FedSGD: its gradient on one batch; --local-steps N: N SGD steps on that batch, which the "
@@ -131,6 +132,7 @@ def _command(arch: str):
             "out": str(out_dir), "max_frames": max_frames, "crop_transcript": crop_transcript,
         }, label=lambda key: FLAGS.get(key, key))
         summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
+        record.attach(out_dir)  # the attack folder's run.log + meta.json
         if json_:
             print_json(summary)
             return
@@ -247,6 +249,7 @@ def sweep(
 
     rows = run_sweep(resolve_template(config), [str(c) for c in corpus], out_dir,
                      progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
+    record.attach(out_dir)
     if json_:
         print_json(rows)
         return

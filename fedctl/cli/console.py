@@ -6,10 +6,49 @@ import json
 import math
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderHook
 
 out = Console(soft_wrap=True)  # results: tables, "✓ Saved <path>", --json
 err = Console(stderr=True, soft_wrap=True)  # progress, warnings, errors
+
+
+class _PlainCopy(RenderHook):
+    """Copies what a console prints, as plain text (no colour codes, no live-display control), into the active
+    run record (fedctl/utils/record.py): run.log shows what the terminal showed."""
+
+    def __init__(self, sink):
+        import io
+
+        self.sink = sink
+        self.buffer = io.StringIO()
+        self.plain = Console(file=self.buffer, color_system=None, force_terminal=False, width=200, soft_wrap=True,
+                             highlight=False, emoji=False, markup=False)
+
+    def process_renderables(self, renderables):
+        from rich.control import Control
+
+        kept = [r for r in renderables if not isinstance(r, Control)]
+        if kept:
+            self.plain.print(*kept, sep="")
+            text = self.buffer.getvalue()
+            self.buffer.seek(0)
+            self.buffer.truncate()
+            self.sink("\n".join(line.rstrip() for line in text.split("\n")))
+        return renderables
+
+
+def copy_to(sink) -> tuple[RenderHook, RenderHook]:
+    """Send everything `out` and `err` print to `sink(text)` too, until `stop_copy` is called."""
+    hooks = (_PlainCopy(sink), _PlainCopy(sink))
+    out.push_render_hook(hooks[0])
+    err.push_render_hook(hooks[1])
+    return hooks
+
+
+def stop_copy(hooks: tuple[RenderHook, RenderHook]) -> None:
+    for console, hook in zip((out, err), hooks):
+        if hook in console._render_hooks:  # rich's stack: pop only our own hook (a live display may sit above)
+            console._render_hooks.remove(hook)
 
 
 def saved(path: Any, what: str = "") -> None:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from fedctl.cli.console import err, out, print_json, saved, warn
 from fedctl.cli.options import JsonOpt, OverwriteOpt
+from fedctl.utils import record  # run.log + meta.json of the folder each command writes
 
 app = typer.Typer(help="Prepare data: demo corpora, client partitions, k-means targets.", no_args_is_help=True)
 partition_app = typer.Typer(help="Split a dataset across simulated clients.", no_args_is_help=True)
@@ -82,6 +83,7 @@ def synth(
     utterances = 40 if utterances is None else utterances
     err.print(f"Synthesizing {speakers} speakers x {utterances} utterances with eSpeak NG ...")
     result = synth_corpus(out_dir, speakers=speakers, utterances=utterances, seed=seed, overwrite=overwrite)
+    record.attach(result.out)
     out.print(
         f"{result.utterances} utterances, {result.speakers} speakers, {result.seconds / 60:.1f} min of audio "
         f"({result.min_duration:.2f}-{result.max_duration:.2f} s each) in {result.elapsed:.1f} s"
@@ -101,6 +103,7 @@ def _synth_keywords(out_dir, speakers, words, unknown_words, repetitions, noise_
     result = synth_keywords(out_dir, keywords=keyword_list, unknown_words=unknown_list, speakers=speakers,
                             repetitions=repetitions, noise_seconds=60.0 if noise_seconds is None else noise_seconds,
                             seed=seed, overwrite=overwrite)
+    record.attach(result.out)
     sp, cl = result.split_speakers, result.split_clips
     out.print(
         f"{result.clips} clips of 1 s, {result.speakers} speakers (train/validation/test {sp['train']}/"
@@ -147,6 +150,7 @@ def partition_librispeech(
     result = run(roots, out_dir, clients=clients, by=by, alpha=alpha, val_fraction=val_fraction, seed=seed,
                  strict=strict, overwrite=overwrite, corpus_format=corpus_format, sizes=parsed,
                  size_unit=size_unit, val_by=val_by)
+    record.attach(result.out)
     _bad_files_warning(result.bad_files, str(Path(out_dir) / "summary.json"))
     summary = result.summary
     if json_out:
@@ -222,6 +226,7 @@ def kmeans(
         raise FedctlError(f"--features {features!r} is not valid", "use mfcc or hubert")
     result = learn_kmeans_labels(parts, out_dir, cfg, progress=lambda msg: err.print(msg, highlight=False),
                                  extractor=extractor, overwrite=overwrite)
+    record.attach(result.out)
     for message in result.warnings:
         warn(message)
     summary = result.summary
@@ -294,6 +299,7 @@ def shard_glue(
     summary = run(task, clients, mode, out_dir, seed=seed, overlap_ratio=overlap_ratio, category_key=category_key,
                   alpha=alpha, data_dir=data_dir, log=lambda msg: err.print(msg, highlight=False), overwrite=overwrite,
                   sizes=parsed)
+    record.attach(out_dir)
     if json_out:
         print_json(summary)
         return

@@ -107,7 +107,10 @@ def run(
 ) -> None:
     """Curves of a metric against round and total local steps for several runs, and their final values."""
     from fedctl.analysis.runs import analyse_runs
+    from fedctl.run.tracking import SWEEP_OWN
 
+    # `runs/study/*` also matches the sweep folder's own record and tracker store: they are not runs
+    run_dirs = [d for d in run_dirs if d.name not in SWEEP_OWN] or run_dirs
     result = analyse_runs(run_dirs, metric=metric, out=out_path)
     if as_json:
         print_json(result)

@@ -31,8 +31,33 @@ class WholeNumber(click.ParamType):
             self.fail(f"{value!r} is not a whole number", param, ctx)
         return int(number)
 
+def complete_config(incomplete: str) -> list[str]:
+    """Shell completion of --config: the shipped template names, then YAML files and folders on disk."""
+    from fedctl.utils.templates import list_templates
+
+    names = [p.stem for p in list_templates() if p.stem.startswith(incomplete)]
+    base = Path(incomplete).parent if "/" in incomplete else Path()
+    files = sorted(str(p) + ("/" if p.is_dir() else "") for p in base.glob(Path(incomplete).name + "*")
+                   if p.is_dir() or p.suffix in (".yaml", ".yml"))
+    return names + files
+
+
+def complete_strategy(incomplete: str) -> list[str]:
+    """Shell completion of --strategy: the registered strategy names."""
+    from fedctl.core.strategies import STRATEGIES
+
+    return [name for name in STRATEGIES if name.startswith(incomplete)]
+
+
+def complete_tracker(incomplete: str) -> list[str]:
+    from fedctl.run.tracking import TRACKERS
+
+    return [name for name in TRACKERS if name.startswith(incomplete)]
+
+
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="YAML config (see `templates/`); flags override it.")
+    Path | None, typer.Option("--config", "-c", help="YAML config (see `templates/`); flags override it.",
+                              autocompletion=complete_config)
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -46,7 +71,8 @@ FractionOpt = Annotated[
     float | None, typer.Option("--fraction", help="Fraction of clients sampled per round, in (0, 1].")
 ]
 StrategyOpt = Annotated[
-    str | None, typer.Option("--strategy", help="Aggregation strategy, e.g. fedavg, fedavgm, fedadam, krum.")
+    str | None, typer.Option("--strategy", help="Aggregation strategy, e.g. fedavg, fedavgm, fedadam, krum.",
+                             autocompletion=complete_strategy)
 ]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", click_type=WholeNumber(), help="Random seed (sampling, init, data order).")
@@ -60,6 +86,12 @@ OverwriteOpt = Annotated[
 WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", help="Client worker processes: 0 = auto (one per core), 1 = sequential, N."),
+]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option("--track", help="Log to an experiment tracker, offline, inside the run folder: tensorboard, wandb "
+                                 "or mlflow (repeatable; needs pip install 'fedctl[tracking]').",
+                 autocompletion=complete_tracker),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 BackendOpt = Annotated[

@@ -22,6 +22,7 @@ from fedctl.core.events import (
     RunFinished,
     RunStarted,
 )
+from fedctl.utils import record
 
 _FIXED = ("round", "clients", "train_loss")
 _TAIL = ("mb_down", "mb_up", "seconds")
@@ -136,6 +137,8 @@ class RunRenderer:
 
     def __call__(self, event: object) -> None:
         if isinstance(event, RunStarted):
+            if event.run_dir is not None:  # the run's own record (run.log, meta.json) starts here
+                record.attach(event.run_dir, scope="run")
             self.started, self.saved_round = event, event.start_round - 1
             self.total = event.rounds
             mb = event.shared_bytes / 1e6
@@ -161,12 +164,15 @@ class RunRenderer:
         elif isinstance(event, RoundFinished):
             self.rows.append(dict(event.metrics))
             self.progress = None
+            row = event.metrics
+            parts = [f"{k}={_fmt(k, row.get(k))}" for k in self.columns()[1:] if row.get(k) is not None]
+            line = f"[round {event.server_round}/{self.total}] " + " ".join(parts)
             if self.live is not None:
                 self.live.update(self.table(), refresh=True)
+                rec = record.current()
+                if rec is not None:  # the live table is redrawn in place: run.log gets the plain line
+                    rec.write(line + "\n")
             else:
-                row = event.metrics
-                parts = [f"{k}={_fmt(k, row.get(k))}" for k in self.columns()[1:] if row.get(k) is not None]
-                line = f"[round {event.server_round}/{self.total}] " + " ".join(parts)
                 (err if self.quiet else out).print(line, highlight=False, markup=False)
         elif isinstance(event, ClientFailed):
             err.print(f"[yellow]round {event.server_round}: {event.client_id} left out — {event.reason}[/]", highlight=False)

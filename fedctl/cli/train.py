@@ -24,6 +24,7 @@ from fedctl.cli.options import (
     SeedOpt,
     SetOpt,
     StrategyOpt,
+    TrackOpt,
     WholeNumber,
     WorkersOpt,
     multi_value_command,
@@ -65,7 +66,7 @@ def _run(
 
     if resume:
         given = [k for k, v in {**run_flags, **fed_flags, **task_flags}.items()
-                 if v is not None and k not in ("out", "rounds", "workers")]
+                 if v is not None and k not in ("out", "rounds", "workers", "track")]
         if given or config or sets:
             raise FedctlError(
                 "--resume takes the config from the run's config.yaml; only --rounds (and --workers) may change",
@@ -76,6 +77,10 @@ def _run(
         exp = recipe.load_run_config(Path(run_flags["out"]), fed_flags.get("rounds"))
         if run_flags.get("workers") is not None:  # where clients train never changes the results
             exp.run.workers = run_flags["workers"]
+        if run_flags.get("track"):  # nor what watches it: a resumed run may add a tracker
+            from fedctl.run import tracking
+
+            exp.run.track = tracking.check([*exp.run.track, *run_flags["track"]], "--track")
     else:
         exp = recipe.resolve(
             task_name, config,
@@ -85,8 +90,10 @@ def _run(
     if backend == "flower":
         _run_flower(exp, federation, resume=resume, as_json=as_json)
         return
-    with RunRenderer(quiet=as_json) as render:
-        outcome = recipe.train(exp, on_event=render, resume=resume)
+    from fedctl.run.tracking import Tracking, fan_out
+
+    with RunRenderer(quiet=as_json) as render, Tracking() as track:
+        outcome = recipe.train(exp, on_event=fan_out(render, track), resume=resume)
     final = recipe.final_metrics(outcome.result)
     if as_json:
         print_json({"run_dir": str(outcome.run_dir), "rounds": outcome.result.rounds_done, "final": final,
@@ -103,16 +110,18 @@ def _run_flower(exp, federation: str, *, resume: bool, as_json: bool) -> None:
 
     require_flwr()
     from fedctl.flower.backend import run_on_flower
+    from fedctl.run.tracking import Tracking
 
     rounds: list[dict[str, Any]] = []
     done: list[int] = []
-    with RunRenderer(quiet=as_json) as render:
+    with RunRenderer(quiet=as_json) as render, Tracking() as track:
         def on_event(event: object) -> None:
             if isinstance(event, RoundFinished):
                 rounds.append(event.metrics)
             elif isinstance(event, RunFinished):
                 done.append(event.rounds_done)
             render(event)
+            track(event)
 
         run_dir = run_on_flower(exp, federation, resume=resume, on_event=on_event)
     if as_json:
@@ -134,6 +143,7 @@ SHARED = (
     ("run.out", "out_dir", OutDirOpt),
     ("run.device", "device", DeviceOpt),
     ("run.workers", "workers", WorkersOpt),
+    ("run.track", "track", TrackOpt),
 )
 
 
@@ -211,6 +221,7 @@ def central(
     data: Annotated[str | None, typer.Option("--data", help="The workload's data (mamba: text; see its command).")] = None,
     full: Annotated[bool | None, typer.Option("--full/--lora", help="glue: full fine-tuning or LoRA.", show_default=False)] = None,
     save_deltas: SaveDeltasOpt = None,
+    track: TrackOpt = None,
     resume: ResumeOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -220,7 +231,8 @@ def central(
         task_flags["finetune"] = "full" if full else "lora"
     _run(
         task, config=config, sets=sets,
-        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers},
+        run_flags={"seed": seed, "out": str(out_dir) if out_dir else None, "device": device, "workers": workers,
+                   "track": track or None},
         fed_flags={"rounds": rounds},
         task_flags=task_flags,
         resume=resume, as_json=as_json, central=True, save_deltas=save_deltas,

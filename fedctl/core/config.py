@@ -144,6 +144,7 @@ class RunConfig:
     threads: int = 0  # CPU threads for torch ops (0 = torch's default, all cores); 1 is fastest for tiny models
     workers: int = 0  # client worker processes: 0 = auto (one per core the threads allow), 1 = sequential
     task: str = "mamba"  # workload: set by the command (`train mamba`, `train central --task …`)
+    track: list[str] = field(default_factory=list)  # experiment trackers, offline: tensorboard, wandb, mlflow (pip install 'fedctl[tracking]')
 
 
 @dataclass

@@ -524,6 +524,7 @@ class Run:
             self.history.append(fit)
             row = {k: v for k, v in fit.items() if k != "type"}
             best: dict[str, Any] | None = None  # this round's global eval, when it is the best so far
+            evals: list[dict[str, Any]] = []
             broken: list[str] = []  # this round's non-finite global metrics
             if server_round % self.fed.eval_every == 0 or server_round == total:
                 t0 = time.perf_counter()
@@ -538,7 +539,7 @@ class Run:
                 self.checkpoint(server_round)
             if best is not None:  # after the round checkpoint: a failed best.pt write leaves that one on disk
                 self.save_best(server_round, best)
-            self.emit(RoundFinished(server_round, row))
+            self.emit(RoundFinished(server_round, row, [fit, *evals]))
             if broken:  # a model that no longer evaluates is no result: stop loudly, with its state saved
                 raise FedctlError(
                     f"round {server_round}: the global evaluation is not finite ({', '.join(broken)}); stopped"

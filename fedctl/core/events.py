@@ -42,6 +42,7 @@ class ClientProgress:
 class RoundFinished:
     server_round: int
     metrics: dict[str, Any]  # clients, train_loss, val_loss, val_ppl, mb_down, mb_up, seconds, ...
+    records: list[dict[str, Any]] = field(default_factory=list)  # the round's metrics.jsonl records (fit, evals)
 
 
 @dataclass

@@ -389,7 +389,7 @@ def _dotted(config: Any, key: str) -> Any:
 def check_resume(saved: dict[str, Any], current: dict[str, Any], checkpoint: Path, checkpoint_round: int) -> None:
     """Refuse to resume unless `current` equals the checkpoint's resolved config except for a round count that
     leaves rounds to train (RunConfig keys that only choose where/how fast it runs may change)."""
-    volatile = {"run.out", "run.threads", "run.workers", "run.device", "federation.rounds"}
+    volatile = {"run.out", "run.threads", "run.workers", "run.device", "run.track", "federation.rounds"}
     changed = [k for k in config_changes(saved, current) if k not in volatile]
     if changed:
         raise FedctlError(

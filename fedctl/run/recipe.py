@@ -129,6 +129,9 @@ def validate(exp: Experiment) -> None:
     if f.dp:
         check_strategy(strategy, dp_config(dict(f.dp)))  # before any data is read: DP refuses what it cannot account
     resolve_device(exp.run.device)
+    from fedctl.run import tracking
+
+    exp.run.track = tracking.check(exp.run.track)  # known names, packages installed: before anything trains
 
 
 def resolve_device(name: str) -> torch.device:

@@ -53,7 +53,7 @@ def plan_sweep(config: str | Path, seeds: list[int], grid: list[str], out: str |
     data = load_yaml(path)
     task = str(((data.get("run") or {}).get("task")) or "mamba")
     stem = Path(path).stem
-    root = Path(out) if out is not None else Path("runs") / f"sweep-{stem}"
+    root = sweep_root(path, out)
     axes = parse_grid(grid)
     runs = []
     for values in itertools.product(*[vals for _, vals in axes]) if axes else [()]:
@@ -73,14 +73,25 @@ def finished(run_dir: Path, rounds: int) -> bool:
     return bool(ckpts) and int(ckpts[-1].stem.split("_")[1]) >= rounds
 
 
+def sweep_root(config: str | Path, out: str | Path | None = None) -> Path:
+    """The sweep's folder: `out`, or runs/sweep-<template>."""
+    return Path(out) if out is not None else Path("runs") / f"sweep-{Path(resolve_template(config)).stem}"
+
+
 def run_sweep(config: str | Path, seeds: list[int], grid: list[str], out: str | Path | None = None,
-              sets: list[str] | None = None, on_event: EventSink | None = None) -> list[SweepRun]:
-    """Train every combination one after another (see the module docstring); returns them with their status."""
-    from fedctl.run import recipe
+              sets: list[str] | None = None, on_event: EventSink | None = None,
+              track: list[str] | None = None) -> list[SweepRun]:
+    """Train every combination one after another (see the module docstring); returns them with their status.
+    `track`: trackers for every run, besides those the template names (run.track)."""
+    from fedctl.run import recipe, tracking
+    from fedctl.utils import record
 
     emit = on_event or (lambda e: None)
     task, runs = plan_sweep(config, seeds, grid, out, sets)
     exps = [recipe.resolve(task, config, sets=r.sets) for r in runs]  # every combination checked before training
+    for exp in exps:
+        exp.run.track = tracking.check([*exp.run.track, *(track or [])], "--track")
+    record.attach(sweep_root(config, out))  # the sweep's own run.log and meta.json, beside its runs
     for i, (r, exp) in enumerate(zip(runs, exps), 1):
         if finished(r.run_dir, exp.federation.rounds):
             r.status = "skipped"

@@ -43,7 +43,8 @@ def test_sweep_runs_every_combination_skips_finished_and_inspect_groups_seeds(li
     again = json.loads(cli(*args).stdout)
     assert {r["status"] for r in again} == {"skipped"}
 
-    dirs = sorted(out.iterdir())
+    assert {p.name for p in out.iterdir() if p.is_file()} == {"run.log", "meta.json"}  # the sweep's own record
+    dirs = sorted(p for p in out.iterdir() if p.is_dir())
     res = cli("inspect", "run", *dirs, "--metric", "val_loss", "--json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
@@ -57,7 +58,7 @@ def test_sweep_runs_every_combination_skips_finished_and_inspect_groups_seeds(li
     saved = json.loads((out / dirs[0].name / "plots" / "runs_val_loss.json").read_text())
     assert saved["groups"] == groups  # the JSON beside the PNG holds exactly the plotted numbers
     assert (out / dirs[0].name / "plots" / "runs_val_loss.png").is_file()
-    res = cli("inspect", "run", *dirs, "--metric", "val_loss")
+    res = cli("inspect", "run", *sorted(out.iterdir()), "--metric", "val_loss")  # `inspect run study/*` as documented
     assert "mean ± std" in res.stdout and "(n=3)" in res.stdout
 
 
