@@ -10,7 +10,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$PY" -m venv "$tmp/venv"
 "$tmp/venv/bin/python" -m pip install -q --upgrade pip
 "$tmp/venv/bin/python" -m pip install -q "torch==2.13.0"
-"$tmp/venv/bin/python" -m pip install -q ".[dev,flower]"
+"$tmp/venv/bin/python" -m pip install -q ".[dev,flower,tracking]"
 {
   echo "# The environment the test suite passed with: exact versions, installed by scripts/setup.sh as constraints."
   echo "# Made by scripts/lock.sh on $(date -u +%Y-%m-%d) with $("$tmp/venv/bin/python" --version); do not edit by hand."

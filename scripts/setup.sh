@@ -8,7 +8,7 @@ PY=${PYTHON:-python3}
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -c requirements-lock.txt -e ".[dev,flower]"
+python -m pip install -q -c requirements-lock.txt -e ".[dev,flower,tracking]"
 # Test-only: flwr-datasets' partitioners are the reference the quantity-skew tests compare against. Every release
 # pins datasets<5 while the lock has 5.2.0; the partitioners run unchanged on it, so install without its pins.
 python -m pip install -q --no-deps "flwr-datasets==0.6.1" "seaborn==0.13.2"
