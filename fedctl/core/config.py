@@ -152,7 +152,7 @@ class FederationConfig:
     clients: int = 4  # clients the training data is split across
     fraction: float = 1.0  # fraction of clients sampled each round, in (0, 1]
     min_fit_clients: int = 1  # fewest clients sampled, and fewest successful updates for a round to count
-    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum fedentropy fedfisher
+    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum bulyan qfedavg fedentropy fedfisher
     strategy_args: dict = field(default_factory=dict)  # options of the strategy, Flower's names (e.g. server_momentum)
     eval_every: int = 1  # evaluate the global model every N rounds (and after the last)
     eval_clients: bool = False  # also evaluate on each client's data (slower)

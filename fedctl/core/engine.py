@@ -357,13 +357,16 @@ class Run:
                 examples += update.num_examples
         fit_seconds = time.perf_counter() - t0  # the training phase, for throughput
 
-        if aggregator.count < self.fed.min_fit_clients:
+        need = max(self.fed.min_fit_clients, aggregator.min_count)  # a robust rule may need more (Bulyan: 4f + 3)
+        if aggregator.count < need:
             saved = self.checkpoint(server_round - 1) if server_round > 1 else None
             then = ("then continue with --resume" if saved is not None
                     else "then start the run again (round 1 failed, so nothing was saved to resume)")
             raise FedctlError(
                 f"round {server_round}: only {aggregator.count} of {len(sampled)} clients returned usable updates "
-                f"(min_fit_clients = {self.fed.min_fit_clients}); failed: {', '.join(failed)}",
+                f"(min_fit_clients = {self.fed.min_fit_clients}"
+                + (f", {self.strategy.name} needs {aggregator.min_count}" if aggregator.min_count > 1 else "")
+                + f"); failed: {', '.join(failed)}",
                 f"fix the failing clients (see the messages above) or lower federation.min_fit_clients, {then}",
             )
         old = self.global_state

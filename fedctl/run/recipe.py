@@ -125,6 +125,7 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
                           "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     strategy = build_strategy(f.strategy, f.strategy_args)  # checks name and options
+    strategy.check_clients(min(f.clients, max(int(f.fraction * f.clients), f.min_fit_clients)))  # Bulyan: 4f + 3
     check_fields(f, "federation")  # the field checks (prune, …) also for a config built in code
     if f.dp:
         check_strategy(strategy, dp_config(dict(f.dp)))  # before any data is read: DP refuses what it cannot account

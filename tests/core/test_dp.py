@@ -23,6 +23,7 @@ from tests.core.toy_classifier import ToyClassifier
 FED = dict(rounds=3, clients=4, fraction=1.0, min_fit_clients=1)
 MEAN_STRATEGIES = {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox"}
 STATS_STRATEGIES = {"fedentropy", "fedfisher"}
+CLIENT_METRICS_STRATEGIES = {"qfedavg"}  # weigh clients by a loss they report: refused in client mode too
 
 
 def train(strategy, task=None, **fed):
@@ -96,20 +97,22 @@ def test_inner_server_step_only_post_processes_the_privatised_mean():
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 @pytest.mark.parametrize("mode", ["server", "client"])
 def test_every_strategy_is_accepted_with_the_accountants_epsilon_or_refused_by_name(name, mode):
-    accepted = name in MEAN_STRATEGIES if mode == "server" else name not in STATS_STRATEGIES
+    accepted = name in MEAN_STRATEGIES if mode == "server" else name not in STATS_STRATEGIES | CLIENT_METRICS_STRATEGIES
     options = dict(mode=mode, noise_multiplier=1.1, clipping_norm=0.5, delta=1e-5)
     if not accepted:
         with pytest.raises(FedctlError, match=f"federation.dp \\(mode: {mode}\\) cannot wrap strategy {name}: ") as exc:
             dp(build_strategy(name), **options)
-        reason = STRATEGIES[name].aggregation_rule if mode == "server" else "statistics of their data"
+        reason = (STRATEGIES[name].aggregation_rule if mode == "server"
+                  else STRATEGIES[name].client_metrics_rule or "statistics of their data")
         assert reason in exc.value.message and "no guarantee" in exc.value.message
         assert "fedavg" in exc.value.hint
         return
     task = ToyClassifier(num_clients=4, steps=2) if name == "krum" else LinearTask(steps=2)
-    res = train(dp(build_strategy(name), {"fraction": 0.5, "min_fit_clients": 2}, **options), task,
-                fraction=0.5, min_fit_clients=2)
+    per_round = 3 if name == "bulyan" else 2  # Bulyan needs 4f + 3 = 3 clients with f = 0
+    sampling = {"fraction": 0.5, "min_fit_clients": per_round}
+    res = train(dp(build_strategy(name), sampling, **options), task, **sampling)
     fits = [r for r in res.history if r["type"] == "fit"]
-    assert [r["round"] for r in fits] == [1, 2, 3] and all(r["clients"] == 2 for r in fits)
+    assert [r["round"] for r in fits] == [1, 2, 3] and all(r["clients"] == per_round for r in fits)
     z = 1.1 if mode == "server" else 1.1 / 2  # client mode: one client's release has sensitivity 2C
     for r in fits:
         assert r["dp_epsilon"] == pytest.approx(opacus_epsilon(z, r["round"]), rel=1e-12)

@@ -38,6 +38,9 @@ class Aggregator(ABC):
     """
 
     weighted_mean: ClassVar[bool] = False
+    # Fewest updates this aggregator can reduce (Bulyan: 4f + 3); the engine fails a round with fewer, like
+    # one below federation.min_fit_clients.
+    min_count: int = 1
 
     @property
     @abstractmethod
@@ -108,6 +111,9 @@ class Strategy:
     # What a strategy whose round is not "a mean of the client states, then step() on it" does instead (a wrapper
     # that replaces the mean, like DP, cannot serve it): "takes the coordinate-wise median of ...".
     aggregation_rule: ClassVar[str | None] = None
+    # What a strategy that steers the aggregate by metrics its clients report (q-FedAvg: their losses) does with
+    # them: local DP noises the updates only, so it cannot serve such a strategy either.
+    client_metrics_rule: ClassVar[str | None] = None
 
     def not_a_mean(self) -> str | None:
         """None when a round is a (weighted) mean of the client states followed by `step()` on that mean alone, so
@@ -123,6 +129,10 @@ class Strategy:
     def check_model(self, model, shared_keys: list[str]) -> None:
         """Called once by the engine with the model and the tensors that travel; refuse what this strategy cannot
         serve (FedctlError). Default: nothing to check."""
+
+    def check_clients(self, num_sampled: int) -> None:
+        """Called before the run with the number of clients sampled per round; refuse (FedctlError) a count this
+        strategy cannot aggregate (Bulyan: fewer than 4f + 3). Default: nothing to check."""
 
     def configure_fit(self, server_round: int) -> ClientInstructions:
         """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""

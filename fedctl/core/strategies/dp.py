@@ -130,6 +130,11 @@ def check_strategy(strategy: Strategy, cfg: DPConfig) -> None:
                 "accountant's ε (Gaussian noise on the uniform mean of clipped updates) would be no guarantee",
                 f"use one of {SERVER_MODE_STRATEGIES} with federation.dp, or --set federation.dp.mode=client "
                 "(each client noises its own update; every strategy that asks no client statistics)")
+    elif strategy.client_metrics_rule is not None:
+        raise FedctlError(
+            f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: it {strategy.client_metrics_rule}, "
+            "so the accountant's ε would be no guarantee",
+            "use another strategy with federation.dp (e.g. fedavg, fedadam, fedmedian, krum, bulyan in mode: client)")
     elif strategy.configure_fit(1).wants_stats:
         raise FedctlError(
             f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: its clients report statistics "
@@ -247,6 +252,10 @@ class _LocalNoised(Aggregator):
     @property
     def count(self) -> int:
         return self.inner.count
+
+    @property
+    def min_count(self) -> int:  # type: ignore[override]
+        return self.inner.min_count
 
     def add(self, update: ClientUpdate) -> None:
         state = {k: v if v.is_floating_point() else self.global_state[k] for k, v in update.state.items()}

@@ -120,6 +120,7 @@ class LoraSpaceStrategy(Strategy):
         self.inner, self.merge, self.svd_rank, self.scale = inner, merge, svd_rank, scale
         self.seed = seed
         self.name = inner.name
+        self.client_metrics_rule = inner.client_metrics_rule  # DP (mode: client) refuses what the inner one reads
 
     def configure_fit(self, server_round: int) -> ClientInstructions:
         return self.inner.configure_fit(server_round)
@@ -131,6 +132,9 @@ class LoraSpaceStrategy(Strategy):
 
     def check_model(self, model, shared_keys: list[str]) -> None:
         self.inner.check_model(model, shared_keys)
+
+    def check_clients(self, num_sampled: int) -> None:
+        self.inner.check_clients(num_sampled)
 
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         aggregator = self.inner.begin(server_round, global_state, workspace)
