@@ -262,3 +262,29 @@ class QfflSum:
             else:
                 out[name] = self.first[name]
         return out
+
+
+def aggregate_metrics(rows: list[dict[str, float]], num_examples: list[int] | None, how: str) -> dict[str, float]:
+    """One value per metric from the clients' evaluation rows (the keys every row has with a number):
+    `weighted` Σ n_i·v_i / Σ n_i (Flower's weighted_loss_avg / aggregate_metricrecords; n_i = num_examples),
+    `mean` the plain mean, `median` numpy's median. A NaN in a row makes the aggregate NaN: it is not hidden."""
+    if not rows:
+        return {}
+    if how not in ("weighted", "mean", "median"):
+        raise ValueError(f"unknown aggregation {how!r}")
+    if how == "weighted" and (num_examples is None or len(num_examples) != len(rows) or sum(num_examples) <= 0):
+        raise ValueError("weighted aggregation needs a positive num_examples per row")
+    keys = [k for k, v in rows[0].items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and all(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)]
+    out: dict[str, float] = {}
+    for key in keys:
+        values = np.array([float(r[key]) for r in rows], dtype=np.float64)
+        if how == "weighted":
+            weights = np.array(num_examples, dtype=np.float64)
+            out[key] = float((weights * values).sum() / weights.sum())
+        elif how == "mean":
+            out[key] = float(values.mean())
+        else:
+            out[key] = float(np.median(values))
+    return out

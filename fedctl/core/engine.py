@@ -26,7 +26,7 @@ from torch import nn
 
 from fedctl.core import checkpoint as ckpt_io
 from fedctl.core import client_stats, local
-from fedctl.core.aggregate import State, all_finite, state_nbytes
+from fedctl.core.aggregate import State, aggregate_metrics, all_finite, state_nbytes
 from fedctl.core.config import FederationConfig
 from fedctl.core.events import (
     CheckpointSaved,
@@ -61,13 +61,23 @@ class RunResult:
         return None
 
 
-def sample_clients(num_clients: int, fraction: float, min_fit_clients: int, seed: int, server_round: int) -> list[int]:
-    """Indices of the clients that train in `server_round`, sorted; Flower's count rule:
-    max(int(fraction · K), min_fit_clients). Seeded per round, so a resumed run samples the same."""
-    n = min(num_clients, max(int(fraction * num_clients), min_fit_clients))
+FIT_STREAM, EVALUATE_STREAM = 999_983, 999_979  # seed salts: evaluation samples independently of training
+
+
+def sample_size(num_clients: int, fraction: float, min_clients: int) -> int:
+    """Flower's count rule: max(int(fraction · K), min_clients), at most K."""
+    return min(num_clients, max(int(fraction * num_clients), min_clients))
+
+
+def sample_clients(num_clients: int, fraction: float, min_fit_clients: int, seed: int, server_round: int,
+                   stream: int = FIT_STREAM) -> list[int]:
+    """Indices of the clients that train (or, with `stream=EVALUATE_STREAM`, are evaluated) in `server_round`,
+    sorted; `sample_size` of them. Seeded per round and stream, so a resumed run samples the same and the
+    evaluation sample is drawn independently of the training sample."""
+    n = sample_size(num_clients, fraction, min_fit_clients)
     if n >= num_clients:
         return list(range(num_clients))
-    gen = torch.Generator().manual_seed(client_seed(seed, server_round, 999_983))
+    gen = torch.Generator().manual_seed(client_seed(seed, server_round, stream))
     return sorted(torch.randperm(num_clients, generator=gen)[:n].tolist())
 
 
@@ -392,6 +402,7 @@ class Run:
             "round": server_round,
             "clients": aggregator.count,
             "sampled": len(sampled),
+            "fit_clients": [self.client_ids[i] for i in sampled],
             "failed": failed,
             "train_loss": loss_sum / examples if examples else None,
             "num_examples": examples,
@@ -403,14 +414,29 @@ class Run:
         }
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:
+        """The global evaluation first; with `eval_clients`, then one row per sampled client (`scope: client`,
+        with its `num_examples` for the weighted aggregate) and their aggregate (`scope: clients`, with the
+        sampled `evaluate_clients` and the `aggregation` used). Sampling: `fraction_evaluate` and
+        `min_evaluate_clients`, seeded per round independently of the training sample."""
         self.load_global()
         records = [{"type": "eval", "round": server_round, "scope": "global", **self.task.evaluate(self.model)}]
         if self.fed.eval_clients:
-            for cid in self.client_ids:
-                records.append(
-                    {"type": "eval", "round": server_round, "scope": "client", "client_id": cid,
-                     **self.task.evaluate(self.model, cid)}
-                )
+            how = self.fed.evaluate_aggregation
+            sampled = [self.client_ids[i] for i in sample_clients(
+                len(self.client_ids), self.fed.fraction_evaluate, self.fed.min_evaluate_clients, self.seed,
+                server_round, EVALUATE_STREAM)]
+            rows, counts = [], []
+            for cid in sampled:
+                metrics = self.task.evaluate(self.model, cid)
+                row = {"type": "eval", "round": server_round, "scope": "client", "client_id": cid, **metrics}
+                if how == "weighted":
+                    counts.append(int(self.task.eval_examples(cid)))
+                    row["num_examples"] = counts[-1]
+                records.append(row)
+                rows.append(metrics)
+            records.append({"type": "eval", "round": server_round, "scope": "clients", "aggregation": how,
+                            "evaluate_clients": sampled, **({"num_examples": sum(counts)} if counts else {}),
+                            **aggregate_metrics(rows, counts or None, how)})
         return records
 
     def run(self, resume: bool) -> RunResult:
@@ -422,6 +448,8 @@ class Run:
         total = self.fed.rounds
         if self.strategy.configure_fit(start).wants_stats:
             client_stats.require_client_stats(self.task, self.strategy.name)
+        if self.fed.eval_clients and self.fed.evaluate_aggregation == "weighted":
+            self.task.eval_examples(self.client_ids[0])  # a task that cannot count them is refused before training
         self.emit(
             RunStarted(
                 task=self.task.name, strategy=self.strategy.name, rounds=total, start_round=start,
@@ -442,6 +470,10 @@ class Run:
                 broken = non_finite_metrics(evals[0])
                 self.history.extend(evals)
                 row.update({k: v for k, v in evals[0].items() if k not in ("type", "scope", "round")})
+                for rec in evals[1:]:  # the aggregate of the sampled clients' evaluations, beside the global one
+                    if rec["scope"] == "clients":
+                        row.update({f"clients_{k}": v for k, v in rec.items()
+                                    if isinstance(v, float) and k != "num_examples"})
                 row["seconds"] += time.perf_counter() - t0
             self.write_metrics()
             if server_round % self.fed.checkpoint_every == 0 or server_round == total or broken:

@@ -160,6 +160,12 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """Metrics on the global validation set, or on one client's held-out data."""
 
+    def eval_examples(self, client_id: str) -> int:
+        """How many examples `evaluate(model, client_id)` scores: the client's weight in the example-weighted
+        aggregate of client evaluations (`federation.evaluate_aggregation: weighted`, Flower's num_examples)."""
+        raise FedctlError(f"task '{self.name}' does not say how many examples its client evaluation scores",
+                          "--set federation.evaluate_aggregation=mean (or median)")
+
     # -- optional capabilities ------------------------------------------------------------------
     # Client statistics for FedEntropy / FedFisher (see fedctl.core.client_stats).
     def supports_client_stats(self) -> bool:

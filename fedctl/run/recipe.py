@@ -22,7 +22,7 @@ from fedctl.core.config import (
     parse_set,
     to_dict,
 )
-from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
+from fedctl.core.engine import EventSink, Executor, RunResult, run_federated, sample_size
 from fedctl.core.events import Message
 from fedctl.core.rundir import RunDir, check_resume
 from fedctl.core.strategies import build_strategy
@@ -104,6 +104,11 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.rounds = {f.rounds} must be at least 1", "use e.g. --rounds 10")
     if f.clients < 1:
         raise FedctlError(f"federation.clients = {f.clients} must be at least 1", "use e.g. --clients 4")
+    if not (1 <= f.min_evaluate_clients <= f.clients):
+        raise FedctlError(
+            f"federation.min_evaluate_clients = {f.min_evaluate_clients} must be between 1 and clients ({f.clients})",
+            "lower --set federation.min_evaluate_clients or raise --clients",
+        )
     if not (1 <= f.min_fit_clients <= f.clients):
         raise FedctlError(
             f"federation.min_fit_clients = {f.min_fit_clients} must be between 1 and clients ({f.clients})",
@@ -125,7 +130,7 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
                           "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     strategy = build_strategy(f.strategy, f.strategy_args)  # checks name and options
-    strategy.check_clients(min(f.clients, max(int(f.fraction * f.clients), f.min_fit_clients)))  # Bulyan: 4f + 3
+    strategy.check_clients(sample_size(f.clients, f.fraction, f.min_fit_clients))  # e.g. Bulyan: 4f + 3
     check_fields(f, "federation")  # the field checks (prune, …) also for a config built in code
     if f.dp:
         check_strategy(strategy, dp_config(dict(f.dp)))  # before any data is read: DP refuses what it cannot account

@@ -65,6 +65,9 @@ class LinearTask(Task):
                 loss = nn.functional.mse_loss(model(self.x[k]), self.y[k]).item()
         return {"val_loss": loss}
 
+    def eval_examples(self, client_id):
+        return self.x[self._k(client_id)].shape[0]
+
 
 def build_linear_task(device=None):
     """A default LinearTask (a picklable task factory for spawned parallel workers)."""

@@ -344,14 +344,19 @@ class GlueTask(Task):
             model.train(was_training)
         return torch.cat(logits), loss / len(rows)
 
+    def client_eval_rows(self, client_id: str) -> torch.Tensor:
+        """The rows of the training split a client is evaluated on (its shard, capped by max_eval_examples)."""
+        rows = self.shard(client_id)
+        return rows[: self.cfg.max_eval_examples] if self.cfg.max_eval_examples > 0 else rows
+
+    def eval_examples(self, client_id: str) -> int:
+        return len(self.client_eval_rows(client_id))
+
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """The task's official metrics as val_<metric> plus val_loss: on the validation split (MNLI: matched, and
         mismatched as val_mismatched_<metric>), or with a client id on that client's shard (fit to local data)."""
         if client_id is not None:
-            rows = self.shard(client_id)
-            if self.cfg.max_eval_examples > 0:
-                rows = rows[: self.cfg.max_eval_examples]
-            targets = {"val": (self.train, rows)}
+            targets = {"val": (self.train, self.client_eval_rows(client_id))}
         else:
             targets = {("val" if i == 0 else "val_mismatched"): (self.val[s], torch.arange(len(self.val[s])))
                        for i, s in enumerate(self.spec.val_splits)}
