@@ -207,6 +207,7 @@ class Run:
         self.emit: EventSink = on_event or (lambda event: None)
         self.executor: Executor = executor or local_executor
         self.history: list[dict[str, Any]] = []
+        self.personal: list[tuple[str, dict[str, float]]] = []
         self.optimizer_states: dict[str, Any] = {}
 
         self.client_ids = list(task.client_ids())
@@ -331,10 +332,13 @@ class Run:
         instructions = self.strategy.configure_fit(server_round)
         if self.fed.prune > 0:  # the run's setting, not the strategy's: it travels with every client's instructions
             instructions = dataclasses.replace(instructions, prune=self.fed.prune)
+        if self.fed.eval_clients and self.evaluates(server_round):  # personalised evaluation, where a task has one
+            instructions = dataclasses.replace(instructions, evaluate_personal=True)
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
         trained: list[dict[str, float]] = []  # each aggregated client's metrics, for the resource record
+        self.personal = []  # (client, its own trained model's evaluation): see Task.client_trained
         for outcome in self.executor(self, server_round, sampled, instructions):
             cid = outcome.client_id
             if outcome.failure is not None:
@@ -358,6 +362,9 @@ class Run:
                                         {"round": server_round, "entity": "client", "client_id": cid})
             aggregator.add(update)
             trained.append(dict(update.metrics))
+            personal = {k.removeprefix("personal_"): v for k, v in update.metrics.items() if k.startswith("personal_")}
+            if personal:
+                self.personal.append((cid, personal))
             local_steps += int(update.metrics.get("steps", 0))
             if self.fed.keep_optimizer_state and outcome.optimizer_state is not None:
                 self.optimizer_states[cid] = outcome.optimizer_state
@@ -439,6 +446,27 @@ class Run:
                             **aggregate_metrics(rows, counts or None, how)})
         return records
 
+    def evaluates(self, server_round: int) -> bool:
+        """Whether `server_round` ends with an evaluation (every eval_every rounds, and the last)."""
+        return server_round % self.fed.eval_every == 0 or server_round == self.fed.rounds
+
+    def personal_records(self, server_round: int) -> list[dict[str, Any]]:
+        """This round's trained clients' own models on their own held-out data (`scope: personal`, one row each,
+        `num_examples` included when the client reported it) and their aggregate (`scope: personals`)."""
+        if not self.personal:
+            return []
+        how = self.fed.evaluate_aggregation
+        rows = [{"type": "eval", "round": server_round, "scope": "personal", "client_id": cid, **m}
+                for cid, m in self.personal]
+        metrics = [{k: v for k, v in m.items() if k != "num_examples"} for _, m in self.personal]
+        counts = [int(m.get("num_examples", 0)) for _, m in self.personal]
+        weighted = how == "weighted" and all(n > 0 for n in counts)
+        how = how if how != "weighted" or weighted else "mean"  # a client that did not count its examples
+        return [*rows, {"type": "eval", "round": server_round, "scope": "personals", "aggregation": how,
+                        "evaluate_clients": [cid for cid, _ in self.personal],
+                        **({"num_examples": sum(counts)} if weighted else {}),
+                        **aggregate_metrics(metrics, counts if weighted else None, how)}]
+
     def run(self, resume: bool) -> RunResult:
         start = 1
         if resume:
@@ -461,9 +489,13 @@ class Run:
             fit = self.fit_round(server_round)
             self.history.append(fit)
             row = {k: v for k, v in fit.items() if k != "type"}
+            personal = self.personal_records(server_round)
+            self.history.extend(personal)
+            row.update({f"personal_{k}": v for k, v in (personal[-1] if personal else {}).items()
+                        if isinstance(v, float) and k != "num_examples"})
             best: dict[str, Any] | None = None  # this round's global eval, when it is the best so far
             broken: list[str] = []  # this round's non-finite global metrics
-            if server_round % self.fed.eval_every == 0 or server_round == total:
+            if self.evaluates(server_round):
                 t0 = time.perf_counter()
                 evals = self.evaluate(server_round)
                 best = evals[0] if self.improves_best(evals[0]) else None

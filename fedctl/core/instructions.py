@@ -33,6 +33,7 @@ class ClientInstructions:
     prune: float = 0.0  # federation.prune: zero this fraction of each shared tensor's update, smallest |Δ| first
     dp_clipping_norm: float | None = None  # federation.dp mode client: clip the update to this L2 norm, then
     dp_noise_std: float = 0.0  # add N(0, dp_noise_std²) to every entry, before the update leaves the client
+    evaluate_personal: bool = False  # federation.eval_clients on an evaluation round: report Task.personal_evaluate
 
     @property
     def wants_stats(self) -> bool:
@@ -52,4 +53,5 @@ class ClientInstructions:
             prune=float(data.get("prune", 0.0)),
             dp_clipping_norm=None if data.get("dp_clipping_norm") is None else float(data["dp_clipping_norm"]),
             dp_noise_std=float(data.get("dp_noise_std", 0.0)),
+            evaluate_personal=bool(data.get("evaluate_personal", False)),
         )

@@ -181,6 +181,9 @@ def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig
         params = model.state_dict()
         start = {k: params[k].detach().clone() for k in (params if keys is None else keys)}
     result = fit(task, model, client_id, cfg)
+    if ins.evaluate_personal:  # this client's own trained model, before pruning and noise change what it shares
+        personal = task.personal_evaluate(model, client_id) or {}
+        result.metrics.update({f"personal_{k}": float(v) for k, v in personal.items()})
     if start is not None:
         params = model.state_dict()
         shared = {k: params[k] for k in start}

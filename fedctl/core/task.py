@@ -199,6 +199,13 @@ class Task(ABC):
         """Called after a client's local training, before its update is taken (e.g. to save its adapter)."""
         return None
 
+    def personal_evaluate(self, model: nn.Module, client_id: str) -> dict[str, float] | None:
+        """The client's own locally trained model on its own held-out data (personalised evaluation, asked for with
+        `federation.eval_clients`), with `num_examples`; None: the workload has no personal model to evaluate
+        (its clients' models are the global one plus one round of drift). Runs on the client, before pruning or
+        DP noise touch the update."""
+        return None
+
     def round_end(self, server_round: int, global_state: dict[str, torch.Tensor]) -> None:
         """Called with the new global state after each round's server step (e.g. to save the fused adapter)."""
         return None

@@ -31,7 +31,7 @@ class RecordingTask(LinearTask):
 def _run(tmp_path, **fed):
     task = RecordingTask(num_clients=6, steps=2)
     cfg = FederationConfig(**{"rounds": 3, "clients": 6, "fraction": 0.5, "eval_clients": True, **fed})
-    result = run_federated(task, build_strategy("fedavg"), cfg, seed=3, run_dir=tmp_path)
+    run_federated(task, build_strategy("fedavg"), cfg, seed=3, run_dir=tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     return task, rows
 
@@ -102,3 +102,46 @@ def test_round_row_carries_the_clients_aggregate():
     row = next(e for e in events if isinstance(e, RoundFinished)).metrics
     agg = next(r for r in res.history if r.get("scope") == "clients")
     assert row["clients_val_loss"] == agg["val_loss"]
+
+
+class PersonalTask(LinearTask):
+    """A client's own trained model evaluated on its own data (what glue does with each client's adapter)."""
+
+    def personal_evaluate(self, model, client_id):
+        return {**self.evaluate(model, client_id), "num_examples": self.eval_examples(client_id)}
+
+
+def test_personal_evaluation_is_each_trained_clients_own_model_on_eval_rounds_only():
+    from fedctl.core import local
+    from fedctl.core.engine import prepare_client
+    from fedctl.core.instructions import ClientInstructions
+
+    cfg = FederationConfig(rounds=3, clients=4, fraction=0.5, eval_every=2, eval_clients=True)
+    res = run_federated(PersonalTask(num_clients=4, steps=2), build_strategy("fedavg"), cfg, seed=1)
+    rows = [r for r in res.history if r.get("scope") in ("personal", "personals")]
+    fits = {r["round"]: r["fit_clients"] for r in res.history if r["type"] == "fit"}
+    assert sorted({r["round"] for r in rows}) == [2, 3]  # eval_every 2, and the last round
+    for rnd in (2, 3):
+        personal = [r for r in rows if r["round"] == rnd and r["scope"] == "personal"]
+        agg = next(r for r in rows if r["round"] == rnd and r["scope"] == "personals")
+        assert [r["client_id"] for r in personal] == fits[rnd] == agg["evaluate_clients"]
+        n = [r["num_examples"] for r in personal]
+        assert agg["val_loss"] == pytest.approx(sum(a * r["val_loss"] for a, r in zip(n, personal)) / sum(n), rel=1e-12)
+    # replay round 3's first client by hand: the global model after round 2, trained locally, evaluated on its data
+    replay_task = PersonalTask(num_clients=4, steps=2)
+    first = run_federated(replay_task, build_strategy("fedavg"),
+                          FederationConfig(rounds=2, clients=4, fraction=0.5, eval_every=2), seed=1)
+    model = first.model
+    index = int(fits[3][0].split("_")[1])
+    global_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ccfg = prepare_client(1, 3, index, ClientInstructions(evaluate_personal=True), global_state)
+    result = local.train_client(replay_task, model, fits[3][0], ccfg, list(global_state))
+    personal = next(r for r in rows if r["round"] == 3 and r["scope"] == "personal")
+    assert result.metrics["personal_val_loss"] == personal["val_loss"]
+    assert personal["val_loss"] == replay_task.evaluate(model, fits[3][0])["val_loss"]
+
+
+def test_no_personal_rows_for_a_task_without_a_personal_model():
+    cfg = FederationConfig(rounds=1, clients=2, eval_clients=True)
+    res = run_federated(LinearTask(num_clients=2, steps=1), build_strategy("fedavg"), cfg, seed=0)
+    assert not [r for r in res.history if r.get("scope") in ("personal", "personals")]
