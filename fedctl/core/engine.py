@@ -338,7 +338,7 @@ class Run:
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
         trained: list[dict[str, float]] = []  # each aggregated client's metrics, for the resource record
-        self.personal = []  # (client, its own trained model's evaluation): see Task.client_trained
+        self.personal = []  # (client, its own trained model's evaluation): see Task.personal_evaluate
         for outcome in self.executor(self, server_round, sampled, instructions):
             cid = outcome.client_id
             if outcome.failure is not None:

@@ -93,7 +93,17 @@ def resolve(
         if exp.run.name == task_name:
             exp.run.name = f"{task_name}-central"
     validate(exp)
+    pin_changed_defaults(exp, new_run=True)
     return exp
+
+
+def pin_changed_defaults(exp: Experiment, *, new_run: bool) -> None:
+    """Write into the config the strategy options whose default changed, so a run keeps the value it started with:
+    FedAvgM's server_momentum became 0.9 (it was 0.0, Flower's). A new run records 0.9; a run whose config has no
+    server_momentum was started before the change, so it resumes with 0.0, as it trained."""
+    f = exp.federation
+    if build_strategy(f.strategy, f.strategy_args).name == "fedavgm" and "server_momentum" not in f.strategy_args:
+        f.strategy_args = {**f.strategy_args, "server_momentum": 0.9 if new_run else 0.0}
 
 
 def validate(exp: Experiment) -> None:
@@ -170,6 +180,7 @@ def load_run_config(run_dir: Path, rounds: int | None = None) -> Experiment:
         exp.federation.rounds = rounds
     exp.run.out = str(run_dir)
     validate(exp)
+    pin_changed_defaults(exp, new_run=False)
     if run.has_checkpoints():
         path, ckpt = run.load_checkpoint()
         check_resume(ckpt["config"], to_dict(exp), path, int(ckpt["round"]))

@@ -12,7 +12,7 @@ from fedctl.core.aggregate import aggregate_metrics
 from fedctl.core.config import FederationConfig
 from fedctl.core.engine import EVALUATE_STREAM, run_federated, sample_clients
 from fedctl.core.strategies import build_strategy
-from tests.core.linear_task import LinearTask
+from tests.core.linear_task import LinearTask, PersonalLinearTask
 
 
 class RecordingTask(LinearTask):
@@ -104,20 +104,13 @@ def test_round_row_carries_the_clients_aggregate():
     assert row["clients_val_loss"] == agg["val_loss"]
 
 
-class PersonalTask(LinearTask):
-    """A client's own trained model evaluated on its own data (what glue does with each client's adapter)."""
-
-    def personal_evaluate(self, model, client_id):
-        return {**self.evaluate(model, client_id), "num_examples": self.eval_examples(client_id)}
-
-
 def test_personal_evaluation_is_each_trained_clients_own_model_on_eval_rounds_only():
     from fedctl.core import local
     from fedctl.core.engine import prepare_client
     from fedctl.core.instructions import ClientInstructions
 
     cfg = FederationConfig(rounds=3, clients=4, fraction=0.5, eval_every=2, eval_clients=True)
-    res = run_federated(PersonalTask(num_clients=4, steps=2), build_strategy("fedavg"), cfg, seed=1)
+    res = run_federated(PersonalLinearTask(num_clients=4, steps=2), build_strategy("fedavg"), cfg, seed=1)
     rows = [r for r in res.history if r.get("scope") in ("personal", "personals")]
     fits = {r["round"]: r["fit_clients"] for r in res.history if r["type"] == "fit"}
     assert sorted({r["round"] for r in rows}) == [2, 3]  # eval_every 2, and the last round
@@ -128,7 +121,7 @@ def test_personal_evaluation_is_each_trained_clients_own_model_on_eval_rounds_on
         n = [r["num_examples"] for r in personal]
         assert agg["val_loss"] == pytest.approx(sum(a * r["val_loss"] for a, r in zip(n, personal)) / sum(n), rel=1e-12)
     # replay round 3's first client by hand: the global model after round 2, trained locally, evaluated on its data
-    replay_task = PersonalTask(num_clients=4, steps=2)
+    replay_task = PersonalLinearTask(num_clients=4, steps=2)
     first = run_federated(replay_task, build_strategy("fedavg"),
                           FederationConfig(rounds=2, clients=4, fraction=0.5, eval_every=2), seed=1)
     model = first.model

@@ -55,3 +55,23 @@ def test_weighted_evaluation_on_a_task_without_example_counts_is_one_error_line(
         run_federated(NoCounts(num_clients=2, steps=1), build_strategy("fedavg"),
                       FederationConfig(rounds=1, clients=2, eval_clients=True), seed=0)
     assert "does not say how many examples" in exc.value.message
+
+
+def test_fedavgm_records_its_momentum_and_an_older_run_resumes_with_the_old_default(linear_cli, tmp_path):
+    """The default server_momentum changed from 0.0 (Flower's) to 0.9: a new run writes 0.9 into config.yaml, and a
+    run whose config.yaml has none was started before the change, so --resume keeps its 0.0."""
+    import yaml
+
+    from fedctl.run.recipe import load_run_config
+
+    run = tmp_path / "new"
+    res = linear_cli("train", "mamba", "--rounds", "1", "--strategy", "fedavgm", "--out", run)
+    assert res.exit_code == 0, res.output
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["federation"]["strategy_args"] == {"server_momentum": 0.9}
+    assert load_run_config(run, rounds=2).federation.strategy_args == {"server_momentum": 0.9}
+    saved["federation"]["strategy_args"] = {}  # as fedctl wrote it before the change
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_run_config(old, rounds=2).federation.strategy_args == {"server_momentum": 0.0}
