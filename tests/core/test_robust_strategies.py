@@ -198,3 +198,28 @@ def test_fedavgm_defaults_to_momentum_0_9_not_fedavg():
     for server_round, mean in ((1, 0.5), (2, 0.25)):
         x = s.aggregate_fit(server_round, x, [ClientUpdate("a", {"w": torch.tensor([mean], dtype=torch.float64)}, 1)])
     assert float(x["w"]) == pytest.approx(-0.2, abs=1e-6)  # FedAvgM steps in float32
+
+
+def test_qfedavg_equals_flower_legacy_qfedavg_when_every_client_reports_the_server_loss():
+    """Flower's legacy QFedAvg uses one server-side loss (its evaluate_fn on the old global model) for every client;
+    fedctl (as the message API) reads each client's own. With that one loss reported by every client they agree."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server.strategy import QFedAvg as LegacyQFedAvg
+
+    rng = np.random.default_rng(3)
+    ours_global = flower_global = [rng.normal(size=s) for s in SHAPES]
+    server_loss = lambda w: float(sum(np.square(a).sum() for a in w)) / 10  # noqa: E731
+    flower = LegacyQFedAvg(q_param=0.2, qffl_learning_rate=0.1,
+                           evaluate_fn=lambda rnd, weights, config: (server_loss(weights), {}))
+    ours = build_strategy("qfedavg", {"client_learning_rate": 0.1, "q": 0.2})
+    for server_round in (1, 2, 3):
+        clients = _client_arrays(flower_global, server_round, 4, 0)
+        flower.pre_weights = flower_global  # what its configure_fit stores (it needs a live ClientManager)
+        results = [(None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(a), 10, {})) for a in clients]
+        params, _ = flower.aggregate_fit(server_round, results, [])
+        loss = server_loss(flower_global)
+        flower_global = parameters_to_ndarrays(params)
+        updates = [ClientUpdate(f"client_{k}", _state(a), 10, {"train_loss": loss}) for k, a in enumerate(clients)]
+        new = ours.aggregate_fit(server_round, _state(ours_global), updates)
+        assert _max_diff(new, flower_global) <= 1e-6
+        ours_global = [new[f"t{i}"].numpy() for i in range(len(SHAPES))]
