@@ -88,11 +88,17 @@ def test_bulyan_refuses_too_few_clients():
 
 @pytest.fixture
 def flower_task_identity(monkeypatch):
-    """Flower's message API stamps every Message with the run it belongs to; outside a ServerApp there is none."""
+    """Flower's message API stamps every Message with the run it belongs to; outside a ServerApp there is none.
+    Its ArrayRecord also calls gc.collect() after every conversion (0.7 s each in a test process holding torch and
+    transformers): a no-op here, it frees memory and changes no value."""
+    import types
+
+    from flwr.app.message import arrayrecord
     from flwr.supercore.task_identity import TaskIdentity
 
     for key in ("_run_id", "_task_id", "_node_id"):
         monkeypatch.setattr(TaskIdentity, key, 1)
+    monkeypatch.setattr(arrayrecord, "gc", types.SimpleNamespace(collect=lambda *args: 0))
 
 
 class _Grid:
@@ -223,3 +229,18 @@ def test_qfedavg_equals_flower_legacy_qfedavg_when_every_client_reports_the_serv
         new = ours.aggregate_fit(server_round, _state(ours_global), updates)
         assert _max_diff(new, flower_global) <= 1e-6
         ours_global = [new[f"t{i}"].numpy() for i in range(len(SHAPES))]
+
+
+def test_bulyan_selects_like_the_paper_not_like_flowers_single_multikrum_pass(flower_task_identity):
+    """Flower's message-API Bulyan keeps the θ best scores of one multi-Krum pass; the paper and Flower's legacy API
+    (and fedctl) recompute the scores after each pick. On [0, 1, 1.5, 4, 4.5, 9, 10] (f = 1, θ = 5) the single pass
+    keeps 4.5 where the iterative rule keeps 9 (see test_bulyan_hand_computed)."""
+    from flwr.app import ArrayRecord, RecordDict
+    from flwr.serverapp.strategy.multikrum import select_multikrum
+
+    values = [0.0, 1.0, 1.5, 4.0, 4.5, 9.0, 10.0]
+    contents = [RecordDict({"arrays": ArrayRecord([np.array([v])])}) for v in values]
+    single_pass = sorted(float(c["arrays"].to_numpy_ndarrays()[0][0]) for c in select_multikrum(contents, 1, 5))
+    _, chosen = bulyan([{"w": torch.tensor([v], dtype=torch.float64)} for v in values], 1)
+    assert single_pass == [0.0, 1.0, 1.5, 4.0, 4.5]
+    assert sorted(values[i] for i in chosen) == [0.0, 1.0, 1.5, 4.0, 9.0]
