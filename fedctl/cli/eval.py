@@ -45,7 +45,8 @@ def command(
     res = evaluate_target(target, config=config, base=base, clients=clients, device=device)
     if as_json:
         print_json({"target": res.target, "kind": res.kind, "task": res.task, "round": res.round,
-                    "metrics": res.metrics, "clients": res.clients, "samples": res.samples})
+                    "metrics": res.metrics, "clients": res.clients, "clients_aggregate": res.clients_aggregate,
+                    "samples": res.samples})
         return
     where = f" (round {res.round})" if res.round is not None else ""
     table = Table(title=None, show_edge=False, header_style="bold")
@@ -56,6 +57,9 @@ def command(
     table.add_row("validation", *[_fmt(res.metrics.get(k)) for k in names])
     for cid, m in res.clients.items():
         table.add_row(escape(cid), *[_fmt(m.get(k, "–")) for k in names])
+    if res.clients_aggregate:
+        agg = res.clients_aggregate
+        table.add_row(f"clients ({agg['aggregation']})", *[_fmt(agg.get(k, "–")) for k in names])
     out.print(f"[bold]{res.task}[/] · {res.kind} {escape(res.target)}{where}", highlight=False)
     out.print(table)
     for sample in res.samples:  # a low error rate that emits only frequent symbols shows here

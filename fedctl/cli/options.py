@@ -71,8 +71,11 @@ FractionOpt = Annotated[
     float | None, typer.Option("--fraction", help="Fraction of clients sampled per round, in (0, 1].")
 ]
 StrategyOpt = Annotated[
-    str | None, typer.Option("--strategy", help="Aggregation strategy, e.g. fedavg, fedavgm, fedadam, krum.",
-                             autocompletion=complete_strategy)
+    str | None,
+    typer.Option("--strategy", help="Aggregation strategy: fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian "
+                 "fedtrimmedavg krum bulyan qfedavg fedentropy fedfisher scaffold fednova fedbn fedper. fedavgm uses "
+                 "server_momentum 0.9 unless set (Flower's default is 0, which is FedAvg).",
+                 autocompletion=complete_strategy),
 ]
 SeedOpt = Annotated[
     int | None, typer.Option("--seed", click_type=WholeNumber(), help="Random seed (sampling, init, data order).")

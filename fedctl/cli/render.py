@@ -30,7 +30,8 @@ _HEAD = {"round": "round", "clients": "clients", "train_loss": "train loss", "mb
          "mb_up": "MB ↑", "seconds": "s", "examples_per_s": "ex/s", "tokens_per_s": "tok/s",
          "audio_s_per_s": "audio s/s"}
 _COMMANDS = {"glue": "lora"}  # task name → its `fedctl train` command, where they differ
-_SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id",
+_SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id", "fit_clients", "evaluate_clients",
+         "aggregation", "bulyan_selected", "qffl_h",
          # the resource record stays in metrics.jsonl; the table shows throughput only
          "time", "peak_rss_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
 _PROGRESS_EVERY = 0.1  # seconds between redraws of the in-round progress line

@@ -153,10 +153,15 @@ class FederationConfig:
     clients: int = 4  # clients the training data is split across
     fraction: float = 1.0  # fraction of clients sampled each round, in (0, 1]
     min_fit_clients: int = 1  # fewest clients sampled, and fewest successful updates for a round to count
-    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum fedentropy fedfisher scaffold fednova fedbn fedper
+    strategy: str = "fedavg"  # fedavg fedavgm fedadam fedyogi fedadagrad fedprox fedmedian fedtrimmedavg krum bulyan qfedavg fedentropy fedfisher scaffold fednova fedbn fedper
     strategy_args: dict = field(default_factory=dict)  # options of the strategy, Flower's names (e.g. server_momentum)
     eval_every: int = 1  # evaluate the global model every N rounds (and after the last)
-    eval_clients: bool = False  # also evaluate on each client's data (slower)
+    eval_clients: bool = False  # also evaluate on clients' own data (slower): a sample of them, see below
+    fraction_evaluate: float = field(default=1.0, metadata={"check": check_range(
+        low=0, high=1, low_open=True, hint="the fraction of clients evaluated per round, e.g. 0.5; 1 is all")})  # with eval_clients: fraction of clients evaluated per evaluation round, in (0, 1] (Flower's name)
+    min_evaluate_clients: int = 1  # fewest clients evaluated per evaluation round (Flower's name); ≤ clients
+    evaluate_aggregation: str = field(default="weighted", metadata={"check": check_choice(
+        "weighted", "mean", "median", hint="weighted (by each client's evaluation examples), mean or median")})  # how the client metrics of a round are aggregated
     checkpoint_every: int = 5  # checkpoint every N rounds (and after the last)
     keep_checkpoints: int = 0  # how many newest checkpoints to keep; 0 keeps all (never deletes best.pt)
     best_metric: str | None = "val_loss"  # global eval metric that picks checkpoints/best.pt; null: no best.pt

@@ -26,7 +26,7 @@ from torch import nn
 
 from fedctl.core import checkpoint as ckpt_io
 from fedctl.core import client_stats, stateful
-from fedctl.core.aggregate import State, all_finite, state_nbytes
+from fedctl.core.aggregate import State, aggregate_metrics, all_finite, state_nbytes
 from fedctl.core.client_state import ClientStateStore, flatten_optimizer_state
 from fedctl.core.config import FederationConfig
 from fedctl.core.events import (
@@ -62,13 +62,23 @@ class RunResult:
         return None
 
 
-def sample_clients(num_clients: int, fraction: float, min_fit_clients: int, seed: int, server_round: int) -> list[int]:
-    """Indices of the clients that train in `server_round`, sorted; Flower's count rule:
-    max(int(fraction · K), min_fit_clients). Seeded per round, so a resumed run samples the same."""
-    n = min(num_clients, max(int(fraction * num_clients), min_fit_clients))
+FIT_STREAM, EVALUATE_STREAM = 999_983, 999_979  # seed salts: evaluation samples independently of training
+
+
+def sample_size(num_clients: int, fraction: float, min_clients: int) -> int:
+    """Flower's count rule: max(int(fraction · K), min_clients), at most K."""
+    return min(num_clients, max(int(fraction * num_clients), min_clients))
+
+
+def sample_clients(num_clients: int, fraction: float, min_fit_clients: int, seed: int, server_round: int,
+                   stream: int = FIT_STREAM) -> list[int]:
+    """Indices of the clients that train (or, with `stream=EVALUATE_STREAM`, are evaluated) in `server_round`,
+    sorted; `sample_size` of them. Seeded per round and stream, so a resumed run samples the same and the
+    evaluation sample is drawn independently of the training sample."""
+    n = sample_size(num_clients, fraction, min_fit_clients)
     if n >= num_clients:
         return list(range(num_clients))
-    gen = torch.Generator().manual_seed(client_seed(seed, server_round, 999_983))
+    gen = torch.Generator().manual_seed(client_seed(seed, server_round, stream))
     return sorted(torch.randperm(num_clients, generator=gen)[:n].tolist())
 
 
@@ -200,6 +210,7 @@ class Run:
         self.emit: EventSink = on_event or (lambda event: None)
         self.executor: Executor = executor or local_executor
         self.history: list[dict[str, Any]] = []
+        self.personal: list[tuple[str, dict[str, float]]] = []
 
         self.client_ids = list(task.client_ids())
         self.model = task.build_model()
@@ -380,10 +391,13 @@ class Run:
         if self.local_keys:
             instructions = dataclasses.replace(instructions, local_keys=tuple(self.local_keys))
         self.payload = innermost(self.strategy).broadcast(server_round)
+        if self.fed.eval_clients and self.evaluates(server_round):  # personalised evaluation, where a task has one
+            instructions = dataclasses.replace(instructions, evaluate_personal=True)
         aggregator = self.strategy.begin(server_round, self.global_state, self.spare)
         failed: list[str] = []
         loss_sum, examples, local_steps = 0.0, 0, 0
         trained: list[dict[str, float]] = []  # each aggregated client's metrics, for the resource record
+        self.personal = []  # (client, its own trained model's evaluation): see Task.personal_evaluate
         for outcome in self.executor(self, server_round, sampled, instructions):
             cid = outcome.client_id
             if outcome.failure is not None:
@@ -407,6 +421,9 @@ class Run:
                                         {"round": server_round, "entity": "client", "client_id": cid})
             aggregator.add(update)
             trained.append(dict(update.metrics))
+            personal = {k.removeprefix("personal_"): v for k, v in update.metrics.items() if k.startswith("personal_")}
+            if personal:
+                self.personal.append((cid, personal))
             local_steps += int(update.metrics.get("steps", 0))
             if outcome.client_state is not None:  # in sampled order: the store spills the same for any executor
                 self.client_state.put(cid, outcome.client_state)
@@ -416,7 +433,8 @@ class Run:
                 examples += update.num_examples
         fit_seconds = time.perf_counter() - t0  # the training phase, for throughput
 
-        if aggregator.count < self.fed.min_fit_clients:
+        need = max(self.fed.min_fit_clients, aggregator.min_count)  # a robust rule may need more (Bulyan: 4f + 3)
+        if aggregator.count < need:
             saved = self.checkpoint(server_round - 1) if server_round > 1 else None
             if saved is None and self.client_state.dirty and self.run_dir is not None and self.run_dir.has_checkpoints():
                 then = "then continue with --resume (from the newest checkpoint: client state changed this round)"
@@ -425,7 +443,9 @@ class Run:
                         else "then start the run again (round 1 failed, so nothing was saved to resume)")
             raise FedctlError(
                 f"round {server_round}: only {aggregator.count} of {len(sampled)} clients returned usable updates "
-                f"(min_fit_clients = {self.fed.min_fit_clients}); failed: {', '.join(failed)}",
+                f"(min_fit_clients = {self.fed.min_fit_clients}"
+                + (f", {self.strategy.name} needs {aggregator.min_count}" if aggregator.min_count > 1 else "")
+                + f"); failed: {', '.join(failed)}",
                 f"fix the failing clients (see the messages above) or lower federation.min_fit_clients, {then}",
             )
         old = self.global_state
@@ -452,6 +472,7 @@ class Run:
             "round": server_round,
             "clients": aggregator.count,
             "sampled": len(sampled),
+            "fit_clients": [self.client_ids[i] for i in sampled],
             "failed": failed,
             "train_loss": loss_sum / examples if examples else None,
             "num_examples": examples,
@@ -463,16 +484,31 @@ class Run:
         }
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:
+        """The global evaluation first; with `eval_clients`, then one row per sampled client (`scope: client`,
+        with its `num_examples` for the weighted aggregate) and their aggregate (`scope: clients`, with the
+        sampled `evaluate_clients` and the `aggregation` used). Sampling: `fraction_evaluate` and
+        `min_evaluate_clients`, seeded per round independently of the training sample."""
         if self.local_keys:
             return self.evaluate_personalised(server_round)
         self.load_global()
         records = [{"type": "eval", "round": server_round, "scope": "global", **self.task.evaluate(self.model)}]
         if self.fed.eval_clients:
-            for cid in self.client_ids:
-                records.append(
-                    {"type": "eval", "round": server_round, "scope": "client", "client_id": cid,
-                     **self.task.evaluate(self.model, cid)}
-                )
+            how = self.fed.evaluate_aggregation
+            sampled = [self.client_ids[i] for i in sample_clients(
+                len(self.client_ids), self.fed.fraction_evaluate, self.fed.min_evaluate_clients, self.seed,
+                server_round, EVALUATE_STREAM)]
+            rows, counts = [], []
+            for cid in sampled:
+                metrics = self.task.evaluate(self.model, cid)
+                row = {"type": "eval", "round": server_round, "scope": "client", "client_id": cid, **metrics}
+                if how == "weighted":
+                    counts.append(int(self.task.eval_examples(cid)))
+                    row["num_examples"] = counts[-1]
+                records.append(row)
+                rows.append(metrics)
+            records.append({"type": "eval", "round": server_round, "scope": "clients", "aggregation": how,
+                            "evaluate_clients": sampled, **({"num_examples": sum(counts)} if counts else {}),
+                            **aggregate_metrics(rows, counts or None, how)})
         return records
 
     @torch.no_grad()
@@ -503,6 +539,27 @@ class Run:
         head = {"type": "eval", "round": server_round, "scope": "global", "personalised": True, **merged}
         return [head, *rows] if self.fed.eval_clients else [head]
 
+    def evaluates(self, server_round: int) -> bool:
+        """Whether `server_round` ends with an evaluation (every eval_every rounds, and the last)."""
+        return server_round % self.fed.eval_every == 0 or server_round == self.fed.rounds
+
+    def personal_records(self, server_round: int) -> list[dict[str, Any]]:
+        """This round's trained clients' own models on their own held-out data (`scope: personal`, one row each,
+        `num_examples` included when the client reported it) and their aggregate (`scope: personals`)."""
+        if not self.personal:
+            return []
+        how = self.fed.evaluate_aggregation
+        rows = [{"type": "eval", "round": server_round, "scope": "personal", "client_id": cid, **m}
+                for cid, m in self.personal]
+        metrics = [{k: v for k, v in m.items() if k != "num_examples"} for _, m in self.personal]
+        counts = [int(m.get("num_examples", 0)) for _, m in self.personal]
+        weighted = how == "weighted" and all(n > 0 for n in counts)
+        how = how if how != "weighted" or weighted else "mean"  # a client that did not count its examples
+        return [*rows, {"type": "eval", "round": server_round, "scope": "personals", "aggregation": how,
+                        "evaluate_clients": [cid for cid, _ in self.personal],
+                        **({"num_examples": sum(counts)} if weighted else {}),
+                        **aggregate_metrics(metrics, counts if weighted else None, how)}]
+
     def run(self, resume: bool) -> RunResult:
         start = 1
         if resume:
@@ -512,6 +569,8 @@ class Run:
         total = self.fed.rounds
         if self.strategy.configure_fit(start).wants_stats:
             client_stats.require_client_stats(self.task, self.strategy.name)
+        if self.fed.eval_clients and self.fed.evaluate_aggregation == "weighted":
+            self.task.eval_examples(self.client_ids[0])  # a task that cannot count them is refused before training
         self.emit(
             RunStarted(
                 task=self.task.name, strategy=self.strategy.name, rounds=total, start_round=start,
@@ -523,16 +582,24 @@ class Run:
             fit = self.fit_round(server_round)
             self.history.append(fit)
             row = {k: v for k, v in fit.items() if k != "type"}
+            personal = self.personal_records(server_round)
+            self.history.extend(personal)
+            row.update({f"personal_{k}": v for k, v in (personal[-1] if personal else {}).items()
+                        if isinstance(v, float) and k != "num_examples"})
             best: dict[str, Any] | None = None  # this round's global eval, when it is the best so far
             evals: list[dict[str, Any]] = []
             broken: list[str] = []  # this round's non-finite global metrics
-            if server_round % self.fed.eval_every == 0 or server_round == total:
+            if self.evaluates(server_round):
                 t0 = time.perf_counter()
                 evals = self.evaluate(server_round)
                 best = evals[0] if self.improves_best(evals[0]) else None
                 broken = non_finite_metrics(evals[0])
                 self.history.extend(evals)
                 row.update({k: v for k, v in evals[0].items() if k not in ("type", "scope", "round")})
+                for rec in evals[1:]:  # the aggregate of the sampled clients' evaluations, beside the global one
+                    if rec["scope"] == "clients":
+                        row.update({f"clients_{k}": v for k, v in rec.items()
+                                    if isinstance(v, float) and k != "num_examples"})
                 row["seconds"] += time.perf_counter() - t0
             self.write_metrics()
             if server_round % self.fed.checkpoint_every == 0 or server_round == total or broken:

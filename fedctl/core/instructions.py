@@ -36,6 +36,7 @@ class ClientInstructions:
     scaffold: bool = False  # SCAFFOLD: correct each step's gradient by c − c_i, report Δc_i (fedctl.core.stateful)
     fednova: bool = False  # FedNova: report the local normaliser a_i of the steps taken
     local_keys: tuple[str, ...] = ()  # tensors the client keeps between rounds (FedBN, FedPer): never uploaded
+    evaluate_personal: bool = False  # federation.eval_clients on an evaluation round: report Task.personal_evaluate
 
     @property
     def wants_stats(self) -> bool:
@@ -58,4 +59,5 @@ class ClientInstructions:
             scaffold=bool(data.get("scaffold", False)),
             fednova=bool(data.get("fednova", False)),
             local_keys=tuple(data.get("local_keys") or ()),
+            evaluate_personal=bool(data.get("evaluate_personal", False)),
         )

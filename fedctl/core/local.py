@@ -100,6 +100,7 @@ def train_steps(
     sums: dict[str, float] = {"loss": 0.0}
     amounts: dict[str, float] = {}
     n_micro, n_items, norm_sum, lr = 0, 0, 0.0, peak_lr
+    initial_loss = float("nan")
     for step, group in enumerate(steps):
         lr = t.lr_at(peak_lr, step_offset + step)
         for g in optimizer.param_groups:
@@ -118,6 +119,8 @@ def train_steps(
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n_micro += 1
+        if step == 0:  # every micro-batch of the first step saw the received model: its mean loss estimates F_k(w)
+            initial_loss = sums["loss"] / max(1, n_micro)
         if scaler:
             scaler.unscale_(optimizer)
         if t.grad_clip > 0:
@@ -136,7 +139,8 @@ def train_steps(
         if on_step is not None:
             on_step(step + 1, len(steps))
     record = {"lr": float(lr), "grad_norm": norm_sum / max(1, len(steps)), "items": float(n_items), **amounts}
-    return {**{k: v / max(1, n_micro) for k, v in sums.items()}, "steps": float(len(steps)), **record}
+    return {**{k: v / max(1, n_micro) for k, v in sums.items()}, "initial_loss": initial_loss,
+            "steps": float(len(steps)), **record}
 
 
 def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
@@ -185,6 +189,9 @@ def train_client(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig
         params = model.state_dict()
         start = {k: params[k].detach().clone() for k in (params if keys is None else keys)}
     result = fit(task, model, client_id, cfg)
+    if ins.evaluate_personal:  # this client's own trained model, before pruning and noise change what it shares
+        personal = task.personal_evaluate(model, client_id) or {}
+        result.metrics.update({f"personal_{k}": float(v) for k, v in personal.items()})
     if start is not None:
         params = model.state_dict()
         shared = {k: params[k] for k in start}

@@ -168,6 +168,12 @@ class Task(ABC):
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """Metrics on the global validation set, or on one client's held-out data."""
 
+    def eval_examples(self, client_id: str) -> int:
+        """How many examples `evaluate(model, client_id)` scores: the client's weight in the example-weighted
+        aggregate of client evaluations (`federation.evaluate_aggregation: weighted`, Flower's num_examples)."""
+        raise FedctlError(f"task '{self.name}' does not say how many examples its client evaluation scores",
+                          "--set federation.evaluate_aggregation=mean (or median)")
+
     # -- optional capabilities ------------------------------------------------------------------
     # Client statistics for FedEntropy / FedFisher (see fedctl.core.client_stats).
     def supports_client_stats(self) -> bool:
@@ -208,6 +214,13 @@ class Task(ABC):
 
     def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:
         """Called after a client's local training, before its update is taken (e.g. to save its adapter)."""
+        return None
+
+    def personal_evaluate(self, model: nn.Module, client_id: str) -> dict[str, float] | None:
+        """The client's own locally trained model on its own held-out data (personalised evaluation, asked for with
+        `federation.eval_clients`), with `num_examples`; None: the workload has no personal model to evaluate
+        (its clients' models are the global one plus one round of drift). Runs on the client, before pruning or
+        DP noise touch the update."""
         return None
 
     def round_end(self, server_round: int, global_state: dict[str, torch.Tensor]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from fedctl.core import checkpoint as ckpt_io
+from fedctl.core.aggregate import aggregate_metrics
 from fedctl.core.config import load_yaml
 from fedctl.core.rundir import RunDir
 from fedctl.core.task import TaskContext
@@ -35,6 +36,8 @@ class EvalResult:
     round: int | None
     metrics: dict[str, float]  # the global validation split
     clients: dict[str, dict[str, float]] = field(default_factory=dict)  # each client's held-out split (--clients)
+    # their aggregate by the run's federation.evaluate_aggregation (weighted: by each client's num_examples)
+    clients_aggregate: dict[str, Any] = field(default_factory=dict)
     samples: list[dict[str, str]] = field(default_factory=list)  # CTC workloads: decoded hypotheses next to references
 
 
@@ -110,4 +113,16 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
     metrics = task.evaluate(model)
     samples = task.decoded_samples()
     per_client = {cid: task.evaluate(model, cid) for cid in task.client_ids()} if clients else {}
-    return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client, samples)
+    aggregate: dict[str, Any] = {}
+    if per_client:
+        how = exp.federation.evaluate_aggregation
+        rows = list(per_client.values())
+        counts = None
+        if how == "weighted":
+            counts = [int(task.eval_examples(cid)) for cid in per_client]
+            for row, n in zip(rows, counts):
+                row["num_examples"] = n
+            rows = [{k: v for k, v in r.items() if k != "num_examples"} for r in rows]
+        aggregate = {"aggregation": how, **({"num_examples": sum(counts)} if counts else {}),
+                     **aggregate_metrics(rows, counts, how)}
+    return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client, aggregate, samples)

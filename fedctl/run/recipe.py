@@ -22,7 +22,7 @@ from fedctl.core.config import (
     parse_set,
     to_dict,
 )
-from fedctl.core.engine import EventSink, Executor, RunResult, run_federated
+from fedctl.core.engine import EventSink, Executor, RunResult, run_federated, sample_size
 from fedctl.core.events import Message
 from fedctl.core.rundir import RunDir, check_resume
 from fedctl.core.strategies import build_strategy
@@ -93,7 +93,17 @@ def resolve(
         if exp.run.name == task_name:
             exp.run.name = f"{task_name}-central"
     validate(exp)
+    pin_changed_defaults(exp, new_run=True)
     return exp
+
+
+def pin_changed_defaults(exp: Experiment, *, new_run: bool) -> None:
+    """Write into the config the strategy options whose default changed, so a run keeps the value it started with:
+    FedAvgM's server_momentum became 0.9 (it was 0.0, Flower's). A new run records 0.9; a run whose config has no
+    server_momentum was started before the change, so it resumes with 0.0, as it trained."""
+    f = exp.federation
+    if build_strategy(f.strategy, f.strategy_args).name == "fedavgm" and "server_momentum" not in f.strategy_args:
+        f.strategy_args = {**f.strategy_args, "server_momentum": 0.9 if new_run else 0.0}
 
 
 def validate(exp: Experiment) -> None:
@@ -104,6 +114,11 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.rounds = {f.rounds} must be at least 1", "use e.g. --rounds 10")
     if f.clients < 1:
         raise FedctlError(f"federation.clients = {f.clients} must be at least 1", "use e.g. --clients 4")
+    if not (1 <= f.min_evaluate_clients <= f.clients):
+        raise FedctlError(
+            f"federation.min_evaluate_clients = {f.min_evaluate_clients} must be between 1 and clients ({f.clients})",
+            "lower --set federation.min_evaluate_clients or raise --clients",
+        )
     if not (1 <= f.min_fit_clients <= f.clients):
         raise FedctlError(
             f"federation.min_fit_clients = {f.min_fit_clients} must be between 1 and clients ({f.clients})",
@@ -125,6 +140,7 @@ def validate(exp: Experiment) -> None:
         raise FedctlError(f"federation.best_mode = '{f.best_mode}' must be min or max",
                           "--set federation.best_mode=max for accuracy-like metrics, min for losses")
     strategy = build_strategy(f.strategy, f.strategy_args)  # checks name and options
+    strategy.check_clients(sample_size(f.clients, f.fraction, f.min_fit_clients))  # e.g. Bulyan: 4f + 3
     check_fields(f, "federation")  # the field checks (prune, …) also for a config built in code
     if f.dp:
         check_strategy(strategy, dp_config(dict(f.dp)))  # before any data is read: DP refuses what it cannot account
@@ -167,6 +183,7 @@ def load_run_config(run_dir: Path, rounds: int | None = None) -> Experiment:
         exp.federation.rounds = rounds
     exp.run.out = str(run_dir)
     validate(exp)
+    pin_changed_defaults(exp, new_run=False)
     if run.has_checkpoints():
         path, ckpt = run.load_checkpoint()
         check_resume(ckpt["config"], to_dict(exp), path, int(ckpt["round"]))

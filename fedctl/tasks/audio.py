@@ -138,6 +138,12 @@ class SpeechClients:
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
         return self.batches.masked_batch(client_id, int(items[0]), gen, self.cfg)
 
+    def eval_examples(self, client_id: str) -> int:
+        """Utterances `evaluate(model, client_id)` scores (its first `eval_batches` length batches; 0: all)."""
+        _, batches = self.batches.eval_utterances(self._client(client_id))
+        cap = self.cfg.eval_batches
+        return sum(len(b) for b in (batches[:cap] if cap > 0 else batches))
+
     def throughput(self, batch) -> dict[str, float]:
         """Seconds of (cropped, padded) audio in the batch: audio is [B, samples] at 16 kHz."""
         return {"audio_s": batch[0].numel() / SAMPLE_RATE}

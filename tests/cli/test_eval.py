@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.cli.conftest import SMALL
 from tests.cli.test_train_lora import TINY
 
@@ -27,7 +29,13 @@ def test_eval_reproduces_a_rounds_logged_validation_loss_exactly(cli, tmp_path):
         assert got["metrics"]["val_loss"] == logged[r]["val_loss"], target  # bit for bit
         assert got["metrics"]["val_ppl"] == logged[r]["val_ppl"]
     res = cli("eval", run, "--clients", "--json")
-    assert sorted(json.loads(res.stdout)["clients"]) == ["client_0", "client_1"]
+    got = json.loads(res.stdout)
+    assert sorted(got["clients"]) == ["client_0", "client_1"]
+    # the aggregate is the run's federation.evaluate_aggregation (default weighted by evaluation examples)
+    rows, agg = list(got["clients"].values()), got["clients_aggregate"]
+    n = [r["num_examples"] for r in rows]
+    assert agg["aggregation"] == "weighted" and agg["num_examples"] == sum(n) and min(n) > 0
+    assert agg["val_loss"] == pytest.approx(sum(k * r["val_loss"] for k, r in zip(n, rows)) / sum(n), rel=1e-12)
 
 
 def test_eval_of_an_svd_merged_fused_adapter_reproduces_the_logged_accuracy(cli, tmp_path):

@@ -65,6 +65,16 @@ class LinearTask(Task):
                 loss = nn.functional.mse_loss(model(self.x[k]), self.y[k]).item()
         return {"val_loss": loss}
 
+    def eval_examples(self, client_id):
+        return self.x[self._k(client_id)].shape[0]
+
+
+class PersonalLinearTask(LinearTask):
+    """A client's own trained model evaluated on its own data (what glue does with each client's adapter)."""
+
+    def personal_evaluate(self, model, client_id):
+        return {**self.evaluate(model, client_id), "num_examples": self.eval_examples(client_id)}
+
 
 def build_linear_task(device=None):
     """A default LinearTask (a picklable task factory for spawned parallel workers)."""

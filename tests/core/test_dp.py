@@ -24,7 +24,7 @@ from tests.core.toy_classifier import ToyClassifier
 FED = dict(rounds=3, clients=4, fraction=1.0, min_fit_clients=1)
 MEAN_STRATEGIES = {"fedavg", "fedavgm", "fedadam", "fedyogi", "fedadagrad", "fedprox", "fedbn", "fedper"}
 STATS_STRATEGIES = {"fedentropy", "fedfisher"}
-REPORTS_STRATEGIES = {"fednova"}  # the server step uses client reports the noise does not cover
+REPORTS_STRATEGIES = {"fednova", "qfedavg"}  # the server step uses client reports the noise does not cover
 
 
 def train(strategy, task=None, **fed):
@@ -110,10 +110,12 @@ def test_every_strategy_is_accepted_with_the_accountants_epsilon_or_refused_by_n
         return
     task = (ToyClassifier(num_clients=4, steps=2) if name == "krum" else BatchNormTask(steps=2) if name == "fedbn"
             else LinearTask(steps=2))
-    res = train(dp(build_strategy(name), {"fraction": 0.5, "min_fit_clients": 2}, **options), task,
-                fraction=0.5, min_fit_clients=2, local_keys=["bias"] if name == "fedper" else [])
+    per_round = 3 if name == "bulyan" else 2  # Bulyan needs 4f + 3 = 3 clients with f = 0
+    sampling = {"fraction": 0.5, "min_fit_clients": per_round}
+    res = train(dp(build_strategy(name), sampling, **options), task, **sampling,
+                local_keys=["bias"] if name == "fedper" else [])
     fits = [r for r in res.history if r["type"] == "fit"]
-    assert [r["round"] for r in fits] == [1, 2, 3] and all(r["clients"] == 2 for r in fits)
+    assert [r["round"] for r in fits] == [1, 2, 3] and all(r["clients"] == per_round for r in fits)
     z = 1.1 if mode == "server" else 1.1 / 2  # client mode: one client's release has sensitivity 2C
     for r in fits:
         assert r["dp_epsilon"] == pytest.approx(opacus_epsilon(z, r["round"]), rel=1e-12)

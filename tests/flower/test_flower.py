@@ -29,7 +29,7 @@ from fedctl.errors import FedctlError  # noqa: E402
 from fedctl.flower import codec  # noqa: E402
 from fedctl.flower.client_app import make_client_app  # noqa: E402
 from fedctl.flower.server_app import FlowerExecutor  # noqa: E402
-from tests.core.linear_task import LinearTask  # noqa: E402
+from tests.core.linear_task import LinearTask, PersonalLinearTask  # noqa: E402
 from tests.core.toy_classifier import ToyClassifier  # noqa: E402
 
 
@@ -363,3 +363,20 @@ def test_cli_without_flwr_says_how_to_install(monkeypatch):
     with pytest.raises(FedctlError) as info:
         require_flwr()
     assert info.value.hint == "pip install 'fedctl[flower]'"
+
+
+@pytest.mark.parametrize("name,args", [("bulyan", {"num_malicious_clients": 0}), ("qfedavg", {"q": 1.0})])
+def test_robust_strategies_and_sampled_evaluation_are_the_same_on_flower(name, args):
+    """Bulyan, q-FedAvg, the sampled client evaluation (server side, with the task's data) and the personalised
+    evaluation (on the node: the instruction travels, the metrics come back) give the in-process records."""
+    nodes = [{"partition-id": k} for k in range(4)]
+    federation = fed(clients=4, fraction=0.75, eval_clients=True, fraction_evaluate=0.5)
+    local = run_federated(PersonalLinearTask(), build_strategy(name, args), federation, seed=7)
+    remote, grid, _ = flower_run(PersonalLinearTask, build_strategy(name, args), federation, nodes)
+    assert same_weights(local, remote)
+    evals = lambda r: [h for h in r.history if h["type"] == "eval"]  # noqa: E731
+    assert evals(local) == evals(remote)
+    scopes = [h["scope"] for h in evals(remote) if h["round"] == 3]
+    assert scopes.count("client") == 2 and scopes.count("clients") == 1  # fraction_evaluate 0.5 of 4
+    assert scopes.count("personal") == 3 and scopes.count("personals") == 1  # the 3 trained clients
+    assert all(json.loads(m)["evaluate_personal"] for m in grid.instructions)

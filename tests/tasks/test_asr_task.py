@@ -185,3 +185,15 @@ def test_dropout_out_of_range_is_one_error_naming_the_key(corpus, tmp_path):
     res = cli("train", "asr", "--config", "asr_ds2_tiny", "--set", f"task.parts={parts[2]}", "--clients", "2",
               "--set", "task.dropout=1", "--out", tmp_path / "run")
     assert "task.dropout" in assert_user_error(res)
+
+
+def test_eval_examples_counts_the_utterances_a_client_evaluation_scores(ds2_task, monkeypatch):
+    seen = []
+    real = ds2_task._batch
+    monkeypatch.setattr(ds2_task, "_batch", lambda chunk: seen.append(len(chunk)) or real(chunk))
+    for cap in (0, 1):
+        monkeypatch.setattr(ds2_task.cfg, "eval_batches", cap)
+        for cid in ds2_task.client_ids():
+            seen.clear()
+            ds2_task.evaluate(ds2_task.build_model(), cid)
+            assert ds2_task.eval_examples(cid) == sum(seen) > 0

@@ -201,3 +201,23 @@ def test_federated_lora_on_the_demo_learns(tmp_path):
     assert sorted(p.name for p in (tmp_path / "adapters").iterdir()) == ["round_001", "round_002", "round_003"]
     fused = json.loads((tmp_path / "adapters" / "round_003" / "fused" / "adapter_config.json").read_text())
     assert fused["r"] == 8 and fused["task_type"] == "SEQ_CLS"
+
+
+def test_eval_clients_gives_each_clients_own_adapter_on_its_held_out_rows():
+    """`train lora --eval-clients`: besides the global model on each client's rows, every trained client's own
+    adapter (personalised) on its held-out share, which it never trained on."""
+    t = make_task(num_clients=2, client_val_fraction=0.2)
+    for k, cid in enumerate(t.client_ids()):
+        held, train = set(t.held_out[k].tolist()), set(t.shard(cid).tolist())
+        assert held and not held & train and len(held) == 9  # round(0.2 · 45)
+        assert t.eval_examples(cid) == 9
+    cfg = FederationConfig(rounds=1, clients=2, eval_clients=True)
+    res = run_federated(t, t.wrap_strategy(build_strategy("fedavg")), cfg, seed=0)
+    personal = [r for r in res.history if r.get("scope") == "personal"]
+    global_rows = [r for r in res.history if r.get("scope") == "client"]
+    assert [r["client_id"] for r in personal] == [r["client_id"] for r in global_rows] == ["client_0", "client_1"]
+    assert all(r["num_examples"] == 9 and 0 <= r["val_accuracy"] <= 1 for r in personal)
+    # the personalised adapter is not the global one: its loss on the same held-out rows differs
+    assert all(p["val_loss"] != g["val_loss"] for p, g in zip(personal, global_rows))
+    with pytest.raises(FedctlError, match="client_val_fraction"):
+        make_task(client_val_fraction=1.0)

@@ -195,3 +195,11 @@ def test_s3prl_layout_round_trips_exactly(task, tmp_path):
     inputs = task.stat_examples("client_000", 2)
     with torch.no_grad():
         assert torch.equal(model(inputs["audio"], inputs["mask"])[0], back(inputs["audio"], inputs["mask"])[0])
+
+
+def test_eval_examples_counts_the_utterances_a_client_evaluation_scores(demo):
+    """The weight of a client in the weighted aggregate of client evaluations (federation.evaluate_aggregation)."""
+    for cap in (0, 1):
+        t = make_task(demo, eval_batches=cap)
+        for cid in t.client_ids():
+            assert t.eval_examples(cid) == sum(audio.shape[0] for audio, _, _ in t.eval_batches(cid)) > 0

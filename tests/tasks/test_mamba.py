@@ -263,3 +263,16 @@ def test_wikitext_name_uses_the_local_cache_only(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     err = error_of(data="wikitext-2")
     assert "cache" in err.message and "wiki.train.raw" in err.hint
+
+
+def test_eval_examples_counts_the_blocks_a_client_evaluation_scores(task, monkeypatch):
+    from fedctl.tasks.mamba import task as mamba_task
+
+    seen = []
+    real = mamba_task.lm_loss
+    monkeypatch.setattr(mamba_task, "lm_loss", lambda model, batch, **kw: seen.append(batch.shape[0]) or real(model, batch, **kw))
+    model = task.build_model()
+    for cid in task.client_ids():
+        seen.clear()
+        task.evaluate(model, cid)
+        assert task.eval_examples(cid) == sum(seen) > 0

@@ -9,6 +9,7 @@ import typing
 from typing import Any
 
 from fedctl.core.strategies.base import Aggregator, ClientUpdate, Strategy, innermost
+from fedctl.core.strategies.bulyan import Bulyan
 from fedctl.core.strategies.fedadagrad import FedAdagrad
 from fedctl.core.strategies.fedadam import FedAdam
 from fedctl.core.strategies.fedavg import FedAvg
@@ -23,13 +24,14 @@ from fedctl.core.strategies.fedprox import FedProx
 from fedctl.core.strategies.fedtrimmedavg import FedTrimmedAvg
 from fedctl.core.strategies.fedyogi import FedYogi
 from fedctl.core.strategies.krum import Krum
+from fedctl.core.strategies.qfedavg import QFedAvg
 from fedctl.core.strategies.scaffold import Scaffold
 from fedctl.errors import FedctlError
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (FedAvg, FedAvgM, FedAdam, FedYogi, FedAdagrad, FedProx, FedMedian, FedTrimmedAvg, Krum,
-                FedEntropy, FedFisher, Scaffold, FedNova, FedBN, FedPer)
+                FedEntropy, FedFisher, Bulyan, QFedAvg, Scaffold, FedNova, FedBN, FedPer)
 }
 
 __all__ = ["STRATEGIES", "Aggregator", "ClientUpdate", "Strategy", "build_strategy", "innermost", "strategy_options"]

@@ -38,6 +38,9 @@ class Aggregator(ABC):
     """
 
     weighted_mean: ClassVar[bool] = False
+    # Fewest updates this aggregator can reduce (Bulyan: 4f + 3); the engine fails a round with fewer, like
+    # one below federation.min_fit_clients.
+    min_count: int = 1
 
     @property
     @abstractmethod
@@ -151,6 +154,10 @@ class Strategy:
     def broadcast(self, server_round: int) -> State:
         """Tensors every sampled client receives besides the global state (SCAFFOLD's c). Default: none."""
         return {}
+
+    def check_clients(self, num_sampled: int) -> None:
+        """Called before the run with the number of clients sampled per round; refuse (FedctlError) a count this
+        strategy cannot aggregate (Bulyan: fewer than 4f + 3). Default: nothing to check."""
 
     def configure_fit(self, server_round: int) -> ClientInstructions:
         """Per-round instructions sent to every sampled client (e.g. FedProx's proximal_mu)."""

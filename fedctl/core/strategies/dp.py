@@ -135,7 +135,7 @@ def check_strategy(strategy: Strategy, cfg: DPConfig) -> None:
         raise FedctlError(
             f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: its server step uses {reports}, "
             "which the noise does not cover, so the accountant's ε would be no guarantee",
-            "use another strategy with federation.dp (e.g. fedavg, fedprox, scaffold in mode: client)")
+            "use another strategy with federation.dp (e.g. fedavg, fedprox, bulyan, scaffold in mode: client)")
     elif strategy.configure_fit(1).wants_stats:
         raise FedctlError(
             f"federation.dp (mode: client) cannot wrap strategy {strategy.name}: its clients report statistics "
@@ -253,6 +253,10 @@ class _LocalNoised(Aggregator):
     @property
     def count(self) -> int:
         return self.inner.count
+
+    @property
+    def min_count(self) -> int:  # type: ignore[override]
+        return self.inner.min_count
 
     def add(self, update: ClientUpdate) -> None:
         state = {k: v if v.is_floating_point() else self.global_state[k] for k, v in update.state.items()}

@@ -4,7 +4,9 @@ Federated Visual Classification": server momentum on the pseudo-gradient.
 With x the global state and x̄ the example-weighted client mean (Flower's parameter names):
     g = x − x̄;  v ← server_momentum · v + g  (v = g in the first round);
     x ← x − server_learning_rate · v
-With server_momentum = 0 and server_learning_rate = 1 this is FedAvg.
+With server_momentum = 0 and server_learning_rate = 1 this is FedAvg. fedctl's default server_momentum is 0.9
+(the federated Mamba2 README's, and Hsu et al.'s usual value): Flower's FedAvgM defaults to 0.0, which makes
+`--strategy fedavgm` without options plain FedAvg.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fedctl.core.strategies.base import Strategy
 class FedAvgM(Strategy):
     name = "fedavgm"
 
-    def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.0) -> None:
+    def __init__(self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> None:
         if not (math.isfinite(server_learning_rate) and server_learning_rate > 0):
             raise ValueError(f"server_learning_rate = {server_learning_rate} must be a finite number > 0")
         if not 0.0 <= server_momentum < 1.0:  # momentum >= 1 makes the server step grow without bound

@@ -273,6 +273,12 @@ class AsrTask(Task):
         self._client(client_id)
         return self.val[client_id] or self.train[client_id]
 
+    def eval_examples(self, client_id: str) -> int:
+        """Utterances `evaluate(model, client_id)` scores (the first eval_batches × eval_batch_size; 0: all)."""
+        n = len(self.eval_utterances(client_id))
+        cap = self.cfg.eval_batches * self.cfg.eval_batch_size
+        return min(n, cap) if cap > 0 else n
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """Validation CTC loss (per utterance, divided by its transcript length, averaged) and greedy-decoding

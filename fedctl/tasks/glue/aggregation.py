@@ -132,6 +132,9 @@ class LoraSpaceStrategy(Strategy):
     def check_model(self, model, shared_keys: list[str]) -> None:
         self.inner.check_model(model, shared_keys)
 
+    def check_clients(self, num_sampled: int) -> None:
+        self.inner.check_clients(num_sampled)
+
     def begin(self, server_round: int, global_state: State, workspace: State | None = None) -> Aggregator:
         aggregator = self.inner.begin(server_round, global_state, workspace)
         if self.merge == "naive":

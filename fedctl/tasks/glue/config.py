@@ -22,7 +22,8 @@ class GlueConfig:
     demo_val_examples: int = 300  # size of the demo's validation split
     max_length: int = 128  # tokens per example (pair tasks: both texts together); batches are trimmed to their longest
     max_train_examples: int = 0  # cap on each client's training examples (its first N); 0 = all
-    max_eval_examples: int = 0  # cap on validation examples (the first N of each split); 0 = all
+    max_eval_examples: int = 0  # cap on validation examples (the first N of each split, and of each client's); 0 = all
+    client_val_fraction: float = 0.0  # share of each client's shard held out of its training for client evaluation (--eval-clients); 0: clients are evaluated on their training shard
 
     # ---- LoRA (peft)
     lora_r: int = 8  # rank every client trains at
@@ -74,7 +75,9 @@ FLAGS = (
     Flag("task.eval_batch_size", "--eval-batch-size", "Examples per evaluation forward pass.", int),
     Flag("task.max_length", "--max-length", "Tokens per example.", int),
     Flag("federation.eval_every", "--eval-each-round", "Evaluate the global model after every round.", bool, const=1),
-    Flag("federation.eval_clients", "--eval-clients", "Also evaluate on every client's data.", bool, const=True),
+    Flag("federation.eval_clients", "--eval-clients", "Also evaluate clients: the global model and each trained client's "
+         "own adapter (personalised) on the client's data; --set task.client_val_fraction=0.2 holds that data out of "
+         "training.", bool, const=True),
     Flag("task.save_clients", "--save-clients", "Keep every client's adapter of every round.", bool, const=True),
 )
 

@@ -73,6 +73,8 @@ def _check_config(cfg: GlueConfig) -> None:
         ("max_length", cfg.max_length >= 8, "e.g. --max-length 128"),
         ("max_train_examples", cfg.max_train_examples >= 0, "0 keeps all"),
         ("max_eval_examples", cfg.max_eval_examples >= 0, "0 keeps all"),
+        ("client_val_fraction", 0.0 <= cfg.client_val_fraction < 1.0,
+         "a share in [0, 1) of each client's shard held out for client evaluation, e.g. 0.2; 0 holds none out"),
         ("demo_train_examples", cfg.demo_train_examples >= 2, "e.g. 900"),
         ("demo_val_examples", cfg.demo_val_examples >= 1, "e.g. 300"),
         ("grad_clip", cfg.grad_clip >= 0, "0 disables clipping"),
@@ -165,6 +167,17 @@ class GlueTask(Task):
         else:
             shards = make_shards(self.splits["train"].labels, k, "iid", seed=self.ctx.seed,
                                  regression=self.spec.is_regression)
+        # client_val_fraction: the last share of each shard is the client's held-out evaluation data
+        self.held_out: list[torch.Tensor] | None = None
+        if c.client_val_fraction > 0:
+            small = [k for k, s in enumerate(shards) if len(s) < 2]
+            if small:
+                raise FedctlError(f"task.client_val_fraction: client_{small[0]} holds {len(shards[small[0]])} "
+                                  "example(s), too few to hold any out of its training",
+                                  "use fewer clients, more data, or task.client_val_fraction=0")
+            cuts = [len(s) - min(len(s) - 1, max(1, round(c.client_val_fraction * len(s)))) for s in shards]
+            self.held_out = [torch.tensor(s[cut:], dtype=torch.long) for s, cut in zip(shards, cuts)]
+            shards = [s[:cut] for s, cut in zip(shards, cuts)]
         if c.max_train_examples > 0:
             shards = [s[: c.max_train_examples] for s in shards]
         return [torch.tensor(s, dtype=torch.long) for s in shards]
@@ -344,14 +357,27 @@ class GlueTask(Task):
             model.train(was_training)
         return torch.cat(logits), loss / len(rows)
 
+    def client_eval_rows(self, client_id: str) -> torch.Tensor:
+        """The rows of the training split a client is evaluated on: its held-out share (client_val_fraction > 0)
+        or else its training shard, capped by max_eval_examples."""
+        rows = self.shard(client_id)
+        if self.held_out is not None:
+            rows = self.held_out[self.client_ids().index(client_id)]
+        return rows[: self.cfg.max_eval_examples] if self.cfg.max_eval_examples > 0 else rows
+
+    def eval_examples(self, client_id: str) -> int:
+        return len(self.client_eval_rows(client_id))
+
+    def personal_evaluate(self, model: nn.Module, client_id: str) -> dict[str, float]:
+        """The client's own adapter (LoRA; full fine-tuning: its own weights) just after local training, on its
+        evaluation rows: the seed's personalised evaluation, beside the global model's on the same rows."""
+        return {**self.evaluate(model, client_id), "num_examples": self.eval_examples(client_id)}
+
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """The task's official metrics as val_<metric> plus val_loss: on the validation split (MNLI: matched, and
-        mismatched as val_mismatched_<metric>), or with a client id on that client's shard (fit to local data)."""
+        mismatched as val_mismatched_<metric>), or with a client id on that client's rows (`client_eval_rows`)."""
         if client_id is not None:
-            rows = self.shard(client_id)
-            if self.cfg.max_eval_examples > 0:
-                rows = rows[: self.cfg.max_eval_examples]
-            targets = {"val": (self.train, rows)}
+            targets = {"val": (self.train, self.client_eval_rows(client_id))}
         else:
             targets = {("val" if i == 0 else "val_mismatched"): (self.val[s], torch.arange(len(self.val[s])))
                        for i, s in enumerate(self.spec.val_splits)}

@@ -190,6 +190,12 @@ class MambaTask(Task):
 
     # ------------------------------------------------------------------------------ evaluation
 
+    def eval_examples(self, client_id: str) -> int:
+        """Text blocks `evaluate(model, client_id)` scores (the first eval_batches × batch_size; 0: all)."""
+        n = len(self.shard(client_id))
+        cap = self.cfg.eval_batches * self.cfg.batch_size
+        return min(n, cap) if cap > 0 else n
+
     @torch.no_grad()
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """Mean token cross-entropy and perplexity over the first `eval_batches` batches, in order.
