@@ -191,7 +191,7 @@ def test_dp_refuses_bulyan_and_qfedavg_by_name():
     q = build_strategy("qfedavg", {"client_learning_rate": 0.1})
     with pytest.raises(FedctlError, match="cannot wrap strategy qfedavg: it weighs each client by the loss"):
         check_strategy(q, server)
-    with pytest.raises(FedctlError, match=r"mode: client\) cannot wrap strategy qfedavg: it weighs each client by the training loss"):
+    with pytest.raises(FedctlError, match=r"mode: client\) cannot wrap strategy qfedavg: its server step uses the training loss each client reports"):
         check_strategy(q, client)
 
 
