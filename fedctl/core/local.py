@@ -3,10 +3,14 @@ in every workload.
 
 Schedule (documented once, for every workload):
 - A client holds `n` items: examples, text blocks, or prebuilt length batches (the task says which);
-  `batch_size` items make a micro-batch and `grad_accum` micro-batches make one optimizer step.
+  `min(batch_size, n)` items make a micro-batch and `grad_accum` micro-batches make one optimizer step.
+  A micro-batch never holds an item twice: a client with fewer items than `batch_size` trains on each of
+  them once per micro-batch, not on copies.
 - Items are drawn **without replacement** from a stream of seeded permutations of the client's items,
   one permutation after another, so within any window of `n` consecutive draws every item appears once,
-  across epoch boundaries too. The stream is seeded per (run seed, round, client).
+  across epoch boundaries too. Where a micro-batch straddles two permutations, the next permutation's
+  items already in that micro-batch are moved behind the first ones that are not (it stays a permutation).
+  The stream is seeded per (run seed, round, client).
 - `local_updates = N > 0`: exactly N optimizer steps, each of `grad_accum` full micro-batches.
 - `local_updates = 0`: `local_epochs = E` passes, i.e. round(E·n) items cut into micro-batches (the last
   may be smaller) and grouped into steps (the last may hold fewer micro-batches; its loss is averaged
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -29,23 +33,48 @@ from torch import nn
 from fedctl.core.task import ClientConfig, FitResult, LocalTraining, Task, proximal_term
 
 
-def item_stream(num_items: int, gen: torch.Generator) -> Iterator[int]:
-    """Item positions from back-to-back permutations: without replacement within every window of num_items."""
-    while True:
-        yield from torch.randperm(num_items, generator=gen).tolist()
+class ItemStream:
+    """Item positions from back-to-back seeded permutations: every window of `num_items` draws (the first,
+    the second, …) holds each item once, and one `take` never returns an item twice."""
+
+    def __init__(self, num_items: int, gen: torch.Generator):
+        self.num_items, self.gen = num_items, gen
+        self.perm: list[int] = []
+        self.pos = 0
+
+    def take(self, size: int) -> list[int]:
+        """The next `size` (≤ num_items) draws, all distinct."""
+        if not 0 < size <= self.num_items:
+            raise ValueError(f"a draw of {size} items from {self.num_items}")
+        out: list[int] = []
+        taken: set[int] = set()
+        while len(out) < size:
+            if self.pos == len(self.perm):
+                self.perm, self.pos = torch.randperm(self.num_items, generator=self.gen).tolist(), 0
+            # only a draw that straddles two permutations can meet an item twice; the permutation holds
+            # num_items - pos items ahead, at most len(out) of them taken, and needs size - len(out) ≤ the rest
+            j = self.pos
+            while self.perm[j] in taken:
+                j += 1
+            self.perm[self.pos], self.perm[j] = self.perm[j], self.perm[self.pos]
+            out.append(self.perm[self.pos])
+            taken.add(out[-1])
+            self.pos += 1
+        return out
 
 
 def schedule(training: LocalTraining, num_items: int, gen: torch.Generator) -> list[list[torch.Tensor]]:
     """One round's optimizer steps, each a list of micro-batches (tensors of item positions)."""
     if num_items < 1:
         raise ValueError("a client needs at least one training item")
-    stream = item_stream(num_items, gen)
+    stream = ItemStream(num_items, gen)
+    size = training.micro_batch_size(num_items)
     if training.local_updates > 0:
-        sizes = [training.batch_size] * training.micro_batches(num_items)
+        sizes = [size] * training.micro_batches(num_items)
     else:
         total = max(1, round(training.local_epochs * num_items))
-        sizes = [min(training.batch_size, total - start) for start in range(0, total, training.batch_size)]
-    micro = [torch.tensor([next(stream) for _ in range(size)], dtype=torch.long) for size in sizes]
+        sizes = [min(size, total - start) for start in range(0, total, size)]
+    micro = [torch.tensor(stream.take(s), dtype=torch.long) for s in sizes]
     return [micro[i : i + training.grad_accum] for i in range(0, len(micro), training.grad_accum)]
 
 

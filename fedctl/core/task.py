@@ -59,16 +59,20 @@ class LocalTraining:
     warmup_steps: int = 0  # linear warmup over the global step, then constant
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
-    batch_size: int = 1  # items per micro-batch
+    batch_size: int = 1  # items per micro-batch (a client with fewer items: all of them, each once)
     local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
     amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
+
+    def micro_batch_size(self, num_items: int) -> int:
+        """Items per micro-batch: batch_size, or all of a client's items when it holds fewer (never copies)."""
+        return max(1, min(self.batch_size, num_items))
 
     def micro_batches(self, num_items: int) -> int:
         """Micro-batches one client takes per round."""
         if self.local_updates > 0:
             return self.local_updates * self.grad_accum
-        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.batch_size))
+        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.micro_batch_size(num_items)))
 
     def steps_per_round(self, num_items: int) -> int:
         """Optimizer steps one client takes per round."""

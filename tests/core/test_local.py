@@ -50,6 +50,37 @@ def test_local_epochs_visit_every_item_once_per_epoch():
     assert [len(mb) for g in steps for mb in g] == [8, 2] and len(steps) == 1 == half.steps_per_round(20)
 
 
+def test_a_client_with_one_item_trains_on_it_once_per_step_not_on_copies():
+    t = LocalTraining(lr=1.0, batch_size=8, local_updates=8)
+    steps = schedule(t, 1, torch.Generator().manual_seed(0))
+    assert [[mb.tolist() for mb in group] for group in steps] == [[[0]]] * 8
+    assert t.micro_batch_size(1) == 1 and t.steps_per_round(1) == 8
+    epochs = LocalTraining(lr=1.0, batch_size=8, local_updates=0, local_epochs=2.0)
+    steps = schedule(epochs, 3, torch.Generator().manual_seed(0))  # 6 items of 3: two micro-batches of 3, not one of 6
+    assert [sorted(mb.tolist()) for g in steps for mb in g] == [[0, 1, 2], [0, 1, 2]] and epochs.steps_per_round(3) == 2
+
+
+@pytest.mark.parametrize("n,batch_size,grad_accum,updates", [(3, 2, 1, 9), (5, 4, 3, 7), (7, 7, 2, 5), (4, 9, 1, 6),
+                                                              (10, 3, 2, 11), (2, 2, 4, 3)])
+def test_no_micro_batch_holds_an_item_twice_even_across_permutations(n, batch_size, grad_accum, updates):
+    t = LocalTraining(lr=1.0, batch_size=batch_size, local_updates=updates, grad_accum=grad_accum)
+    for seed in range(20):
+        steps = schedule(t, n, torch.Generator().manual_seed(seed))
+        micro = [mb.tolist() for g in steps for mb in g]
+        assert len(steps) == updates and all(len(mb) == min(batch_size, n) for mb in micro)
+        assert all(len(set(mb)) == len(mb) for mb in micro), (seed, micro)
+        assert windows_without_repeats([i for mb in micro for i in mb], n)
+
+
+def test_a_draw_that_meets_no_repeat_is_the_plain_permutation_stream():
+    # moving repeats back changes nothing else: batches that fit a permutation are its consecutive items
+    t = LocalTraining(lr=1.0, batch_size=5, local_updates=4)
+    gen = torch.Generator().manual_seed(3)
+    perms = torch.cat([torch.randperm(10, generator=gen) for _ in range(2)]).tolist()
+    steps = schedule(t, 10, torch.Generator().manual_seed(3))
+    assert [i for g in steps for mb in g for i in mb.tolist()] == perms
+
+
 def test_warmup_is_linear_over_the_global_step():
     t = LocalTraining(lr=0.4, warmup_steps=4)
     assert [t.lr_at(0.4, s) for s in range(6)] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.4, 0.4])
