@@ -63,6 +63,11 @@ class LocalTraining:
     local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
     amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
+    # length-aware batching, for tasks whose items differ in size (`Task.item_costs`, e.g. seconds of audio):
+    bucket_batches: int = 0  # each permutation is cut into runs of this many micro-batches, each run sorted by
+                             # cost, so a micro-batch holds similar sizes (less padding); 0: no bucketing
+    max_pass_cost: float = 0.0  # padded cost (items × largest) of one forward pass; a micro-batch over it runs
+                                # as several passes whose losses are weighted by their items; 0: no cap
 
     def micro_batch_size(self, num_items: int) -> int:
         """Items per micro-batch: batch_size, or all of a client's items when it holds fewer (never copies)."""
@@ -158,6 +163,12 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+    def item_costs(self, client_id: str) -> list[float]:
+        """Each training item's size (e.g. seconds of audio), for `training.bucket_batches` and
+        `training.max_pass_cost`; a forward pass over k items costs k × the largest."""
+        raise FedctlError(f"task '{self.name}' has no item sizes",
+                          "leave bucket_batches and max_pass_cost at 0 for this workload")
 
     # -- evaluation
     @abstractmethod

@@ -170,3 +170,67 @@ def test_every_workload_takes_exactly_its_steps_and_sees_each_item_once_per_epoc
             assert sorted(drawn) == list(range(n))  # one epoch: every item exactly once
         assert windows_without_repeats(drawn, n), (task.name, mode)
         assert result.num_examples == task.num_examples(cid) and math.isfinite(result.metrics["train_loss"])
+
+
+# ------------------------------------------------------------------- length buckets and the pass cap
+
+
+def test_a_micro_batch_over_the_cap_runs_as_cost_sorted_passes_within_it():
+    costs = [1.0, 5.0, 2.0, 3.0, 4.0]
+    items = torch.tensor([0, 1, 2, 3, 4])
+    as_lists = lambda cap: [p.tolist() for p in local.passes(items, costs, cap)]  # noqa: E731
+    assert as_lists(8.0) == [[0, 2], [3, 4], [1]]  # padded costs 2·2, 2·4, 1·5
+    assert as_lists(25.0) == [[0, 1, 2, 3, 4]] == as_lists(0.0)  # within the cap (5·5) or no cap: untouched
+    assert as_lists(0.5) == [[0], [2], [3], [4], [1]]  # costlier than the cap: alone
+
+
+def test_buckets_sort_each_run_of_a_permutation_by_cost():
+    costs = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    t = LocalTraining(lr=1.0, batch_size=2, local_updates=7, bucket_batches=2)  # runs of 4 draws
+    steps = schedule(t, 7, torch.Generator().manual_seed(4), costs)
+    gen = torch.Generator().manual_seed(4)
+    expected = []
+    for _ in range(2):
+        perm = torch.randperm(7, generator=gen).tolist()
+        expected += sorted(perm[:4], key=lambda i: costs[i]) + sorted(perm[4:], key=lambda i: costs[i])
+    draws = [i for g in steps for mb in g for i in mb.tolist()]
+    assert draws == expected[:14] and windows_without_repeats(draws, 7)
+
+
+def test_the_asr_cap_bounds_every_forward_pass_and_keeps_the_update(tmp_path, monkeypatch):
+    task = _asr(tmp_path)
+    cid = task.client_ids()[0]
+    costs = task.item_costs(cid)
+    assert costs == [u.duration_ms / 1000 for u in task.train[cid]]
+    cap = 2.5 * min(costs)  # at most 2 of the shortest utterances per pass
+    task.training = dataclasses.replace(task.training, batch_size=4, local_updates=2, grad_accum=2, bucket_batches=0)
+    passes: list[list[int]] = []
+    make_batch = task.make_batch
+    monkeypatch.setattr(task, "make_batch", lambda c, items, gen: (passes.append(items.tolist()), make_batch(c, items, gen))[1])
+
+    def one_round():
+        passes.clear()
+        model = task.build_model()
+        result = local.fit(task, model, cid, ClientConfig(server_round=1, client_index=0, seed=5))
+        return model, result, list(passes)
+
+    whole_model, whole, whole_passes = one_round()
+    task.training = dataclasses.replace(task.training, max_pass_cost=cap)
+    split_model, split, split_passes = one_round()
+    assert len(whole_passes) == 4 and len(split_passes) > 4
+    for p in split_passes:  # within the cap, or one utterance alone
+        assert len(p) * max(costs[i] for i in p) <= cap or len(p) == 1, p
+    # the passes of each micro-batch are exactly its items
+    merged, k = [], 0
+    for mb in whole_passes:
+        got = []
+        while len(got) < len(mb):
+            got += split_passes[k]
+            k += 1
+        merged.append(sorted(got))
+    assert merged == [sorted(mb) for mb in whole_passes] and k == len(split_passes)
+    assert split.metrics["items"] == whole.metrics["items"] == 16 and split.metrics["steps"] == 2
+    # ds1 has no batch statistics: the same update, up to float summation order
+    assert split.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-5)
+    for a, b in zip(whole_model.state_dict().values(), split_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

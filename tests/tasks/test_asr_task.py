@@ -178,3 +178,11 @@ def test_dropout_out_of_range_is_one_error_naming_the_key(corpus, tmp_path):
     res = cli("train", "asr", "--config", "asr_ds2_tiny", "--set", f"task.parts={parts[2]}", "--clients", "2",
               "--set", "task.dropout=1", "--out", tmp_path / "run")
     assert "task.dropout" in assert_user_error(res)
+
+
+@pytest.mark.parametrize("key,value", [("max_batch_seconds", -1.0), ("max_batch_seconds", float("nan")),
+                                       ("bucket_batches", -1)])
+def test_batching_values_out_of_range_are_errors_naming_the_key(corpus, key, value):
+    _, parts = corpus
+    with pytest.raises(FedctlError, match=f"task.{key} = .* is out of range"):
+        make_task(parts[2], **{key: value})

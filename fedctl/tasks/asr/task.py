@@ -123,6 +123,9 @@ class AsrTask(Task):
             self.num_parameters = sum(p.numel() for p in build_asr_model(cfg.arch, cfg.preset, **self.overrides).parameters())
         require_in_range([
             ("batch_size", cfg.batch_size >= 1, "e.g. 8"),
+            ("bucket_batches", cfg.bucket_batches >= 0, "e.g. 4; 0 disables length bucketing"),
+            ("max_batch_seconds", math.isfinite(cfg.max_batch_seconds) and cfg.max_batch_seconds >= 0,
+             "seconds of padded audio per forward pass, e.g. 120; 0 disables the cap"),
             ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "e.g. 1e-3"),
             ("weight_decay", cfg.weight_decay >= 0, "0 disables it"),
             ("warmup_steps", cfg.warmup_steps >= 0, "0 disables warmup"),
@@ -136,7 +139,8 @@ class AsrTask(Task):
         ], lambda key: getattr(cfg, key))
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                       grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
-                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
+                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs,
+                                      bucket_batches=cfg.bucket_batches, max_pass_cost=cfg.max_batch_seconds)
         self.train, self.val, self.source = self._load()
         self.features = FeatureCache(cfg.arch)
         for utts in (*self.train.values(), *self.val.values()):
@@ -216,6 +220,10 @@ class AsrTask(Task):
 
     def num_examples(self, client_id: str) -> int:
         return len(self._client(client_id))
+
+    def item_costs(self, client_id: str) -> list[float]:
+        """Each training utterance's duration in seconds (length bucketing and the max_batch_seconds cap)."""
+        return [u.duration_ms / 1000 for u in self._client(client_id)]
 
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
         utts = self._client(client_id)
