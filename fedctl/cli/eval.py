@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fedctl.cli.console import out, print_json
 from fedctl.cli.options import JsonOpt
+from fedctl.cli.render import print_examples
 
 EPILOG = """Examples:
 
@@ -45,7 +46,7 @@ def command(
     res = evaluate_target(target, config=config, base=base, clients=clients, device=device)
     if as_json:
         print_json({"target": res.target, "kind": res.kind, "task": res.task, "round": res.round,
-                    "metrics": res.metrics, "clients": res.clients})
+                    "metrics": res.metrics, "clients": res.clients, "examples": res.examples})
         return
     where = f" (round {res.round})" if res.round is not None else ""
     table = Table(title=None, show_edge=False, header_style="bold")
@@ -58,3 +59,4 @@ def command(
         table.add_row(escape(cid), *[_fmt(m.get(k, "–")) for k in names])
     out.print(f"[bold]{res.task}[/] · {res.kind} {escape(res.target)}{where}", highlight=False)
     out.print(table)
+    print_examples(res.examples)

@@ -31,7 +31,7 @@ _HEAD = {"round": "round", "clients": "clients", "train_loss": "train loss", "mb
 _COMMANDS = {"glue": "lora"}  # task name → its `fedctl train` command, where they differ
 _SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id",
          # the resource record stays in metrics.jsonl; the table shows throughput only
-         "time", "peak_rss_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
+         "examples", "time", "peak_rss_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
 _PROGRESS_EVERY = 0.1  # seconds between redraws of the in-round progress line
 
 
@@ -177,3 +177,15 @@ class RunRenderer:
             self.saved, self.saved_round = event, event.server_round  # shown on Ctrl-C; per round it would drown the table
         elif isinstance(event, RunFinished):
             self.__exit__()
+
+
+def print_examples(examples: list[dict[str, str]] | None) -> None:
+    """The decoded validation examples of an evaluation (`Task.eval_examples`), each reference above its
+    hypothesis, on stdout."""
+    if not examples:
+        return
+    out.print(f"[bold]Examples[/] ({len(examples)} validation utterances, greedy decoding):", highlight=False)
+    for ex in examples:
+        out.print(f"  {ex.get('id', '')}", highlight=False, markup=False)
+        out.print(f"    ref: {ex.get('ref', '')}", highlight=False, markup=False)
+        out.print(f"    hyp: {ex.get('hyp', '')}", highlight=False, markup=False)

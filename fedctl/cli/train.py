@@ -29,7 +29,7 @@ from fedctl.cli.options import (
     multi_value_command,
     parse_save_deltas,
 )
-from fedctl.cli.render import RunRenderer
+from fedctl.cli.render import RunRenderer, print_examples
 from fedctl.core.config import Flag
 from fedctl.errors import FedctlError
 from fedctl.run.registry import Workload
@@ -92,6 +92,7 @@ def _run(
         print_json({"run_dir": str(outcome.run_dir), "rounds": outcome.result.rounds_done, "final": final,
                     "task": outcome.summary, "sample": outcome.sample})
         return
+    print_examples(final.get("examples"))
     if outcome.sample is not None:
         out.print(f"[bold]Sample:[/] {outcome.sample}", highlight=False)
     saved(outcome.run_dir, "run")
@@ -119,6 +120,7 @@ def _run_flower(exp, federation: str, *, resume: bool, as_json: bool) -> None:
         print_json({"run_dir": str(run_dir), "rounds": done[-1], "final": rounds[-1] if rounds else {},
                     "backend": "flower", "federation": federation})
         return
+    print_examples(rounds[-1].get("examples") if rounds else None)
     saved(run_dir, "run")
 
 

@@ -396,6 +396,9 @@ class Run:
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:
         self.load_global()
         records = [{"type": "eval", "round": server_round, "scope": "global", **self.task.evaluate(self.model)}]
+        examples = self.task.eval_examples(self.model)
+        if examples:
+            records[0]["examples"] = examples
         if self.fed.eval_clients:
             for cid in self.client_ids:
                 records.append(

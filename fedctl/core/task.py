@@ -220,6 +220,11 @@ class Task(ABC):
         """What the CLI prints before training (sizes, data)."""
         return {}
 
+    def eval_examples(self, model: nn.Module) -> list[dict[str, str]]:
+        """A few validation examples as the model gets them (e.g. ASR: the reference and its greedy decoding),
+        logged on each global evaluation row of metrics.jsonl as `examples` and shown by the CLI. Default: none."""
+        return []
+
     def sample(self, model: nn.Module) -> str | None:
         """A short qualitative sample of the final model (e.g. generated text)."""
         return None

@@ -35,6 +35,7 @@ class EvalResult:
     round: int | None
     metrics: dict[str, float]  # the global validation split
     clients: dict[str, dict[str, float]] = field(default_factory=dict)  # each client's held-out split (--clients)
+    examples: list[dict[str, str]] = field(default_factory=list)  # Task.eval_examples (e.g. ASR ref / hyp)
 
 
 def _find_config(start: Path, config: Path | None) -> tuple[dict[str, Any], Path]:
@@ -108,4 +109,4 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
         load_weights(model, state, target, required=keys)
     metrics = task.evaluate(model)
     per_client = {cid: task.evaluate(model, cid) for cid in task.client_ids()} if clients else {}
-    return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client)
+    return EvalResult(str(target), kind, exp.run.task, server_round, metrics, per_client, task.eval_examples(model))

@@ -46,6 +46,8 @@ class AsrConfig:
     # ---- evaluation
     eval_batch_size: int = 16  # utterances per evaluation forward pass
     eval_batches: int = 0  # cap on validation batches per evaluation (0 = all)
+    eval_examples: int = 3  # validation utterances whose greedy decoding each evaluation logs beside its
+                            # reference (metrics.jsonl `examples`, shown at the end of training); 0: none
 
 
 # ---- the workload command: `fedctl train asr` (shared flags: fedctl/cli/options.py)

@@ -135,6 +135,7 @@ class AsrTask(Task):
             ("dropout", 0 <= cfg.dropout < 1, "a probability in [0, 1), e.g. 0.2; 0 disables it"),
             ("eval_batch_size", cfg.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
+            ("eval_examples", cfg.eval_examples >= 0, "e.g. 3; 0 logs no decoded examples"),
             ("min_dur", cfg.min_dur >= 0, "milliseconds, e.g. 1000"),
         ], lambda key: getattr(cfg, key))
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
@@ -275,6 +276,23 @@ class AsrTask(Task):
             model.train(was_training)
         rates = error_rates(refs, hyps)
         return {"val_loss": total / max(1, count), "val_cer": rates["cer"], "val_wer": rates["wer"]}
+
+    @torch.no_grad()
+    def eval_examples(self, model: nn.Module) -> list[dict[str, str]]:
+        """The first `eval_examples` pooled validation utterances: id, reference transcript and the model's
+        greedy CTC decoding (a model that emits only blanks or only vowels shows it here, not only in its CER)."""
+        utts = self.eval_utterances(None)[: self.cfg.eval_examples]
+        if not utts:
+            return []
+        was_training = model.training
+        model.eval()
+        try:
+            features, lengths, _, _ = self._batch(utts)
+            log_probs, out_lengths = model(features, lengths)
+            hyps = greedy_decode(log_probs, out_lengths)
+        finally:
+            model.train(was_training)
+        return [{"id": u.id, "ref": u.transcript, "hyp": h} for u, h in zip(utts, hyps)]
 
     # ------------------------------------------------------------------------------ client statistics
 
