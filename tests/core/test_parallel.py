@@ -92,6 +92,11 @@ def test_kept_optimizer_state_is_bit_identical_and_travels():
     reference = run_federated(LinearTask(), build_strategy("fedavg"), federation, seed=11)
     res = parallel_run(LinearTask(), build_strategy("fedavg"), federation, 3)
     assert_same(reference, res)
+    # peak_rss_tree_mb sums the 3 workers (forked: each maps the server's resident pages) with the server
+    import psutil
+
+    server_now = psutil.Process().memory_info().rss / 1e6
+    assert all(r["peak_rss_tree_mb"] > 2.5 * server_now for r in res.history if r["type"] == "fit")
 
 
 def test_fraction_sampling_and_raising_client_match_sequential():
