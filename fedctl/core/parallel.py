@@ -11,7 +11,8 @@ How a round goes (`ParallelExecutor.__call__`, an engine Executor):
      (and uses as the FedProx anchor) — one model copy per round, whatever the worker count;
   2. idle workers take the next sampled client (in sampled order); a worker loads the global
      state into its own model, seeds exactly as the sequential engine does (`prepare_client`),
-     runs `task.fit` and the statistics the strategy asked for, then copies the trained shared
+     runs the one client trainer (`local.train_client`: local training, update pruning, the task's
+     after-training hook, the statistics the strategy asked for), then copies the trained shared
      tensors into ITS update slot (shared memory, preallocated) and reports (num_examples,
      metrics, stats, optimizer state; small, pickled);
   3. the server yields outcomes in sampled order, so aggregation is bit-identical to the
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import pickle
 import signal
@@ -70,12 +72,59 @@ TaskFactory = Callable[[str], Any]  # device name -> a built task (must be pickl
 # ----------------------------------------------------------------------------------- sizing
 
 
-def available_cores() -> int:
+CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" in microseconds, or "max <period>"
+
+
+def affinity_cores() -> int:
     """CPU cores this process may run on (the affinity mask, not the machine's total)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def cgroup_cpus(path: str = CPU_MAX) -> float | None:
+    """CPUs' worth of time the cgroup v2 quota allows (quota / period, e.g. 1.5), or None when unlimited
+    or unknown (no cgroup v2, unreadable, malformed)."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(affinity: int, quota: float | None) -> int:
+    """Cores this process can keep busy: its affinity mask, capped by the cgroup quota (rounded down,
+    at least 1: a quota of 1.5 CPUs runs 2 busy threads at 75% each, slower than 1 at 100%)."""
+    cores = max(1, affinity)
+    if quota is not None and quota > 0:
+        cores = min(cores, max(1, math.floor(quota)))
+    return cores
+
+
+def available_cores() -> int:
+    """`usable_cores` of this process: its affinity mask capped by its cgroup's CPU quota."""
+    return usable_cores(affinity_cores(), cgroup_cpus())
+
+
+def default_threads(*, workers: int, affinity: int, quota: float | None) -> int:
+    """torch intra-op threads per process when run.threads is 0 (auto).
+
+    With several worker processes each gets 1 thread, and so does the server (it only folds updates):
+    N processes × several OpenMP threads on N cores oversubscribe them, and OpenMP threads spinning against
+    other work are ruinous (measured on a 2-core machine shared with one other job: `lerp_` on 1M floats
+    12 ms with 2 threads, 0.8 ms with 1). One process (`--workers 1`, evaluation, a Flower node) gets the
+    cores it may use — its affinity mask capped by the cgroup quota — rather than torch's default, which
+    counts the machine's cores whatever the container allows."""
+    return 1 if workers > 1 else usable_cores(affinity, quota)
+
+
+def resolve_threads(threads: int, *, workers: int = 1) -> int:
+    """run.threads as given when > 0, else `default_threads` for this process's affinity and cgroup quota."""
+    if threads > 0:
+        return threads
+    return default_threads(workers=workers, affinity=affinity_cores(), quota=cgroup_cpus())
 
 
 def available_memory_bytes() -> int | None:
@@ -121,7 +170,7 @@ def plan_workers(requested: int, *, threads: int, clients_per_round: int, device
     per = threads or 1
     if requested:
         n = requested
-        per = threads or max(1, cores // n)
+        per = threads or (1 if n > 1 else cores)  # default_threads: one per worker process
     else:
         n = max(1, cores // per)
         free = available_memory_bytes()
@@ -319,6 +368,8 @@ class ParallelExecutor:
         if self.plan.workers == 1:
             run.emit(_message("clients train one after another in this process (1 worker)"))
             return
+        if self.threads == 0 and self.plan.devices[0] == "cpu":
+            torch.set_num_threads(1)  # default_threads: the server only folds updates beside N busy workers
         if self.plan.start_method == "spawn":
             import torch.multiprocessing as _tmp  # noqa: F401 - registers the reductions that share tensors on spawn
             if self.task_factory is None:
