@@ -31,7 +31,7 @@ _HEAD = {"round": "round", "clients": "clients", "train_loss": "train loss", "mb
 _COMMANDS = {"glue": "lora"}  # task name → its `fedctl train` command, where they differ
 _SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id",
          # the resource record stays in metrics.jsonl; the table shows throughput only
-         "examples", "time", "peak_rss_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
+         "examples", "time", "peak_rss_mb", "peak_rss_tree_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
 _PROGRESS_EVERY = 0.1  # seconds between redraws of the in-round progress line
 
 

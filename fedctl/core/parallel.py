@@ -33,7 +33,10 @@ Faults: a client that raises is reported as failed (the engine leaves it out); a
 that dies (crash, SIGKILL, OOM killer) takes only its current client out of the round and is
 restarted at once; FedctlError inside a worker stops the run as it would in-process; Ctrl-C and
 any exit close every worker (finally + atexit; workers ignore SIGINT and die with the server via
-PR_SET_PDEATHSIG on Linux), so no process outlives the run.
+PR_SET_PDEATHSIG on Linux), so no process outlives the run. Ctrl-C is held back while a worker
+starts (`_sigint_deferred`): one that landed during the fork raised its KeyboardInterrupt inside an
+at-fork callback (logging registers one), where Python drops it, and the run went on; held back, it
+is raised right after the start.
 
 GPU (designed, NOT tested here: these machines have no GPU): with `device: cuda` workers are
 spawned; `--workers 0` gives one worker per visible GPU, `--workers N` places worker w on
@@ -50,6 +53,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -227,11 +231,20 @@ def _send(conn, *msg) -> None:
 
 
 def _worker_main(spec: _Spec) -> None:
+    try:
+        _worker_loop(spec)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server closed our pipe (it stopped, e.g. on Ctrl-C while we started): nothing to report to
+
+
+def _worker_loop(spec: _Spec) -> None:
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the server died before prctl took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C and stops us
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the server across our start (see _sigint_deferred)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(os, "setsid"):
         # Linux's autogroup scheduler (sched_autogroup_enabled, on by default) splits CPU time between
         # sessions, not processes: workers left in the server's session would share ONE session's slice
@@ -315,6 +328,33 @@ class _Worker:
 
 
 _POOLS: weakref.WeakSet = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while a worker starts, then raise it. Two windows: in the server, a SIGINT that lands
+    during the fork runs Python's handler inside an at-fork callback (logging registers one), where its
+    KeyboardInterrupt is dropped and the run goes on — so the handler only records it here; in the worker,
+    until it ignores SIGINT — so SIGINT is blocked in this thread, whose mask the worker inherits (a fork or
+    a spawn alike) and unblocks once it ignores it. Main thread only (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT arrives now: recorded
+        # signal.signal runs pending handlers first, so nothing is missed
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
 
 
 @atexit.register
@@ -401,20 +441,22 @@ class ParallelExecutor:
                      slot=w.slot, slot_free=w.slot_free, threads=self.plan.threads, device=w.device,
                      keys=list(run.keys), seed=run.seed, keep_optimizer_state=run.fed.keep_optimizer_state,
                      task=run.task if fork else None, task_factory=None if fork else self.task_factory)
+        # the worker's whole state before it starts: a Ctrl-C anywhere below leaves one that close() can stop
+        w.conn, w.job, w.ready = parent, None, False
         w.process = self._ctx.Process(target=_worker_main, args=(spec,), daemon=True,
                                       name=f"fedctl-worker-{w.wid}")
         # tokenizers (Rust) warns on every fork after it used threads; the workers never tokenize
         saved = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         try:
-            w.process.start()
+            with _sigint_deferred():
+                w.process.start()
         finally:
+            child.close()
             if saved is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
             else:
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
-        child.close()
-        w.conn, w.job, w.ready = parent, None, False
 
     def _stop(self, w: _Worker, graceful: bool) -> None:
         p = w.process
