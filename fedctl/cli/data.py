@@ -17,7 +17,13 @@ app.add_typer(partition_app, name="partition")
 
 # ---------------------------------------------------------------- speech options
 # numpy's and scikit-learn's legacy seeding takes 32-bit seeds: refuse others at parse time
-SpeechSeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed (voices, sentences, splits, k-means).")]
+def _seed_opt(what: str):
+    return Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help=f"Random seed of {what}.")]
+
+
+SynthSeedOpt = _seed_opt("the voices, pitch, rate and sentences")
+PartitionSeedOpt = _seed_opt("the assignment to clients and the validation split")
+KmeansSeedOpt = _seed_opt("k-means (initialisation, mini-batches, frame sampling)")
 SpeechOutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written atomically).")]
 RootOpt = Annotated[
     list[Path], typer.Option("--root", help="A LibriSpeech tree or subset folder (repeatable).")
@@ -45,7 +51,7 @@ def synth(
     out_dir: SpeechOutOpt,
     speakers: Annotated[int, typer.Option("--speakers", help="Distinct eSpeak voices.")] = 24,
     utterances: Annotated[int, typer.Option("--utterances", help="Utterances per speaker (0.5-4 s each).")] = 40,
-    seed: SpeechSeedOpt = 0,
+    seed: SynthSeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Synthesize a LibriSpeech-layout corpus (16 kHz FLAC + transcripts + phone alignments) with eSpeak NG."""
@@ -73,7 +79,7 @@ def partition_librispeech(
     by: ByOpt = "speaker",
     alpha: AlphaOpt = 0.5,
     val_fraction: ValFractionOpt = 0.2,
-    seed: SpeechSeedOpt = 0,
+    seed: PartitionSeedOpt = 0,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -117,7 +123,7 @@ def kmeans(
     features: Annotated[str, typer.Option("--features", help="mfcc (iteration 1) or hubert (iteration 2: --model, --layer).")] = "mfcc",
     model: Annotated[Path | None, typer.Option("--model", help="--features hubert: RUN/final/hf of `fedctl train hubert`.")] = None,
     layer: Annotated[int, typer.Option("--layer", help="--features hubert: transformer layer whose output is clustered.")] = 6,
-    seed: SpeechSeedOpt = 0,
+    seed: KmeansSeedOpt = 0,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
