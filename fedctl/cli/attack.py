@@ -29,7 +29,7 @@ THREAT = ("Threat model: the attacker (server) holds the victim's weights and Ba
           "features and the CTC alignments together (gradient method), reads the transcript off the alignments, "
           "and metrics.csv reports its CER.")
 
-app = typer.Typer(help="Gradient-inversion attacks on DeepSpeech 1/2 clients. " + THREAT, no_args_is_help=True,
+app = typer.Typer(help="Gradient-inversion attacks on DeepSpeech 1/2 clients.\n\n" + THREAT, no_args_is_help=True,
                   rich_markup_mode="rich")
 
 _EPILOG = ("Examples:\n\n"

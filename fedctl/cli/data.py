@@ -18,7 +18,13 @@ app.add_typer(partition_app, name="partition")
 
 # ---------------------------------------------------------------- speech options
 # numpy's and scikit-learn's legacy seeding takes 32-bit seeds: refuse others at parse time
-SpeechSeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Random seed (voices, sentences, splits, k-means).")]
+def _seed_opt(what: str):
+    return Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help=f"Random seed of {what}.")]
+
+
+SynthSeedOpt = _seed_opt("the voices, pitch, rate and sentences (--keywords: the speaker ids and noise too)")
+PartitionSeedOpt = _seed_opt("the assignment to clients and the validation split")
+KmeansSeedOpt = _seed_opt("k-means (initialisation, mini-batches, frame sampling)")
 SpeechOutOpt = Annotated[Path, typer.Option("--out", help="Output folder (written atomically).")]
 RootOpt = Annotated[
     list[Path], typer.Option("--root", help="A LibriSpeech tree, a fairseq .tsv or CSV/TSV manifest, or a local "
@@ -59,7 +65,7 @@ def synth(
     unknown_words: Annotated[str | None, typer.Option("--unknown-words", help="--keywords: comma-separated other words for _unknown_ (default the 20 of Speech Commands v0.01; '' for none).")] = None,
     repetitions: Annotated[int | None, typer.Option("--repetitions", help="--keywords: times each speaker says each word (default 2).")] = None,
     noise_seconds: Annotated[float | None, typer.Option("--noise-seconds", help="--keywords: length of each _background_noise_ file (default 60).")] = None,
-    seed: SpeechSeedOpt = 0,
+    seed: SynthSeedOpt = 0,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Synthesize a corpus with eSpeak NG: LibriSpeech layout (FLAC + transcripts + phone alignments) or, with
@@ -134,7 +140,7 @@ def partition_librispeech(
     sizes: SizesOpt = None,
     size_unit: Annotated[str, typer.Option("--size-unit", help="--by speaker --sizes: count utterances (targets met to within a speaker) or speakers (exact).")] = "utterances",
     val_by: Annotated[str, typer.Option("--val-by", help="utterance (share of each client's utterances) or speaker (hold out whole speakers).")] = "utterance",
-    seed: SpeechSeedOpt = 0,
+    seed: PartitionSeedOpt = 0,
     strict: StrictOpt = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
@@ -203,7 +209,7 @@ def kmeans(
     alignments: Annotated[Path | None, typer.Option("--alignments", help="Phone alignments: a folder of TextGrids (MFA) or a '<utt-id> <label> ...' frame-label file.")] = None,
     tier: Annotated[str, typer.Option("--tier", help="TextGrid tier holding the phones.")] = "phones",
     alignment_rate: Annotated[int, typer.Option("--alignment-rate", help="Frame-label file: labels per second.")] = 100,
-    seed: SpeechSeedOpt = 0,
+    seed: KmeansSeedOpt = 0,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
 ) -> None:

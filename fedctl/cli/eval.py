@@ -11,6 +11,7 @@ from rich.table import Table
 
 from fedctl.cli.console import out, print_json
 from fedctl.cli.options import JsonOpt
+from fedctl.cli.render import print_samples
 
 EPILOG = """Examples:
 
@@ -62,6 +63,4 @@ def command(
         table.add_row(f"clients ({agg['aggregation']})", *[_fmt(agg.get(k, "–")) for k in names])
     out.print(f"[bold]{res.task}[/] · {res.kind} {escape(res.target)}{where}", highlight=False)
     out.print(table)
-    for sample in res.samples:  # a low error rate that emits only frequent symbols shows here
-        out.print(f"{escape(sample['id'])}\n  ref: {escape(sample['ref'])}\n  hyp: {escape(sample['hyp']) or '(empty)'}",
-                  highlight=False)
+    print_samples(res.samples)

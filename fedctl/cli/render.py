@@ -33,7 +33,7 @@ _COMMANDS = {"glue": "lora"}  # task name → its `fedctl train` command, where 
 _SKIP = {"sampled", "failed", "num_examples", "type", "scope", "client_id", "fit_clients", "evaluate_clients",
          "aggregation", "bulyan_selected", "qffl_h",
          # the resource record stays in metrics.jsonl; the table shows throughput only
-         "time", "peak_rss_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
+         "samples", "time", "peak_rss_mb", "peak_rss_tree_mb", "cuda_max_allocated_mb", "lr", "grad_norm", "dp_delta"}
 _PROGRESS_EVERY = 0.1  # seconds between redraws of the in-round progress line
 
 
@@ -184,3 +184,15 @@ class RunRenderer:
             self.saved, self.saved_round = event, event.server_round  # shown on Ctrl-C; per round it would drown the table
         elif isinstance(event, RunFinished):
             self.__exit__()
+
+
+def print_samples(samples: list[dict[str, str]] | None) -> None:
+    """The decoded validation samples of an evaluation (`Task.eval_samples`), each reference above its
+    hypothesis, on stdout."""
+    if not samples:
+        return
+    out.print(f"[bold]Samples[/] ({len(samples)} validation utterances, greedy decoding):", highlight=False)
+    for ex in samples:
+        out.print(f"  {ex.get('id', '')}", highlight=False, markup=False)
+        out.print(f"    ref: {ex.get('ref', '')}", highlight=False, markup=False)
+        out.print(f"    hyp: {ex.get('hyp', '') or '(empty)'}", highlight=False, markup=False)

@@ -30,7 +30,7 @@ from fedctl.cli.options import (
     multi_value_command,
     parse_save_deltas,
 )
-from fedctl.cli.render import RunRenderer
+from fedctl.cli.render import RunRenderer, print_samples
 from fedctl.core.config import Flag
 from fedctl.errors import FedctlError
 from fedctl.run.registry import Workload
@@ -99,6 +99,7 @@ def _run(
         print_json({"run_dir": str(outcome.run_dir), "rounds": outcome.result.rounds_done, "final": final,
                     "task": outcome.summary, "sample": outcome.sample})
         return
+    print_samples(final.get("samples"))
     if outcome.sample is not None:
         out.print(f"[bold]Sample:[/] {outcome.sample}", highlight=False)
     saved(outcome.run_dir, "run")
@@ -128,6 +129,7 @@ def _run_flower(exp, federation: str, *, resume: bool, as_json: bool) -> None:
         print_json({"run_dir": str(run_dir), "rounds": done[-1], "final": rounds[-1] if rounds else {},
                     "backend": "flower", "federation": federation})
         return
+    print_samples(rounds[-1].get("samples") if rounds else None)
     saved(run_dir, "run")
 
 

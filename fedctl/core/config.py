@@ -141,7 +141,8 @@ class RunConfig:
     out: str | None = field(default=None, metadata={"check": check_out_path})  # run directory (overrides runs/<name>)
     seed: int = field(default=0, metadata={"check": check_seed})  # seeds model init, client sampling and every client's data order
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:N
-    threads: int = 0  # CPU threads for torch ops (0 = torch's default, all cores); 1 is fastest for tiny models
+    threads: int = 0  # torch threads per process; 0 = auto: 1 per process with several workers, else the cores
+                      # this process may use (affinity mask, cgroup CPU quota); 1 is fastest for tiny models
     workers: int = 0  # client worker processes: 0 = auto (one per core the threads allow), 1 = sequential
     task: str = "mamba"  # workload: set by the command (`train mamba`, `train central --task …`)
     track: list[str] = field(default_factory=list)  # experiment trackers, offline: tensorboard, wandb, mlflow (pip install 'fedctl[tracking]')

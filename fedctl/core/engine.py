@@ -39,6 +39,7 @@ from fedctl.core.events import (
     RunStarted,
 )
 from fedctl.core.instructions import ClientInstructions
+from fedctl.core.memory import TreePeak
 from fedctl.core.rundir import RunDir
 from fedctl.core.strategies import ClientUpdate, Strategy, innermost
 from fedctl.core.task import ClientConfig, Task, client_seed
@@ -147,13 +148,15 @@ def local_executor(run: Run, server_round: int, sampled: list[int],
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident set size so far, in MB (10^6 bytes): Linux reports KiB, macOS bytes."""
+    """The server process's own peak resident set size so far, in MB (10^6 bytes): Linux reports KiB, macOS
+    bytes. Worker processes are not in it: see `peak_rss_tree_mb` (fedctl.core.memory)."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1e6 if sys.platform == "darwin" else rss * 1024 / 1e6
 
 
 # Metrics of where and how fast a round ran, not of what it computed: they differ between identical runs.
-VOLATILE_METRICS = frozenset({"seconds", "time", "examples_per_s", "peak_rss_mb", "cuda_max_allocated_mb"})
+VOLATILE_METRICS = frozenset({"seconds", "time", "examples_per_s", "peak_rss_mb", "peak_rss_tree_mb",
+                              "cuda_max_allocated_mb"})
 
 
 def is_volatile(key: str) -> bool:
@@ -165,7 +168,8 @@ def resource_record(clients: list[dict[str, float]], units: tuple[str, ...], sec
     """A round's resource record from its clients' training metrics and the wall `seconds` of its training
     phase (sampling to the last client's update, aggregation folded in): `time` (UNIX seconds, now),
     `examples_per_s` (items trained on per second of that phase, all clients together) and
-    `<unit>_per_s` for the task's throughput units, `peak_rss_mb`, `cuda_max_allocated_mb` (on CUDA),
+    `<unit>_per_s` for the task's throughput units, `peak_rss_mb` (the server process's peak since it
+    started; the caller adds `peak_rss_tree_mb`, server + workers over the round), `cuda_max_allocated_mb` (on CUDA),
     `lr` (the last client's last learning rate) and `grad_norm` (mean pre-clip gradient norm)."""
     rec: dict[str, Any] = {"time": time.time()}
     if seconds > 0:
@@ -211,6 +215,7 @@ class Run:
         self.executor: Executor = executor or local_executor
         self.history: list[dict[str, Any]] = []
         self.personal: list[tuple[str, dict[str, float]]] = []
+        self.memory = TreePeak()  # server + worker processes' summed RSS (peak_rss_tree_mb)
 
         self.client_ids = list(task.client_ids())
         self.model = task.build_model()
@@ -384,6 +389,7 @@ class Run:
     # -- one round --------------------------------------------------------------------------------
     def fit_round(self, server_round: int) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.memory.reset()
         sampled = sample_clients(len(self.client_ids), self.fed.fraction, self.fed.min_fit_clients, self.seed, server_round)
         instructions = self.strategy.configure_fit(server_round)
         if self.fed.prune > 0:  # the run's setting, not the strategy's: it travels with every client's instructions
@@ -420,6 +426,7 @@ class Run:
                 self.run_dir.save_delta(server_round, cid, update.state, self.global_state,
                                         {"round": server_round, "entity": "client", "client_id": cid})
             aggregator.add(update)
+            self.memory.sample()  # a worker that just finished a client is near its peak
             trained.append(dict(update.metrics))
             personal = {k.removeprefix("personal_"): v for k, v in update.metrics.items() if k.startswith("personal_")}
             if personal:
@@ -481,7 +488,13 @@ class Run:
             "mb_up": mb * aggregator.count,
             "seconds": time.perf_counter() - t0,
             **resource_record(trained, self.task.throughput_units, fit_seconds),
+            "peak_rss_tree_mb": self.memory_peak_mb(),
         }
+
+    def memory_peak_mb(self) -> float:
+        """The round's peak summed RSS of the server and its worker processes (MB), sampled through it."""
+        self.memory.sample()
+        return self.memory.peak_mb
 
     def evaluate(self, server_round: int) -> list[dict[str, Any]]:
         """The global evaluation first; with `eval_clients`, then one row per sampled client (`scope: client`,
@@ -492,6 +505,9 @@ class Run:
             return self.evaluate_personalised(server_round)
         self.load_global()
         records = [{"type": "eval", "round": server_round, "scope": "global", **self.task.evaluate(self.model)}]
+        samples = self.task.eval_samples(self.model)
+        if samples:
+            records[0]["samples"] = samples
         if self.fed.eval_clients:
             how = self.fed.evaluate_aggregation
             sampled = [self.client_ids[i] for i in sample_clients(
@@ -578,6 +594,16 @@ class Run:
                 shared_bytes=self.shared_bytes, run_dir=self.run_dir,
             )
         )
+        self.memory.start()
+        try:
+            self._rounds(start, total)
+        finally:
+            self.memory.stop()
+        self.load_global()
+        self.emit(RunFinished(total, {}))
+        return RunResult(self.model, self.history, total, self.run_dir)
+
+    def _rounds(self, start: int, total: int) -> None:
         for server_round in range(start, total + 1):
             fit = self.fit_round(server_round)
             self.history.append(fit)

@@ -11,7 +11,8 @@ How a round goes (`ParallelExecutor.__call__`, an engine Executor):
      (and uses as the FedProx anchor) — one model copy per round, whatever the worker count;
   2. idle workers take the next sampled client (in sampled order); a worker loads the global
      state into its own model, seeds exactly as the sequential engine does (`prepare_client`),
-     runs `task.fit` and the statistics the strategy asked for, then copies the trained shared
+     runs the one client trainer (`local.train_client`: local training, update pruning, the task's
+     after-training hook, the statistics the strategy asked for), then copies the trained shared
      tensors into ITS update slot (shared memory, preallocated) and reports (num_examples,
      metrics, stats, optimizer state; small, pickled);
   3. the server yields outcomes in sampled order, so aggregation is bit-identical to the
@@ -32,7 +33,10 @@ Faults: a client that raises is reported as failed (the engine leaves it out); a
 that dies (crash, SIGKILL, OOM killer) takes only its current client out of the round and is
 restarted at once; FedctlError inside a worker stops the run as it would in-process; Ctrl-C and
 any exit close every worker (finally + atexit; workers ignore SIGINT and die with the server via
-PR_SET_PDEATHSIG on Linux), so no process outlives the run.
+PR_SET_PDEATHSIG on Linux), so no process outlives the run. Ctrl-C is held back while a worker
+starts (`_sigint_deferred`): one that landed during the fork raised its KeyboardInterrupt inside an
+at-fork callback (logging registers one), where Python drops it, and the run went on; held back, it
+is raised right after the start.
 
 GPU (designed, NOT tested here: these machines have no GPU): with `device: cuda` workers are
 spawned; `--workers 0` gives one worker per visible GPU, `--workers N` places worker w on
@@ -44,10 +48,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import pickle
 import signal
 import sys
+import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -70,12 +76,59 @@ TaskFactory = Callable[[str], Any]  # device name -> a built task (must be pickl
 # ----------------------------------------------------------------------------------- sizing
 
 
-def available_cores() -> int:
+CPU_MAX = "/sys/fs/cgroup/cpu.max"  # cgroup v2: "<quota> <period>" in microseconds, or "max <period>"
+
+
+def affinity_cores() -> int:
     """CPU cores this process may run on (the affinity mask, not the machine's total)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def cgroup_cpus(path: str = CPU_MAX) -> float | None:
+    """CPUs' worth of time the cgroup v2 quota allows (quota / period, e.g. 1.5), or None when unlimited
+    or unknown (no cgroup v2, unreadable, malformed)."""
+    try:
+        with open(path) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(affinity: int, quota: float | None) -> int:
+    """Cores this process can keep busy: its affinity mask, capped by the cgroup quota (rounded down,
+    at least 1: a quota of 1.5 CPUs runs 2 busy threads at 75% each, slower than 1 at 100%)."""
+    cores = max(1, affinity)
+    if quota is not None and quota > 0:
+        cores = min(cores, max(1, math.floor(quota)))
+    return cores
+
+
+def available_cores() -> int:
+    """`usable_cores` of this process: its affinity mask capped by its cgroup's CPU quota."""
+    return usable_cores(affinity_cores(), cgroup_cpus())
+
+
+def default_threads(*, workers: int, affinity: int, quota: float | None) -> int:
+    """torch intra-op threads per process when run.threads is 0 (auto).
+
+    With several worker processes each gets 1 thread, and so does the server (it only folds updates):
+    N processes × several OpenMP threads on N cores oversubscribe them, and OpenMP threads spinning against
+    other work are ruinous (measured on a 2-core machine shared with one other job: `lerp_` on 1M floats
+    12 ms with 2 threads, 0.8 ms with 1). One process (`--workers 1`, evaluation, a Flower node) gets the
+    cores it may use — its affinity mask capped by the cgroup quota — rather than torch's default, which
+    counts the machine's cores whatever the container allows."""
+    return 1 if workers > 1 else usable_cores(affinity, quota)
+
+
+def resolve_threads(threads: int, *, workers: int = 1) -> int:
+    """run.threads as given when > 0, else `default_threads` for this process's affinity and cgroup quota."""
+    if threads > 0:
+        return threads
+    return default_threads(workers=workers, affinity=affinity_cores(), quota=cgroup_cpus())
 
 
 def available_memory_bytes() -> int | None:
@@ -121,7 +174,7 @@ def plan_workers(requested: int, *, threads: int, clients_per_round: int, device
     per = threads or 1
     if requested:
         n = requested
-        per = threads or max(1, cores // n)
+        per = threads or (1 if n > 1 else cores)  # default_threads: one per worker process
     else:
         n = max(1, cores // per)
         free = available_memory_bytes()
@@ -178,11 +231,20 @@ def _send(conn, *msg) -> None:
 
 
 def _worker_main(spec: _Spec) -> None:
+    try:
+        _worker_loop(spec)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server closed our pipe (it stopped, e.g. on Ctrl-C while we started): nothing to report to
+
+
+def _worker_loop(spec: _Spec) -> None:
     parent = os.getppid()
     _die_with_parent()
     if os.getppid() != parent:  # the server died before prctl took effect
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C and stops us
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the server across our start (see _sigint_deferred)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if hasattr(os, "setsid"):
         # Linux's autogroup scheduler (sched_autogroup_enabled, on by default) splits CPU time between
         # sessions, not processes: workers left in the server's session would share ONE session's slice
@@ -268,6 +330,33 @@ class _Worker:
 _POOLS: weakref.WeakSet = weakref.WeakSet()
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back while a worker starts, then raise it. Two windows: in the server, a SIGINT that lands
+    during the fork runs Python's handler inside an at-fork callback (logging registers one), where its
+    KeyboardInterrupt is dropped and the run goes on — so the handler only records it here; in the worker,
+    until it ignores SIGINT — so SIGINT is blocked in this thread, whose mask the worker inherits (a fork or
+    a spawn alike) and unblocks once it ignores it. Main thread only (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        yield
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a pending SIGINT arrives now: recorded
+        # signal.signal runs pending handlers first, so nothing is missed
+        signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
 @atexit.register
 def _close_all() -> None:
     for pool in list(_POOLS):
@@ -319,6 +408,8 @@ class ParallelExecutor:
         if self.plan.workers == 1:
             run.emit(_message("clients train one after another in this process (1 worker)"))
             return
+        if self.threads == 0 and self.plan.devices[0] == "cpu":
+            torch.set_num_threads(1)  # default_threads: the server only folds updates beside N busy workers
         if self.plan.start_method == "spawn":
             import torch.multiprocessing as _tmp  # noqa: F401 - registers the reductions that share tensors on spawn
             if self.task_factory is None:
@@ -350,20 +441,22 @@ class ParallelExecutor:
                      slot=w.slot, slot_free=w.slot_free, threads=self.plan.threads, device=w.device,
                      keys=list(run.keys), seed=run.seed, keep_optimizer_state=run.fed.keep_optimizer_state,
                      task=run.task if fork else None, task_factory=None if fork else self.task_factory)
+        # the worker's whole state before it starts: a Ctrl-C anywhere below leaves one that close() can stop
+        w.conn, w.job, w.ready = parent, None, False
         w.process = self._ctx.Process(target=_worker_main, args=(spec,), daemon=True,
                                       name=f"fedctl-worker-{w.wid}")
         # tokenizers (Rust) warns on every fork after it used threads; the workers never tokenize
         saved = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         try:
-            w.process.start()
+            with _sigint_deferred():
+                w.process.start()
         finally:
+            child.close()
             if saved is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
             else:
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
-        child.close()
-        w.conn, w.job, w.ready = parent, None, False
 
     def _stop(self, w: _Worker, graceful: bool) -> None:
         p = w.process

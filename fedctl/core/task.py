@@ -59,18 +59,27 @@ class LocalTraining:
     warmup_steps: int = 0  # linear warmup over the global step, then constant
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
-    batch_size: int = 1  # items per micro-batch
+    batch_size: int = 1  # items per micro-batch (a client with fewer items: all of them, each once)
     local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
     amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
     optimizer: str = "adamw"  # adamw, or sgd (with `momentum`; FedNova's a_i and SCAFFOLD are defined for SGD)
     momentum: float = 0.0  # sgd only: heavy-ball momentum ρ
+    # length-aware batching, for tasks whose items differ in size (`Task.item_costs`, e.g. seconds of audio):
+    bucket_batches: int = 0  # each permutation is cut into runs of this many micro-batches, each run sorted by
+                             # cost, so a micro-batch holds similar sizes (less padding); 0: no bucketing
+    max_pass_cost: float = 0.0  # padded cost (items × largest) of one forward pass; a micro-batch over it runs
+                                # as several passes whose losses are weighted by their items; 0: no cap
+
+    def micro_batch_size(self, num_items: int) -> int:
+        """Items per micro-batch: batch_size, or all of a client's items when it holds fewer (never copies)."""
+        return max(1, min(self.batch_size, num_items))
 
     def micro_batches(self, num_items: int) -> int:
         """Micro-batches one client takes per round."""
         if self.local_updates > 0:
             return self.local_updates * self.grad_accum
-        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.batch_size))
+        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.micro_batch_size(num_items)))
 
     def steps_per_round(self, num_items: int) -> int:
         """Optimizer steps one client takes per round."""
@@ -163,6 +172,12 @@ class Task(ABC):
     @abstractmethod
     def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, Any]]: ...
 
+    def item_costs(self, client_id: str) -> list[float]:
+        """Each training item's size (e.g. seconds of audio), for `training.bucket_batches` and
+        `training.max_pass_cost`; a forward pass over k items costs k × the largest."""
+        raise FedctlError(f"task '{self.name}' has no item sizes",
+                          "leave bucket_batches and max_pass_cost at 0 for this workload")
+
     # -- evaluation
     @abstractmethod
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
@@ -208,10 +223,6 @@ class Task(ABC):
         return None
 
     # Artefacts and reporting.
-    def decoded_samples(self) -> list[dict[str, str]]:
-        """A few {"id", "ref", "hyp"} of the last evaluation (CTC workloads), for `fedctl eval`; default none."""
-        return []
-
     def client_trained(self, model: nn.Module, client_id: str, server_round: int) -> None:
         """Called after a client's local training, before its update is taken (e.g. to save its adapter)."""
         return None
@@ -234,6 +245,13 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """What the CLI prints before training (sizes, data)."""
         return {}
+
+    def eval_samples(self, model: nn.Module) -> list[dict[str, str]]:
+        """A few decoded validation samples, {"id", "ref", "hyp"} (CTC workloads: the reference and the model's
+        greedy decoding), logged on each global evaluation row of metrics.jsonl as `samples` and shown by
+        `fedctl train` and `fedctl eval`, so a low error rate that emits only frequent symbols is visible.
+        Default: none."""
+        return []
 
     def sample(self, model: nn.Module) -> str | None:
         """A short qualitative sample of the final model (e.g. generated text)."""

@@ -2,8 +2,10 @@
 
 `app` builds the task ONCE per process from the resolved run config that arrives with every
 train message ("fedctl-config", YAML text; a few KB), then for each message: loads the global
-tensors, seeds exactly like the in-process executor, runs `task.fit`, measures the statistics
-the strategy asked for, and replies with the trained shared tensors (see fedctl.flower.codec).
+tensors, seeds exactly like the in-process executor, runs the one client trainer
+(`fedctl.core.local.train_client`: local training, update pruning, the task's after-training hook and
+the statistics the strategy asked for), and replies with the trained shared tensors (see
+fedctl.flower.codec).
 
 Cost: flwr 1.41's SuperNode (default `--isolation subprocess`) starts a fresh ClientApp process
 for every message, so in a deployment the import + task build is paid per client and round
@@ -42,6 +44,7 @@ from torch import nn
 
 from fedctl.core import local
 from fedctl.core.engine import prepare_client
+from fedctl.core.parallel import resolve_threads
 from fedctl.core.task import Task
 from fedctl.errors import FedctlError
 from fedctl.flower import codec
@@ -90,8 +93,8 @@ def make_client_app(task_factory: TaskFactory | None = None) -> ClientApp:
             cache.clear()
             config = yaml.safe_load(config_yaml) or {}
             threads = int((config.get("run") or {}).get("threads") or 0)
-            if threads > 0:  # as the in-process engine: same thread count, same floating-point results
-                torch.set_num_threads(threads)
+            # as the in-process engine: same thread count, same floating-point results; 0: this node's cores
+            torch.set_num_threads(resolve_threads(threads))
             task = factory(config, node_sets)
             model = task.build_model()
             cache[key] = _Worker(task, model, list(task.shared_keys(model)), model.state_dict())

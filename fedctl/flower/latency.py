@@ -14,54 +14,88 @@ so a 3 MB message that races its own upload waits 1–3 s at each hop.
 (tuned SuperNode only) lower these to POLL_SECONDS / PULL_BACKOFF; `shorten_heartbeat()` (tuned SuperNode)
 lets the SuperLink notice a dead node after 20 s instead of 60 s. The cost is more polling requests
 (a few per second per node on loopback); results are unaffected (the same messages, in the same order).
-Every patch checks that the flwr function it changes still has the expected signature and raises
-otherwise, so a new flwr fails loudly instead of silently keeping the old latencies.
+Every patch checks that what it changes still exists with the expected signature and that flwr's code
+still reads it the way the patch assumes (the source lines it relies on), and raises `FlwrChanged`
+otherwise, so a new flwr fails loudly instead of silently keeping the old latencies. The poll patch
+shortens only the loop's literal 3 s and 0.5 s sleeps, no other sleep of that module.
 """
 
 from __future__ import annotations
 
+import inspect
 import time as _time
 import types
 
 HEARTBEAT_SECONDS = 10  # a SuperNode's declared heartbeat interval (flwr: 30 s; its minimum is 10 s)
 POLL_SECONDS = 0.1  # SuperNode: idle poll of the SuperLink and wait for a reply (flwr: 3 s and 0.5 s)
 PULL_BACKOFF = (0.02, 0.2)  # object pulls: first retry after, longest wait between retries (flwr: 1 s, 10 s)
+PULL_KEYWORDS = ("max_tries_per_object", "initial_backoff", "backoff_cap")  # what shorten_pull_backoff sets
+NODE_SLEEPS = (3, 0.5)  # the literal waits of flwr's SuperNode loop that shorten_node_polls shortens
+
+
+class FlwrChanged(RuntimeError):
+    """A flwr internal that fedctl.flower.latency patches is not what it was written against."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}: fedctl.flower.latency was written against flwr 1.41 and needs updating for "
+                         "this flwr version (its waits would silently stay long)")
+
+
+def _require_source(obj: object, snippets: tuple[str, ...], what: str) -> None:
+    """Raise FlwrChanged unless `obj`'s source holds every snippet (the code a patch relies on)."""
+    try:
+        source = inspect.getsource(obj)
+    except (OSError, TypeError):
+        raise FlwrChanged(f"{what}: source unavailable") from None
+    missing = [s for s in snippets if s not in source]
+    if missing:
+        raise FlwrChanged(f"{what} no longer contains {', '.join(repr(m) for m in missing)}")
 
 
 def shorten_pull_backoff(initial: float = PULL_BACKOFF[0], cap: float = PULL_BACKOFF[1]) -> None:
-    """Make every object pull in this process retry after `initial` s (doubling up to `cap` s)."""
+    """Make every object pull in this process retry after `initial` s (doubling up to `cap` s), with no
+    limit on the number of tries (flwr's 2 h `max_time` still bounds a pull)."""
     from flwr.supercore.inflatable import inflatable_utils
     from flwr.superlink.grid import http_grid
     from flwr.supernode import start_client_internal
     from flwr.supernode.runtime import run_clientapp
 
     for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        params = inspect.signature(fn).parameters
         defaults = fn.__kwdefaults__ or {}
-        if "initial_backoff" not in defaults or "backoff_cap" not in defaults:
-            raise RuntimeError(f"flwr's {fn.__qualname__} no longer takes initial_backoff/backoff_cap: "
-                               "fedctl.flower.latency needs updating for this flwr version")
+        for key in PULL_KEYWORDS:
+            if key not in defaults or params[key].kind is not inspect.Parameter.KEYWORD_ONLY:
+                raise FlwrChanged(f"flwr's {fn.__qualname__} has no keyword-only argument {key}")
+    # the backoff loop reads the three arguments (pull_and_inflate_object_from_tree passes them on)
+    _require_source(inflatable_utils.pull_objects, ("delay = initial_backoff", "min(delay * 2, backoff_cap)",
+                                                    "tries >= max_tries_per_object"), "flwr's pull_objects")
+    _require_source(inflatable_utils.pull_and_inflate_object_from_tree,
+                    tuple(f"{k}={k}" for k in PULL_KEYWORDS), "flwr's pull_and_inflate_object_from_tree")
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
         # retries are now ~50× as frequent: bound them by flwr's max_time (2 h) alone, not by its 500 tries
-        fn.__kwdefaults__ = {**defaults, "initial_backoff": initial, "backoff_cap": cap, "max_tries_per_object": None}
+        fn.__kwdefaults__ = {**fn.__kwdefaults__, "initial_backoff": initial, "backoff_cap": cap,
+                             "max_tries_per_object": None}
     # modules that imported the functions by name hold the same function objects: nothing more to patch
     for module in (http_grid, start_client_internal, run_clientapp):
         for name in ("pull_objects", "pull_and_inflate_object_from_tree"):
             fn = getattr(module, name, None)
-            if fn is not None and fn.__kwdefaults__.get("initial_backoff") != initial:
-                raise RuntimeError(f"{module.__name__}.{name} is not flwr's shared function")
+            if fn is not None and fn is not getattr(inflatable_utils, name):
+                raise FlwrChanged(f"{module.__name__}.{name} is not flwr's shared function")
 
 
 class _CappedTime(types.ModuleType):
-    """The `time` module, with sleep() capped at `cap` seconds."""
+    """The `time` module, with sleep(s) for s in `durations` (flwr's literal poll waits) shortened to
+    `cap` seconds; any other sleep, and everything else, is the real module's."""
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, cap: float, durations: tuple[float, ...] = NODE_SLEEPS) -> None:
         super().__init__("time")
-        self.cap = cap
+        self.cap, self.durations = cap, durations
 
     def __getattr__(self, name: str):
         return getattr(_time, name)
 
     def sleep(self, seconds: float) -> None:
-        _time.sleep(min(seconds, self.cap))
+        _time.sleep(min(seconds, self.cap) if seconds in self.durations else seconds)
 
 
 def shorten_node_polls(seconds: float = POLL_SECONDS) -> None:
@@ -70,8 +104,9 @@ def shorten_node_polls(seconds: float = POLL_SECONDS) -> None:
 
     if getattr(start_client_internal, "time", None) is not _time and not isinstance(start_client_internal.time,
                                                                                    _CappedTime):
-        raise RuntimeError("flwr.supernode.start_client_internal no longer uses the time module: "
-                           "fedctl.flower.latency needs updating for this flwr version")
+        raise FlwrChanged("flwr.supernode.start_client_internal no longer uses the time module")
+    _require_source(start_client_internal, tuple(f"time.sleep({d})" for d in NODE_SLEEPS),
+                    "flwr.supernode.start_client_internal")
     start_client_internal.time = _CappedTime(seconds)
 
 
@@ -86,10 +121,15 @@ def shorten_heartbeat(seconds: int = HEARTBEAT_SECONDS) -> None:
     if not constant.HEARTBEAT_MIN_INTERVAL <= seconds <= constant.HEARTBEAT_MAX_INTERVAL:
         raise ValueError(f"heartbeat {seconds} s is outside flwr's {constant.HEARTBEAT_MIN_INTERVAL}-"
                          f"{constant.HEARTBEAT_MAX_INTERVAL} s")
-    for module in (heartbeat, fleet_http_connection):
-        if not hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
-            raise RuntimeError(f"{module.__name__} has no HEARTBEAT_DEFAULT_INTERVAL: "
-                               "fedctl.flower.latency needs updating for this flwr version")
+    # each module reads its own binding of the constant at call time: the sender's wait, and the interval
+    # the node declares to the SuperLink
+    uses = ((heartbeat, heartbeat.HeartbeatSender._run, "HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT"),
+            (fleet_http_connection, fleet_http_connection, "heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL"))
+    for module, user, snippet in uses:
+        if not isinstance(getattr(module, "HEARTBEAT_DEFAULT_INTERVAL", None), int):
+            raise FlwrChanged(f"{module.__name__} has no HEARTBEAT_DEFAULT_INTERVAL")
+        _require_source(user, (snippet,), module.__name__)
+    for module, _, _ in uses:
         module.HEARTBEAT_DEFAULT_INTERVAL = seconds
 
 

@@ -100,8 +100,9 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
         if not hasattr(exp.task, "model"):
             raise FedctlError(f"--base does not apply to task '{exp.run.task}'", "leave --base off")
         exp.task.model = base
-    if exp.run.threads > 0:
-        torch.set_num_threads(exp.run.threads)
+    from fedctl.core.parallel import resolve_threads
+
+    torch.set_num_threads(resolve_threads(exp.run.threads))
     ctx = TaskContext(num_clients=exp.federation.clients, seed=exp.run.seed,
                       device=resolve_device(device or exp.run.device), run_dir=RunDir(run_root),
                       log=lambda text: None)
@@ -111,7 +112,7 @@ def evaluate_target(target: str | Path, *, config: str | Path | None = None, bas
     if state is not None:
         load_weights(model, state, target, required=keys)
     metrics = task.evaluate(model)
-    samples = task.decoded_samples()
+    samples = task.eval_samples(model)
     per_client = {cid: task.evaluate(model, cid) for cid in task.client_ids()} if clients else {}
     aggregate: dict[str, Any] = {}
     if per_client:

@@ -125,7 +125,7 @@ def validate(exp: Experiment) -> None:
             "lower --set federation.min_fit_clients or raise --clients",
         )
     if exp.run.threads < 0:
-        raise FedctlError(f"run.threads = {exp.run.threads} must be >= 0", "use 0 (all cores) or a thread count")
+        raise FedctlError(f"run.threads = {exp.run.threads} must be >= 0", "use 0 (auto: 1 per worker process, else the usable cores) or a thread count")
     if exp.run.workers < 0:
         raise FedctlError(f"run.workers = {exp.run.workers} must be >= 0", "use 0 (auto), 1 (sequential) or a worker count")
     for key in ("eval_every", "checkpoint_every"):
@@ -211,8 +211,9 @@ def _train_locked(exp: Experiment, run_dir: RunDir, on_event: EventSink | None, 
     emit = on_event or (lambda e: None)
     if not resume and run_dir.has_checkpoints():
         raise FedctlError(f"run directory {run_dir.path} already holds checkpoints", resume_hint)
-    if exp.run.threads > 0:
-        torch.set_num_threads(exp.run.threads)
+    # run.threads 0: the cores this process may use (affinity, cgroup quota); the parallel executor sets the
+    # server to 1 thread when it starts several workers (see parallel.default_threads)
+    torch.set_num_threads(parallel.resolve_threads(exp.run.threads))
     ctx = TaskContext(
         num_clients=exp.federation.clients,
         seed=exp.run.seed,

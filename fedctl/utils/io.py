@@ -100,6 +100,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         try:
             yield tmp_path
+            # again after the block: a writer may have replaced the file with its own mode (safetensors
+            # writes 0600 whatever the umask)
+            os.chmod(tmp_path, 0o666 & ~current_umask())
             os.replace(tmp_path, path)
         except OSError as exc:
             if exc.errno in _WRITE_ERRNOS:
@@ -202,6 +205,20 @@ def check_out_dir(path: str | os.PathLike, overwrite: bool = False) -> None:
         )
 
 
+def umask_modes(root: Path) -> None:
+    """Give every file under `root` 0666 & ~umask and every folder 0777 & ~umask, the modes plain open() and
+    mkdir() give: libraries that write private files (safetensors writes 0600 whatever the umask, and
+    so save_pretrained) must not make results unreadable to colleagues on a shared machine."""
+    mask = current_umask()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            full = os.path.join(folder, name)
+            if not os.path.islink(full):
+                os.chmod(full, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Build a directory under a temporary name; swap it into place only if the block succeeds.
@@ -221,6 +238,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
         try:
             yield tmp
             (tmp / MARKER).write_text(json.dumps({"written_by": "fedctl"}) + "\n")
+            umask_modes(tmp)
             if os.path.lexists(path):
                 check_out_dir(path, overwrite=overwrite)  # it may have appeared while we worked
                 old = path.with_name(f".{path.name}.{os.getpid()}.old")

@@ -156,14 +156,23 @@ def test_speakers_scores_reconstructions_at_the_attacks_crop_and_refuses_bad_fol
         assert lines[1].startswith("Hint:") and "Traceback" not in bad.output
 
 
-def test_threads_sets_torchs_threads_and_refuses_zero(corpus, tmp_path):
+def test_threads_sets_torchs_threads_and_refuses_zero(corpus, tmp_path, monkeypatch):
+    from fedctl.attacks import runner as attack_runner
+    from fedctl.errors import FedctlError
+
+    seen = []
+
+    def stop_at_the_attack(spec, progress):  # the thread count is set before the attack: no need to run one
+        seen.append(torch.get_num_threads())
+        raise FedctlError("stopped by the test", "none")
+
+    monkeypatch.setattr(attack_runner, "run_attack", stop_at_the_attack)
     before = torch.get_num_threads()
     try:
-        torch.set_num_threads(2)
-        res = _attack("ds1", "--corpus", corpus, "--min-dur", 1000, "--max-dur", 2000, "--batch-end", 1, *FAST,
-                      "--out", tmp_path / "t")
-        assert res.exit_code == 0, res.output
-        assert torch.get_num_threads() == 1  # the default
+        for args, expected in (([], 1), (["--threads", "2"], 2)):  # 1 is the default
+            torch.set_num_threads(3)
+            res = _attack("ds1", "--corpus", corpus, *args, "--out", tmp_path / "t")
+            assert res.exit_code == 1 and "stopped by the test" in res.output and seen[-1] == expected
         bad = runner.invoke(app, ["attack", "ds1", "--corpus", str(corpus), "--threads", "0", "--out", str(tmp_path / "u")])
         lines = [ln for ln in bad.output.splitlines() if ln.strip()]
         assert bad.exit_code == 1 and lines[0].startswith("Error:") and "--threads 0" in lines[0]

@@ -42,6 +42,7 @@ def test_fit_rows_carry_a_sane_resource_record(tmp_path):
         assert r["lr"] == 0.05  # LinearTask: constant lr, no warmup
         assert math.isclose(r["tokens_per_s"], 3.0 * r["examples_per_s"])
         assert 10 < r["peak_rss_mb"] < 1e6
+        assert 10 < r["peak_rss_tree_mb"] < 1e6  # in-process: the tree is this process (+ any children)
         assert "cuda_max_allocated_mb" not in r  # CPU run
     assert fits[0]["time"] <= fits[1]["time"]
     # progress: every client's every step, in order, 4 clients x 5 steps per round

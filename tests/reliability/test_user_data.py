@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save_file
 
 from fedctl.errors import FedctlError
 from fedctl.lora.adapters import write_adapter_dir
@@ -134,14 +135,22 @@ def test_outputs_follow_the_umask(tmp_path, umask):
         io.write_text(tmp_path / "x" / "f.txt", "hi")
         with io.atomic_dir(tmp_path / "d") as tmp:
             (tmp / "inner.txt").write_text("x")
+            (tmp / "sub").mkdir(mode=0o700)
+            save_file({"w": torch.zeros(2)}, str(tmp / "sub" / "w.safetensors"))  # safetensors writes 0600
+        with io.atomic_path(tmp_path / "delta.safetensors") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp))
         assert _merge(tmp_path, tmp_path / "merged").exit_code == 0
     finally:
         os.umask(old)
     mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
     assert mode(tmp_path / "x" / "f.txt") == 0o666 & ~umask
-    assert mode(tmp_path / "d") == 0o777 & ~umask
+    assert mode(tmp_path / "d") == mode(tmp_path / "d" / "sub") == 0o777 & ~umask
+    assert mode(tmp_path / "d" / "sub" / "w.safetensors") == 0o666 & ~umask
+    assert mode(tmp_path / "delta.safetensors") == 0o666 & ~umask
     assert mode(tmp_path / "merged") == 0o777 & ~umask
-    assert mode(tmp_path / "merged" / "adapter_config.json") == 0o666 & ~umask
+    files = sorted(p.name for p in (tmp_path / "merged").iterdir())
+    assert "adapter_model.safetensors" in files
+    assert {p.name: mode(p) for p in (tmp_path / "merged").iterdir()} == {f: 0o666 & ~umask for f in files}
 
 
 # ---------------------------------------------------------------------- permissions and full disks

@@ -197,3 +197,48 @@ def test_eval_examples_counts_the_utterances_a_client_evaluation_scores(ds2_task
             seen.clear()
             ds2_task.evaluate(ds2_task.build_model(), cid)
             assert ds2_task.eval_examples(cid) == sum(seen) > 0
+
+
+@pytest.mark.parametrize("key,value", [("max_batch_seconds", -1.0), ("max_batch_seconds", float("nan")),
+                                       ("bucket_batches", -1)])
+def test_batching_values_out_of_range_are_errors_naming_the_key(corpus, key, value):
+    _, parts = corpus
+    with pytest.raises(FedctlError, match=f"task.{key} = .* is out of range"):
+        make_task(parts[2], **{key: value})
+
+
+def test_evaluation_logs_and_shows_greedy_hypotheses_beside_references(corpus, tmp_path):
+    from typer.testing import CliRunner
+
+    from fedctl.cli.app import app
+    from fedctl.tasks.asr.text import greedy_decode
+
+    runner = CliRunner()
+    _, parts = corpus
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["train", "asr", "--config", "asr_ds1_tiny", "--set", f"task.parts={parts[1]}",
+                              "--clients", "1", "--rounds", "1", "--workers", "1", "--set", "task.local_updates=2",
+                              "--out", str(run)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r["type"] == "eval"]
+    examples = evals[-1]["samples"]
+    # the first 3 pooled validation utterances, each decoded alone by the exported model
+    task = make_task(parts[1], clients=1)
+    utts = task.eval_utterances(None)[:3]
+    _, model = load_asr_model(run / "final" / "hf")
+    hyps = []
+    with torch.no_grad():
+        for u in utts:
+            features, lengths, _, _ = task._batch([u])
+            hyps += greedy_decode(*model(features, lengths))
+    assert examples == [{"id": u.id, "ref": u.transcript, "hyp": h} for u, h in zip(utts, hyps)]
+    for ex in examples:
+        assert f"    ref: {ex['ref']}\n    hyp: {ex['hyp']}\n" in res.stdout
+    shown = runner.invoke(app, ["eval", str(run)], catch_exceptions=False)
+    assert shown.exit_code == 0 and all(f"    ref: {ex['ref']}\n    hyp: {ex['hyp']}\n" in shown.stdout
+                                        for ex in examples), shown.stdout
+    as_json = runner.invoke(app, ["eval", str(run), "--json"], catch_exceptions=False)
+    assert json.loads(as_json.stdout)["samples"] == examples
+    none = make_task(parts[1], clients=1, eval_samples=0)
+    assert none.eval_samples(model) == []

@@ -33,6 +33,11 @@ class AsrConfig:
 
     # ---- local training (per client, per round)
     batch_size: int = 8  # utterances per micro-batch (zero-padded to the longest)
+    bucket_batches: int = 4  # length buckets: each shuffled pass over a client's utterances is cut into runs of
+                             # this many micro-batches, each run sorted by duration (less padding); 0: none
+    max_batch_seconds: float = 0.0  # cap on padded audio (utterances x longest, seconds) per forward pass: a
+                                    # micro-batch over it runs as several passes, gradients summed (same step,
+                                    # less memory; an utterance longer than the cap runs alone); 0: no cap
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.0  # AdamW decoupled weight decay
     warmup_steps: int = 0  # linear warmup over the global step (round-1)*steps_per_round + step
@@ -45,6 +50,8 @@ class AsrConfig:
     # ---- evaluation
     eval_batch_size: int = 16  # utterances per evaluation forward pass
     eval_batches: int = 0  # cap on validation batches per evaluation (0 = all)
+    eval_samples: int = 3  # validation utterances whose greedy decoding each evaluation logs beside its
+                            # reference (metrics.jsonl `examples`, shown at the end of training); 0: none
 
 
 # ---- the workload command: `fedctl train asr` (shared flags: fedctl/cli/options.py)

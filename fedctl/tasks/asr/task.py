@@ -139,6 +139,9 @@ class AsrTask(Task):
             self.num_parameters = sum(p.numel() for p in build_asr_model(cfg.arch, cfg.preset, **self.overrides).parameters())
         require_in_range([
             ("batch_size", cfg.batch_size >= 1, "e.g. 8"),
+            ("bucket_batches", cfg.bucket_batches >= 0, "e.g. 4; 0 disables length bucketing"),
+            ("max_batch_seconds", math.isfinite(cfg.max_batch_seconds) and cfg.max_batch_seconds >= 0,
+             "seconds of padded audio per forward pass, e.g. 120; 0 disables the cap"),
             ("lr", math.isfinite(cfg.lr) and cfg.lr > 0, "e.g. 1e-3"),
             ("weight_decay", cfg.weight_decay >= 0, "0 disables it"),
             ("warmup_steps", cfg.warmup_steps >= 0, "0 disables warmup"),
@@ -147,6 +150,7 @@ class AsrTask(Task):
             ("grad_clip", cfg.grad_clip >= 0, "0 disables clipping"),
             ("eval_batch_size", cfg.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
+            ("eval_samples", cfg.eval_samples >= 0, "e.g. 3; 0 logs no decoded samples"),
             ("min_dur", cfg.min_dur >= 0, "milliseconds, e.g. 1000"),
             ("min_chars_per_second", math.isfinite(cfg.min_chars_per_second) and cfg.min_chars_per_second >= 0,
              "characters per second of audio, e.g. 1.0; 0 disables the check"),
@@ -155,7 +159,8 @@ class AsrTask(Task):
         check_fields(cfg, "task")  # declared checks (dropout: the same as the attack's --defense-dropout)
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                       grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
-                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
+                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs,
+                                      bucket_batches=cfg.bucket_batches, max_pass_cost=cfg.max_batch_seconds)
         self.train, self.val, self.source = self._load()
         self.features = FeatureCache(cfg.arch)
         for utts in (*self.train.values(), *self.val.values()):
@@ -248,6 +253,10 @@ class AsrTask(Task):
     def num_examples(self, client_id: str) -> int:
         return len(self._client(client_id))
 
+    def item_costs(self, client_id: str) -> list[float]:
+        """Each training utterance's duration in seconds (length bucketing and the max_batch_seconds cap)."""
+        return [u.duration_ms / 1000 for u in self._client(client_id)]
+
     def make_batch(self, client_id: str, items: torch.Tensor, gen: torch.Generator):
         utts = self._client(client_id)
         return self._batch([utts[i] for i in items.tolist()])
@@ -304,6 +313,23 @@ class AsrTask(Task):
             model.train(was_training)
         rates = error_rates(refs, hyps, [u.id for chunk in chunks for u in chunk])
         return {"val_loss": total / max(1, count), "val_cer": rates["cer"], "val_wer": rates["wer"]}
+
+    @torch.no_grad()
+    def eval_samples(self, model: nn.Module) -> list[dict[str, str]]:
+        """The first `eval_examples` pooled validation utterances: id, reference transcript and the model's
+        greedy CTC decoding (a model that emits only blanks or only vowels shows it here, not only in its CER)."""
+        utts = self.eval_utterances(None)[: self.cfg.eval_samples]
+        if not utts:
+            return []
+        was_training = model.training
+        model.eval()
+        try:
+            features, lengths, _, _ = self._batch(utts)
+            log_probs, out_lengths = model(features, lengths)
+            hyps = greedy_decode(log_probs, out_lengths)
+        finally:
+            model.train(was_training)
+        return [{"id": u.id, "ref": u.transcript, "hyp": h} for u, h in zip(utts, hyps)]
 
     # ------------------------------------------------------------------------------ client statistics
 

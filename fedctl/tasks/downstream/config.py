@@ -53,7 +53,7 @@ class DownstreamConfig:
     # ---- evaluation
     eval_batch_size: int = 16  # utterances per evaluation batch
     eval_batches: int = 0  # cap on validation batches per evaluation (0 = all)
-    show_samples: int = 3  # ctc probes: decoded hypotheses logged next to their references at each evaluation
+    eval_samples: int = 3  # ctc probes: decoded hypotheses logged next to their references at each evaluation
 
 
 # ---- the workload command: `fedctl train downstream` (shared flags: fedctl/cli/options.py)

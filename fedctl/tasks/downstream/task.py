@@ -103,7 +103,7 @@ class DownstreamTask(Task):
             ("val_fraction", 0 < c.val_fraction < 1, "e.g. 0.2"),
             ("eval_batch_size", c.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", c.eval_batches >= 0, "0 evaluates the whole validation set"),
-            ("show_samples", c.show_samples >= 0, "0 logs none"),
+            ("eval_samples", c.eval_samples >= 0, "0 logs none"),
         ], lambda key: getattr(c, key))
         if c.freeze_steps and c.mode != "finetune":
             raise FedctlError("task.freeze_steps applies to --mode finetune only", "drop --freeze-steps or add --mode finetune")
@@ -313,12 +313,13 @@ class DownstreamTask(Task):
         for i, w in enumerate(featurizer.layer_weights()):
             metrics[f"layer_w{i}"] = w
         if self.cfg.probe in CTC_PROBES:
-            self._samples = [{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)][: self.cfg.show_samples]
+            self._samples = [{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)][: self.cfg.eval_samples]
             for s in self._samples:
                 self.ctx.log(f"  {s['id']}  ref: {s['ref']}\n  {' ' * len(s['id'])}  hyp: {s['hyp'] or '(empty)'}")
         return metrics
 
-    def decoded_samples(self) -> list[dict[str, str]]:
+    def eval_samples(self, model: nn.Module) -> list[dict[str, str]]:
+        """The samples decoded by the last evaluation (the head's CTC probes decode them there)."""
         return list(self._samples)
 
     # ------------------------------------------------------------------------------ artefacts
