@@ -26,6 +26,7 @@ import platform
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -118,6 +119,7 @@ class Record:
     def __init__(self, argv: list[str]):
         self.argv = list(argv)
         self.started = _now()
+        self.id = uuid.uuid4().hex  # this invocation's entry in meta.json (two may start in the same second)
         self.backlog: list[str] = []  # lines since the command began, or since the last `run` folder detached
         self.logs: dict[Path, TextIO] = {}  # attached folder → its run.log, open for appending
         self.scopes: dict[Path, str] = {}
@@ -175,7 +177,7 @@ class Record:
     def entry(self, ended: str | None, status: int | None) -> dict[str, Any]:
         if self._static is None:
             self._static = {"fedctl": fedctl_source(), "machine": machine()}
-        return {"command": self.argv, "cwd": os.getcwd(), "pid": os.getpid(), "started": self.started, "ended": ended,
+        return {"invocation": self.id, "command": self.argv, "cwd": os.getcwd(), "pid": os.getpid(), "started": self.started, "ended": ended,
                 "exit_status": status, **self._static, "versions": library_versions(), "gpu": gpu()}
 
     def _write_meta(self, folder: Path, ended: str | None, status: int | None) -> None:
@@ -187,7 +189,7 @@ class Record:
             invocations = list(json.loads(path.read_text(encoding="utf-8"))["invocations"])
         entry = self.entry(ended, status)
         last = invocations[-1] if invocations and isinstance(invocations[-1], dict) else {}
-        if last.get("started") == self.started and last.get("pid") == os.getpid():
+        if last.get("invocation") == self.id:
             invocations[-1] = entry  # this invocation's own entry, now finished
         else:
             invocations.append(entry)
