@@ -23,8 +23,8 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METRIC = {"pr": ("val_per", "PER ↓"), "sid": ("val_acc", "SID acc ↑"), "ks": ("val_acc", "KS acc ↑"),
-          "asr": ("val_cer", "ASR CER ↓")}
+METRIC = {"pr": ("val_per", "PER ↓"), "sid": ("val_acc", "SID acc ↑"), "ks": ("test_acc", "KS test acc ↑"),
+          "asr": ("val_cer", "ASR CER ↓")}  # KS: the keyword corpus's test split (SUPERB reports test; val is also kept)
 
 
 def train(task: str, out: Path, config: str | None, flags: dict, sets: list[str], central: bool = False) -> Path:
@@ -87,6 +87,10 @@ def probe_cell(args, out: Path, name: str, upstream: str, random_init: bool, pro
     task = {"upstream": upstream, "random_init": random_init, "probe": probe, "cache_dir": str(out / "cache")}
     if probe != "ks":
         task["parts"] = str(parts)
+    else:  # one keyword corpus for every cell (not one per run directory)
+        from fedctl.tasks.downstream.data import demo_keywords
+
+        task["keywords"] = str(demo_keywords(out / "data", args.speakers, print))
     sets = ["run.workers=1", f"federation.rounds={args.probe_rounds}", f"task.local_updates={args.probe_steps}",
             "task.proj_dim=64", "task.lstm_hidden=64", "task.lstm_layers=1", "task.layer_norm=true",
             f"task.lr={1e-2 if probe != 'asr' else 3e-3}", f"run.seed={seed}", "federation.eval_every=1000000",
@@ -94,7 +98,9 @@ def probe_cell(args, out: Path, name: str, upstream: str, random_init: bool, pro
     t0 = time.perf_counter()
     exp = recipe.resolve("downstream", None, flags={"run": {"out": str(run)}, "task": task}, sets=sets, central=True)
     final = recipe.final_metrics(recipe.train(exp).result)
-    row = {"upstream": name, "probe": probe, "seed": seed, "value": final[METRIC[probe][0]],
+    metric = METRIC[probe][0] if METRIC[probe][0] in final else "val_acc"
+    row = {"upstream": name, "probe": probe, "seed": seed, "value": final[metric], "metric": metric,
+           "val": {k: v for k, v in final.items() if k.startswith(("val_", "test_"))},
            "seconds": time.perf_counter() - t0, "layer_weights": [v for k, v in final.items() if k.startswith("layer_w")]}
     cell.parent.mkdir(parents=True, exist_ok=True)
     cell.write_text(json.dumps(row))
@@ -140,11 +146,13 @@ def main() -> None:
         t0 = time.perf_counter()
         ups, parts = upstreams(args, out)
         print(f"upstreams ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-        for name, (up, ri) in ups.items():
-            for probe in args.probes.split(","):
-                for seed in (int(s) for s in args.seeds.split(",")):
-                    row = probe_cell(args, out, name, up, ri, probe, seed, parts)
-                    print(f"{name:>22} {probe:>4} seed {seed}: {row['value']:.3f} ({row['seconds']:.0f} s)", flush=True)
+        probes, seeds = args.probes.split(","), [int(s) for s in args.seeds.split(",")]
+        order = [(n, p, s) for n in ups for p in probes if p != "asr" for s in seeds]
+        order += [(n, "asr", s) for s in seeds for n in ups] if "asr" in probes else []  # BiLSTM cells: ~20x, last
+        for name, probe, seed in order:
+            up, ri = ups[name]
+            row = probe_cell(args, out, name, up, ri, probe, seed, parts)
+            print(f"{name:>22} {probe:>4} seed {seed}: {row['value']:.3f} ({row['seconds']:.0f} s)", flush=True)
         print(f"wall time {time.perf_counter() - t0:.0f} s (loaded: shared 2-core machine)")
     print(report(out))
 

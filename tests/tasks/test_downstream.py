@@ -16,7 +16,6 @@ from fedctl.cli.app import app
 from fedctl.core import local
 from fedctl.core.task import ClientConfig, TaskContext
 from fedctl.data.speech.partition import partition_librispeech
-from fedctl.data.speech.synth import synth_corpus
 from fedctl.errors import FedctlError
 from fedctl.tasks.downstream.config import DownstreamConfig
 from fedctl.tasks.downstream.task import DownstreamTask
@@ -24,11 +23,36 @@ from fedctl.tasks.downstream.task import DownstreamTask
 runner = CliRunner()
 
 
+TONES = {"a": 300.0, "b": 520.0, "c": 870.0, "d": 1400.0}  # "phone" -> frequency (Hz)
+
+
+def tone_corpus(out, speakers: int = 4, utterances: int = 5, seed: int = 7) -> None:
+    """A LibriSpeech-layout corpus of tone "words" with TIMIT-style .phn alignments (what `fedctl data synth`
+    writes, without eSpeak: milliseconds instead of a minute of synthesis). Each phone is 0.1 s of its tone;
+    a speaker shifts every tone by its own factor; the transcript spells the phones as letters."""
+    rng = np.random.default_rng(seed)
+    for s in range(speakers):
+        spk, chapter = str(100 + s), "1"
+        folder = out / spk / chapter
+        folder.mkdir(parents=True)
+        lines = []
+        for u in range(utterances):
+            utt_id = f"{spk}-{chapter}-{u:04d}"
+            phones = list(rng.choice(list(TONES), size=int(rng.integers(3, 6))))
+            t = np.arange(1600) / 16000
+            wav = np.concatenate([0.3 * np.sin(2 * np.pi * TONES[p] * (1 + 0.04 * s) * t) for p in phones])
+            wav = (wav + 0.01 * rng.standard_normal(len(wav))).astype(np.float32)
+            sf.write(folder / f"{utt_id}.flac", wav, 16000, format="FLAC")
+            (folder / f"{utt_id}.phn").write_text("".join(f"{1600 * i} {1600 * (i + 1)} {p}\n" for i, p in enumerate(phones)))
+            lines.append(f"{utt_id} {' '.join(phones).upper()}")
+        (folder / f"{spk}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """4 synth speakers x 5 utterances, partitioned by speaker for 2 clients and for 1."""
+    """4 tone speakers x 5 utterances (0.3-0.5 s), partitioned by speaker for 2 clients and for 1."""
     root = tmp_path_factory.mktemp("downstream")
-    synth_corpus(root / "corpus", speakers=4, utterances=5, seed=7)
+    tone_corpus(root / "corpus", speakers=4, utterances=5, seed=7)
     partition_librispeech([root / "corpus"], root / "parts2", clients=2, by="speaker", seed=0)
     partition_librispeech([root / "corpus"], root / "parts1", clients=1, by="speaker", seed=0)
     return root
@@ -107,6 +131,71 @@ def test_cache_serves_every_epoch_and_a_changed_upstream_gets_its_own(tiny_huber
     assert other_seed.upstream.forward_calls == n and other_seed.cache_folder not in (task.cache_folder, other.cache_folder)
     meta = json.loads((task.cache_folder / "meta.json").read_text())
     assert meta["fingerprint"] == task.upstream.fingerprint() and meta["count"] == n
+
+
+def test_frames_travel_packed_and_each_head_computes_each_utterance_as_alone():
+    """FrameStore.gather concatenates exactly the cached frames; every head gives, row by row, what it gives for
+    that utterance alone (no padding enters a projection, a mean or the LSTM)."""
+    from fedctl.tasks.downstream.cache import FrameStore
+    from fedctl.tasks.downstream.heads import Featurizer, FrameHead, ProbeModel, RnnHead, UtteranceHead
+
+    gen = torch.Generator().manual_seed(0)
+    states = {f"u{i}": torch.randn(3, n, 5, generator=gen).half() for i, n in enumerate((4, 1, 7, 0, 2))}
+    store = FrameStore(states)
+    assert len(store) == 5 and store.data.shape == (3, 14, 5) and torch.equal(store["u2"], states["u2"])
+    x, lengths = store.gather(["u2", "u0", "u3", "u4"])
+    assert lengths.tolist() == [7, 4, 0, 2] and x.dtype == torch.float32
+    assert torch.equal(x, torch.cat([states["u2"], states["u0"], states["u4"]], dim=1).float())
+    featurizer = Featurizer(3)
+    with torch.no_grad():
+        featurizer.weights.copy_(torch.tensor([0.0, 1.0, 2.0]))
+    w = torch.softmax(torch.tensor([0.0, 1.0, 2.0]), 0)
+    summed = featurizer(x)
+    assert summed.shape == (13, 5) and torch.allclose(summed, w[0] * x[0] + w[1] * x[1] + w[2] * x[2], atol=1e-6)
+    torch.manual_seed(0)
+    heads = {"frame": FrameHead(5, 6, 4), "utterance": UtteranceHead(5, 6, 3), "rnn": RnnHead(5, 6, 3, 1, 0.0, 4)}
+    for name, head in heads.items():
+        model = ProbeModel(featurizer, head).eval()
+        with torch.no_grad():
+            out = model(x, lengths)
+            start = 0
+            for row, n in enumerate(lengths.tolist()):
+                alone = model(x[:, start : start + n], torch.tensor([n]))
+                start += n
+                if name == "utterance":
+                    assert torch.allclose(out[row], alone[0], atol=1e-6), name
+                    if n == 0:  # an empty utterance pools to zeros: its logits are the output bias
+                        assert torch.allclose(out[row], head.out.bias)
+                else:
+                    assert out.shape[:2] == (4, 7)
+                    assert torch.allclose(out[row, :n], alone[0, :n], atol=1e-6), name
+    # the mean pools over the utterance's own frames only: hand-computed for the 4-frame one
+    proj = heads["utterance"].proj(summed[7:11])
+    assert torch.allclose(heads["utterance"](summed, lengths)[1], heads["utterance"].out(proj.mean(0)), atol=1e-6)
+
+
+def test_edited_audio_of_the_same_size_gets_a_new_cache(tmp_path):
+    """The cache key sees an audio file rewritten in place to the same size (other content): re-encoded, and the
+    new states are the new audio's, not the stale ones."""
+    from fedctl.tasks.downstream.data import read_audio
+
+    folder = _tone_keywords(tmp_path / "kw")
+    cfg = DownstreamConfig(upstream="fbank", probe="ks", keywords=str(folder), keyword_list="yes,no",
+                           cache_dir=str(tmp_path / "cache"), proj_dim=8)
+    ctx = TaskContext(num_clients=1, seed=0, device=torch.device("cpu"), log=lambda _: None)
+    first = DownstreamTask(cfg, ctx)
+    n = len(first.utterances)
+    assert first.upstream.forward_calls == n
+    assert DownstreamTask(cfg, ctx).upstream.forward_calls == 0  # untouched corpus: a hit
+    edited = folder / "yes" / "spk1_nohash_1.wav"
+    size = edited.stat().st_size
+    sf.write(edited, (0.3 * np.sin(2 * np.pi * 1700 * np.arange(16000) / 16000)).astype(np.float32), 16000)
+    assert edited.stat().st_size == size  # same size, other content
+    again = DownstreamTask(cfg, ctx)
+    assert again.upstream.forward_calls == n and again.cache_folder != first.cache_folder
+    utt = next(u for u in again.utterances if u.path == str(edited))
+    assert torch.equal(again.states[utt.id], again.upstream.hidden_states(read_audio(utt.path)).half())
+    assert not torch.equal(again.states[utt.id], first.states[utt.id])
 
 
 def test_central_equals_federated_with_one_client_bit_for_bit(corpus):
@@ -204,28 +293,40 @@ def test_bad_inputs_are_one_error_and_hint(corpus, tmp_path):
 # ------------------------------------------------------------------------------------ keyword spotting
 
 
-def test_keyword_probe_learns_tones_with_silence_and_unknown(corpus, tmp_path):
-    """A Speech Commands-layout folder of tones (yes 300 Hz, no 900 Hz, an unknown word 2 kHz) and noise."""
+def _tone_keywords(folder):
+    """A Speech Commands-layout folder of tones (yes 300 Hz, no 900 Hz, an unknown word 2 kHz; 4 speakers x 3
+    takes) and 10 s of background noise, with official validation and testing lists."""
     rng = np.random.default_rng(0)
     t = np.arange(16000) / 16000
     for word, hz in (("yes", 300), ("no", 900), ("cat", 2000)):
-        (tmp_path / "kw" / word).mkdir(parents=True)
+        (folder / word).mkdir(parents=True)
         for s in range(4):
             for n in range(3):
                 wav = 0.3 * np.sin(2 * np.pi * hz * (1 + 0.02 * s) * t) + 0.01 * rng.standard_normal(16000)
-                sf.write(tmp_path / "kw" / word / f"spk{s}_nohash_{n}.wav", wav.astype(np.float32), 16000)
-    (tmp_path / "kw" / "_background_noise_").mkdir()
-    sf.write(tmp_path / "kw" / "_background_noise_" / "white.wav", (0.05 * rng.standard_normal(48000)).astype(np.float32), 16000)
-    (tmp_path / "kw" / "validation_list.txt").write_text("yes/spk0_nohash_0.wav\nno/spk1_nohash_0.wav\ncat/spk2_nohash_0.wav\n")
-    (tmp_path / "kw" / "testing_list.txt").write_text("yes/spk3_nohash_0.wav\n")
-    cfg = DownstreamConfig(upstream="fbank", probe="ks", keywords=str(tmp_path / "kw"), keyword_list="yes,no",
+                sf.write(folder / word / f"spk{s}_nohash_{n}.wav", wav.astype(np.float32), 16000)
+    (folder / "_background_noise_").mkdir()
+    sf.write(folder / "_background_noise_" / "white.wav", (0.05 * rng.standard_normal(160000)).astype(np.float32), 16000)
+    (folder / "validation_list.txt").write_text("yes/spk0_nohash_0.wav\nno/spk1_nohash_0.wav\ncat/spk2_nohash_0.wav\n")
+    (folder / "testing_list.txt").write_text("yes/spk3_nohash_0.wav\nno/spk3_nohash_0.wav\n")
+    return folder
+
+
+def test_keyword_probe_learns_tones_with_silence_and_unknown_and_reports_the_test_split(tmp_path):
+    folder = _tone_keywords(tmp_path / "kw")
+    cfg = DownstreamConfig(upstream="fbank", probe="ks", keywords=str(folder), keyword_list="yes,no",
                            cache_dir=str(tmp_path / "cache"), local_updates=30, batch_size=8, proj_dim=16, lr=1e-2)
     task = DownstreamTask(cfg, TaskContext(num_clients=1, seed=0, device=torch.device("cpu"), log=lambda _: None))
     assert task.vocab == ["yes", "no", "_unknown_", "_silence_"]
+    # the official test rows are held out of training and validation: the two listed files + the last of the 10
+    # noise seconds (80/10/10 by time)
+    assert sorted(u.label for u in task.test) == ["_silence_", "no", "yes"]
+    assert not {u.id for u in task.test} & {u.id for us in (*task.train.values(), *task.val.values()) for u in us}
     model = task.build_model()
     fit(task, model)
     metrics = task.evaluate(model)
-    assert metrics["chance_acc"] == 0.25 and metrics["val_acc"] == 1.0  # 3 held-out tones, each its class
+    assert metrics["chance_acc"] == 0.25 and metrics["val_acc"] == 1.0  # 3 held-out tones + 1 noise s, each its class
+    assert metrics["test_acc"] == 1.0 and "test_loss" in metrics  # 2 test tones + 1 noise second, each its class
+    assert "test_acc" not in task.evaluate(model, client_id="client_000")  # a client's view: its validation only
 
 
 # ------------------------------------------------------------------------------------ learning margins
@@ -250,6 +351,7 @@ def pretrained(tmp_path_factory):
     return root, parts, ev
 
 
+@pytest.mark.system  # a whole pretraining run + 9 probe runs (about a minute): the learning tier
 def test_pretrained_tiny_hubert_beats_its_random_init_on_pr_and_sid_beats_chance(pretrained):
     root, parts, ev = pretrained
     assert ev["val_masked_acc"] > ev["prior_acc"] + 0.05

@@ -30,7 +30,7 @@ UNKNOWN, SILENCE = "_unknown_", "_silence_"
 @dataclass(frozen=True)
 class Utt:
     """One utterance of the table; `label` is the probe's target as text (phones space-joined, a speaker id,
-    a transcript or a keyword), `split` train or val."""
+    a transcript or a keyword), `split` train, val or (a keyword corpus's official test rows) test."""
 
     id: str
     path: str
@@ -110,22 +110,23 @@ def from_corpus(corpus: str | Path, clients: int, by: str, val_fraction: float, 
 
 def from_keywords(folder: str | Path, keywords: list[str], clients: int, by: str, seed: int) -> dict[str, list[Utt]]:
     """A Speech Commands-layout folder through `fedctl.data.speech.keywords`: its train rows dealt out by
-    `partition_keywords` (speaker or iid), its validation rows (official list or hashing rule) held out and
-    pooled; `_silence_` rows are 1 s windows of the background noise (an `offset` into the file)."""
+    `partition_keywords` (speaker or iid), its validation and test rows (official lists or hashing rule) held out
+    and pooled (split "val" and "test"); `_silence_` rows are 1 s windows of the background noise (an `offset`
+    into the file)."""
     from fedctl.data.speech.keywords import partition_keywords, read_speech_commands
 
     rows = read_speech_commands(folder, keywords=keywords)
     parts = partition_keywords(rows, clients, by=by, seed=seed)
-    val = [r for r in rows if r.split == "validation"]
+    held = [(r, "val" if r.split == "validation" else "test") for r in rows if r.split in ("validation", "test")]
 
     def utt(r, cid: str, split: str) -> Utt:
         return Utt(id=r.id, path=r.path, num_samples=r.num_samples, speaker=r.speaker or "", client=cid, split=split,
                    transcript=r.word, label=r.label, offset=r.offset)
 
     out = {f"client_{k:03d}": [utt(r, f"client_{k:03d}", "train") for r in part] for k, part in enumerate(parts)}
-    for i, r in enumerate(val):  # held-out rows are pooled for the global evaluation; dealt out for --eval-clients
+    for i, (r, split) in enumerate(held):  # pooled for the global evaluation; dealt out for --eval-clients
         cid = f"client_{i % clients:03d}"
-        out[cid].append(utt(r, cid, "val"))
+        out[cid].append(utt(r, cid, split))
     return out
 
 

@@ -3,6 +3,11 @@
 - PR: Linear(D → proj) then Linear(proj → phones + blank) per frame (s3prl `ctc/libriphone.yaml`), CTC.
 - SID, KS: Linear(D → proj) per frame, mean over the real frames, Linear(proj → classes) (s3prl UtteranceLevel).
 - ASR: Linear(D → proj), bidirectional LSTM layers, Linear(2·hidden → 29 characters) (s3prl `asr`), CTC.
+
+Frames travel *packed*: the real frames of a batch's utterances concatenated in batch order ([L, N, D] hidden
+states, N = Σ lengths) with their per-utterance `lengths`, never zero-padded to the longest. The per-frame maps
+(layer sum, projections) then cost the real frames only (padding was about a quarter of the frames of a demo
+batch); frame-level outputs are padded once, at the end, for CTC.
 """
 
 from __future__ import annotations
@@ -22,14 +27,14 @@ class Featurizer(nn.Module):
         self.weights = nn.Parameter(torch.zeros(num_layers)) if layer is None else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, L, T, D] → [B, T, D]."""
+        """packed hidden states [L, N, D] → [N, D]."""
         if self.layer is not None:
-            h = hidden[:, self.layer]
+            h = hidden[self.layer]
             return F.layer_norm(h, h.shape[-1:]) if self.layer_norm else h
         if self.layer_norm:
             hidden = F.layer_norm(hidden, hidden.shape[-1:])
         w = torch.softmax(self.weights, dim=0).to(hidden.dtype)
-        return torch.einsum("l,bltd->btd", w, hidden)
+        return (w @ hidden.reshape(hidden.shape[0], -1)).view(hidden.shape[1:])  # a GEMV, no permuted copy
 
     def layer_weights(self) -> list[float]:
         if self.weights is None:
@@ -37,14 +42,25 @@ class Featurizer(nn.Module):
         return torch.softmax(self.weights.detach().float(), dim=0).tolist()
 
 
+def segment_ids(lengths: torch.Tensor) -> torch.Tensor:
+    """[N]: the batch row of each packed frame (0 repeated lengths[0] times, then 1, ...)."""
+    return torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+
+
+def pad_frames(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Packed frames [N, C] → zero-padded [B, max(lengths), C]."""
+    return nn.utils.rnn.pad_sequence(list(x.split(lengths.tolist())), batch_first=True)
+
+
 def mean_pool(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Mean of x [B, T, C] over each row's first `lengths[b]` frames (padding never enters)."""
-    mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths[:, None]).to(x.dtype)
-    return (x * mask[..., None]).sum(1) / lengths.clamp_min(1)[:, None].to(x.dtype)
+    """Per-utterance mean of packed frames x [N, C] → [B, C] (an empty utterance gives zeros)."""
+    sums = x.new_zeros(len(lengths), x.shape[1]).index_add(0, segment_ids(lengths), x)
+    return sums / lengths.clamp_min(1)[:, None].to(x.dtype)
 
 
 class FrameHead(nn.Module):
-    """PR: per-frame log-probabilities [B, T, V] (two linear maps, as s3prl's libriphone config)."""
+    """PR: per-frame log-probabilities [B, T, V] of packed frames [N, D] (two linear maps, as s3prl's libriphone
+    config)."""
 
     def __init__(self, dim: int, proj: int, classes: int):
         super().__init__()
@@ -52,11 +68,11 @@ class FrameHead(nn.Module):
         self.out = nn.Linear(proj, classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.out(self.proj(x)).log_softmax(-1)
+        return pad_frames(self.out(self.proj(x)).log_softmax(-1), lengths)
 
 
 class UtteranceHead(nn.Module):
-    """SID, KS: logits [B, C] of the mean over real frames of Linear(D → proj)."""
+    """SID, KS: logits [B, C] of the per-utterance mean of Linear(D → proj) over packed frames [N, D]."""
 
     def __init__(self, dim: int, proj: int, classes: int):
         super().__init__()
@@ -68,7 +84,7 @@ class UtteranceHead(nn.Module):
 
 
 class RnnHead(nn.Module):
-    """ASR: per-frame log-probabilities [B, T, V] from a bidirectional LSTM over Linear(D → proj)."""
+    """ASR: per-frame log-probabilities [B, T, V] from a bidirectional LSTM over Linear(D → proj) of packed frames."""
 
     def __init__(self, dim: int, proj: int, hidden: int, layers: int, dropout: float, classes: int):
         super().__init__()
@@ -78,10 +94,13 @@ class RnnHead(nn.Module):
         self.out = nn.Linear(2 * hidden, classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = nn.utils.rnn.pack_padded_sequence(self.proj(x), lengths.cpu().clamp_min(1), batch_first=True,
+        padded = pad_frames(self.proj(x), lengths)
+        if padded.shape[1] == 0:  # only empty utterances: the LSTM reads one zero frame each (lengths clamp to 1)
+            padded = padded.new_zeros(len(lengths), 1, padded.shape[2])
+        packed = nn.utils.rnn.pack_padded_sequence(padded, lengths.cpu().clamp_min(1), batch_first=True,
                                                    enforce_sorted=False)
         y, _ = self.lstm(packed)
-        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=x.shape[1])
+        y, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True, total_length=padded.shape[1])
         return self.out(y).log_softmax(-1)
 
 
@@ -93,6 +112,7 @@ class ProbeModel(nn.Module):
         self.featurizer, self.head = featurizer, head
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """hidden: packed [L, N, D] (N = Σ lengths)."""
         return self.head(self.featurizer(hidden), lengths)
 
 
@@ -114,5 +134,7 @@ class FinetuneModel(nn.Module):
         """audio [B, samples] zero-padded (no attention mask: HuBERT Base's group norm expects none), lengths in frames."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_transformer):
             out = self.upstream(audio, output_hidden_states=True)
-            hidden = torch.stack(out.hidden_states, dim=1)
+            hidden = torch.stack(out.hidden_states)  # [L, B, T, D]
+            keep = torch.arange(hidden.shape[2], device=hidden.device)[None, :] < lengths[:, None]
+            hidden = hidden[:, keep]  # packed [L, N, D], as the frozen path's cache gives
         return self.head(self.featurizer(hidden), lengths)

@@ -69,12 +69,13 @@ class DownstreamTask(Task):
         clients, self.vocab, self.source = load_table(cfg, ctx.num_clients, DATA_SEED, self._demo_root, ctx.log)
         self.train = {cid: [u for u in us if u.split == "train"] for cid, us in clients.items()}
         self.val = {cid: [u for u in us if u.split == "val"] for cid, us in clients.items()}
+        self.test = [u for us in clients.values() for u in us if u.split == "test"]  # ks: the corpus's test rows
         self.index = {label: i for i, label in enumerate(self.vocab)}
         self.targets = {u.id: self._encode(u) for us in clients.values() for u in us}
         self.utterances = [u for us in clients.values() for u in us]
         self._samples: list[dict[str, str]] = []
         self._audio: dict[str, torch.Tensor] = {}
-        self.states: dict[str, torch.Tensor] = {}
+        self.states: hcache.FrameStore | None = None
         self.cache_folder: Path | None = None
         if self.frozen:
             self._load_states()
@@ -188,25 +189,23 @@ class DownstreamTask(Task):
         return len(self._client(client_id))
 
     def _batch(self, utts: list[Utt], gen: torch.Generator | None) -> dict[str, Any]:
-        """Padded inputs (frozen: hidden states [B, L, T, D]; fine-tune: audio [B, samples]), frame lengths and
-        targets. Whole utterances (KS `_silence_` rows are already fixed 1 s windows of the noise files); `gen` is
-        unused: nothing random happens after the cache."""
-        crops = [(0, self.upstream.num_frames(u.num_samples)) for u in utts]
-        lengths = torch.tensor([k for _, k in crops], dtype=torch.long)
+        """Frozen: packed hidden states [L, Σ frames, D] gathered from the cache; fine-tune: zero-padded audio
+        [B, samples]; with frame lengths and targets. Whole utterances (KS `_silence_` rows are already fixed 1 s
+        windows of the noise files); `gen` is unused: nothing random happens after the cache."""
         if self.frozen:
-            first = self.states[utts[0].id]
-            x = torch.zeros(len(utts), first.shape[0], int(lengths.max()), first.shape[2])
-            for row, (u, (start, keep)) in enumerate(zip(utts, crops)):
-                h = self.states[u.id][:, start : start + keep]
-                x[row, :, : h.shape[1]] = h.float()
-                lengths[row] = h.shape[1]
-        else:
-            hop = self.upstream.hop
-            spans = [(s * hop, (k - 1) * hop + 400) for s, k in crops]
-            x = torch.zeros(len(utts), max(n for _, n in spans))
-            for row, (u, (s, n)) in enumerate(zip(utts, spans)):
-                wav = self._wave(u)[s : s + n]
-                x[row, : len(wav)] = wav
+            x, lengths = self.states.gather([u.id for u in utts])
+            return self.batch_of(utts, x, lengths)
+        frames = [self.upstream.num_frames(u.num_samples) for u in utts]
+        hop = self.upstream.hop
+        spans = [(k - 1) * hop + 400 for k in frames]
+        x = torch.zeros(len(utts), max(spans))
+        for row, (u, n) in enumerate(zip(utts, spans)):
+            wav = self._wave(u)[:n]
+            x[row, : len(wav)] = wav
+        return self.batch_of(utts, x, torch.tensor(frames, dtype=torch.long))
+
+    def batch_of(self, utts: list[Utt], x: torch.Tensor, lengths: torch.Tensor) -> dict[str, Any]:
+        """The batch dict of model input `x` (frozen: packed hidden states; fine-tune: audio) with `utts`' targets."""
         batch: dict[str, Any] = {"x": x.to(self.device), "lengths": lengths.to(self.device),
                                  "audio_s": sum(u.num_samples for u in utts) / 16000}
         if self.cfg.probe in CTC_PROBES:
@@ -273,50 +272,61 @@ class DownstreamTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, client_id: str | None = None) -> dict[str, float]:
         """pr: val_loss, val_per; asr: val_loss, val_cer, val_wer; sid/ks: val_loss, val_acc, chance_acc (1/classes);
-        all: the softmax layer weights `layer_w<i>` (frozen weighted sum)."""
-        utts = self.eval_utterances(client_id)
-        size = self.cfg.eval_batch_size
-        chunks = [utts[i : i + size] for i in range(0, len(utts), size)]
-        if self.cfg.eval_batches > 0:
-            chunks = chunks[: self.cfg.eval_batches]
+        ks with a test split (the global evaluation): also test_loss, test_acc (SUPERB reports the test figure:
+        validation is class-balanced by sampling in s3prl, test is not); all: the softmax layer weights
+        `layer_w<i>` (frozen weighted sum)."""
         was_training = model.training
         model.eval()
-        total, count, correct, refs, hyps, ids = 0.0, 0, 0, [], [], []
         try:
-            for chunk in chunks:
-                batch = self._batch(chunk, None)
-                out, lengths = self._outputs(model, batch)
-                if self.cfg.probe in CTC_PROBES:
-                    losses = F.ctc_loss(out.transpose(0, 1).float(), batch["targets"], lengths, batch["target_lengths"],
-                                        blank=0, reduction="none", zero_infinity=True)
-                    total += float((losses / batch["target_lengths"].clamp_min(1)).sum())
-                    hyps += self._decode(out, lengths)
-                    refs += [u.label for u in chunk]
-                    ids += [u.id for u in chunk]
-                else:
-                    total += float(F.cross_entropy(out.float(), batch["labels"], reduction="sum"))
-                    correct += int((out.argmax(-1) == batch["labels"]).sum())
-                count += len(chunk)
+            metrics, samples = self._score(model, self.eval_utterances(client_id), "val", self.cfg.eval_batches)
+            if client_id is None and self.test:
+                metrics.update(self._score(model, self.test, "test", 0)[0])
         finally:
             model.train(was_training)
-        metrics: dict[str, float] = {"val_loss": total / max(1, count)}
+        if self.cfg.probe not in CTC_PROBES:
+            metrics["chance_acc"] = 1.0 / len(self.vocab)
+        for i, w in enumerate(model.featurizer.layer_weights()):
+            metrics[f"layer_w{i}"] = w
+        if self.cfg.probe in CTC_PROBES:
+            self._samples = samples[: self.cfg.eval_samples]
+            for s in self._samples:
+                self.ctx.log(f"  {s['id']}  ref: {s['ref']}\n  {' ' * len(s['id'])}  hyp: {s['hyp'] or '(empty)'}")
+        return metrics
+
+    def _score(self, model: nn.Module, utts: list[Utt], prefix: str, max_batches: int
+               ) -> tuple[dict[str, float], list[dict[str, str]]]:
+        """`<prefix>_loss` and the probe's metric over `utts` (at most `max_batches` batches; 0: all), and the
+        decoded hypotheses next to their references (ctc probes)."""
+        size = self.cfg.eval_batch_size
+        chunks = [utts[i : i + size] for i in range(0, len(utts), size)]
+        if max_batches > 0:
+            chunks = chunks[:max_batches]
+        total, count, correct, refs, hyps, ids = 0.0, 0, 0, [], [], []
+        for chunk in chunks:
+            batch = self._batch(chunk, None)
+            out, lengths = self._outputs(model, batch)
+            if self.cfg.probe in CTC_PROBES:
+                losses = F.ctc_loss(out.transpose(0, 1).float(), batch["targets"], lengths, batch["target_lengths"],
+                                    blank=0, reduction="none", zero_infinity=True)
+                total += float((losses / batch["target_lengths"].clamp_min(1)).sum())
+                hyps += self._decode(out, lengths)
+                refs += [u.label for u in chunk]
+                ids += [u.id for u in chunk]
+            else:
+                total += float(F.cross_entropy(out.float(), batch["labels"], reduction="sum"))
+                correct += int((out.argmax(-1) == batch["labels"]).sum())
+            count += len(chunk)
+        metrics: dict[str, float] = {f"{prefix}_loss": total / max(1, count)}
         if self.cfg.probe == "pr":
-            metrics["val_per"] = float(jiwer.wer(refs, hyps))
+            metrics[f"{prefix}_per"] = float(jiwer.wer(refs, hyps))
         elif self.cfg.probe == "asr":
             from fedctl.tasks.asr.text import error_rates
 
             rates = error_rates(refs, hyps)
-            metrics.update(val_cer=rates["cer"], val_wer=rates["wer"])
+            metrics.update({f"{prefix}_cer": rates["cer"], f"{prefix}_wer": rates["wer"]})
         else:
-            metrics.update(val_acc=correct / max(1, count), chance_acc=1.0 / len(self.vocab))
-        featurizer = model.featurizer
-        for i, w in enumerate(featurizer.layer_weights()):
-            metrics[f"layer_w{i}"] = w
-        if self.cfg.probe in CTC_PROBES:
-            self._samples = [{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)][: self.cfg.eval_samples]
-            for s in self._samples:
-                self.ctx.log(f"  {s['id']}  ref: {s['ref']}\n  {' ' * len(s['id'])}  hyp: {s['hyp'] or '(empty)'}")
-        return metrics
+            metrics[f"{prefix}_acc"] = correct / max(1, count)
+        return metrics, [{"id": i, "ref": r, "hyp": h} for i, r, h in zip(ids, refs, hyps)]
 
     def eval_samples(self, model: nn.Module) -> list[dict[str, str]]:
         """The samples decoded by the last evaluation (the head's CTC probes decode them there)."""
@@ -353,5 +363,6 @@ class DownstreamTask(Task):
             "data": self.source,
             "train_utterances": [len(u) for u in self.train.values()],
             "val_utterances": sum(len(u) for u in self.val.values()),
+            "test_utterances": len(self.test),
             "cache": str(self.cache_folder) if self.cache_folder else None,
         }
