@@ -14,7 +14,8 @@ Schedule (documented once, for every workload):
 
 Each step: set the learning rate (linear warmup over the global step (round − 1)·steps_per_round + step,
 then constant; a strategy may set the client lr), forward under autocast when `amp_dtype` is set, add
-FedProx's proximal term, backward (scaled by a GradScaler for fp16), unscale, clip, AdamW step.
+FedProx's proximal term, backward (scaled by a GradScaler for fp16), unscale, clip, optimizer step (the spec's: AdamW by default, or SGD with momentum;
+fedctl.core.client, whose functional form the attacks unroll).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from fedctl.core import client
 from fedctl.core.task import ClientConfig, FitResult, LocalTraining, Task, proximal_term
 
 
@@ -50,10 +52,8 @@ def schedule(training: LocalTraining, num_items: int, gen: torch.Generator) -> l
 
 
 def make_optimizer(training: LocalTraining, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=training.lr if lr is None else lr, betas=training.betas, eps=training.eps,
-                             weight_decay=training.weight_decay)
+    """The client spec's optimizer (AdamW by default; SGD with momentum): `fedctl.core.client.make_optimizer`."""
+    return client.make_optimizer(training, model, lr)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
