@@ -28,6 +28,7 @@ refused in this mode.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import math
 import time
@@ -38,6 +39,8 @@ import torch
 from fedctl.attacks.objective import (
     DISTANCES,
     MATCHES,
+    ClientPlan,
+    client_updates,
     gradient_distance,
     output_layer,
     per_restart_gradients,
@@ -121,14 +124,26 @@ def _repeat(t: torch.Tensor | None, restarts: int) -> torch.Tensor | None:
     return t.repeat(restarts, *([1] * (t.dim() - 1)))
 
 
+_CLIENT: contextvars.ContextVar[ClientPlan | None] = contextvars.ContextVar("client_plan", default=None)
+
+
 def reconstruct(model, target: list[torch.Tensor], shape: tuple[int, int, int], lengths: torch.Tensor,
                 targets: torch.Tensor | None, target_lengths: torch.Tensor | None, cfg: AttackConfig,
-                x_init: torch.Tensor | None = None, log=None) -> AttackResult:
+                x_init: torch.Tensor | None = None, log=None, client: ClientPlan | None = None) -> AttackResult:
     """Reconstruct client features of `shape` [T, b, F] from its gradient `target` (matched tensors).
 
     The attack runs in `cfg.dtype` on a copy of the victim when that differs from the victim's own dtype;
     the returned features are float32. With `cfg.transcripts` False, targets and target_lengths are not
-    used (pass None) and the result also holds the recovered alignment logits."""
+    used (pass None) and the result also holds the recovered alignment logits. `client`: the client's local
+    training to unroll (a real run's client, `fedctl.attacks.case.run_client`) instead of cfg.local_steps SGD."""
+    token = _CLIENT.set(client)  # read by _dummy_gradients, under every method's loop
+    try:
+        return _reconstruct(model, target, shape, lengths, targets, target_lengths, cfg, x_init, log)
+    finally:
+        _CLIENT.reset(token)
+
+
+def _reconstruct(model, target, shape, lengths, targets, target_lengths, cfg, x_init, log) -> AttackResult:
     dtype = getattr(torch, cfg.dtype)
     if next(model.parameters()).dtype != dtype:
         model = copy.deepcopy(model).to(dtype)
@@ -170,6 +185,9 @@ def _dummy_gradients(model, x, L, tg, tl, R, cfg, create_graph=True):
     """Each restart's dummy update at x [T, R·b, F]: its gradient (FedSGD, all restarts in one batch), its
     unrolled local SGD update with `cfg.local_steps` > 1 (`unrolled_updates`), or, when the transcripts are
     withheld, the gradient at x [T, R·b, F + C] (features, alignment logits)."""
+    plan = _CLIENT.get()
+    if plan is not None:  # a real run's client: its spec and schedule, unrolled
+        return client_updates(model, x, L, tg, tl, R, cfg.match, plan, create_graph=create_graph)
     if cfg.transcripts and cfg.local_steps > 1:  # the client's N local SGD steps, unrolled (a loop over restarts)
         return unrolled_updates(model, x, L, tg, tl, R, cfg.match, local_steps=cfg.local_steps,
                                 local_lr=cfg.local_lr, create_graph=create_graph)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedctl.attacks.objective import matched_names, per_restart_gradients
+from fedctl.attacks.objective import ClientPlan, matched_names, per_restart_gradients
 from fedctl.core.config import check_dropout, check_prune, check_range, check_seed
 from fedctl.core.prune import prune_smallest
 from fedctl.core.strategies.dp import check_noise_multiplier
@@ -312,3 +312,74 @@ def _initial_victim(rundir, arch: str, overrides: dict) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(True)
     return model.train()
+
+
+@dataclass
+class RunClient:
+    """A client of a real `fedctl train asr` run in one round, as the attacker replays it (`run_client`)."""
+
+    model: nn.Module  # the global model the client started the round from
+    shared: list[torch.Tensor]  # its saved update as (θ0 − θN) / peak lr, restricted to the matched tensors
+    utterances: list  # its training utterances, in the task's order (the positions the schedule names)
+    batch: tuple[torch.Tensor, ...]  # their true (features [T, n, F], lengths, targets, target_lengths)
+    plan: ClientPlan  # its local training: the run's client spec and the trainer's own schedule
+
+
+def run_client(run: str | Path, server_round: int, client_id: str, arch: str, *, match: str = "last",
+               overrides: dict | None = None) -> RunClient:
+    """Client `client_id` of round `server_round` of a `fedctl train asr` run, exactly as it trained: the global
+    model it started from, its saved delta, its training utterances (read as the run read them: the run's data
+    or its demo corpus, the same normalisation and leave-outs) and its plan: the run's client spec (optimizer,
+    warmup, clipping, micro-batches, accumulation) and the micro-batch order of the trainer's seeded schedule
+    (`fedctl.core.local.schedule` with the engine's client seed). `fedctl.attacks.objective.client_updates` of
+    that plan at the true features reproduces the saved delta (tests/attacks/test_client_unroll.py).
+
+    Refused: clients that carry optimizer state across rounds (the attacker does not hold it) and FedProx
+    (its proximal term is not replayed). Dropout (unknown masks), pruning and DP noise make the update differ
+    from any replay: those are the defences the attack then faces."""
+    from safetensors.torch import load_file
+
+    from fedctl.core.config import apply_mapping
+    from fedctl.core.local import client_schedule
+    from fedctl.core.rundir import RunDir
+    from fedctl.core.strategies import build_strategy
+    from fedctl.core.task import TaskContext, client_seed
+    from fedctl.data.speech.demo import demo_partition
+    from fedctl.tasks.asr.config import AsrConfig
+    from fedctl.tasks.asr.task import AsrTask
+
+    rundir = RunDir(run)
+    model, _ = run_update(run, server_round, client_id, arch, "tiny", match=match, overrides=overrides)
+    config = rundir.read_config()
+    fed, seed = config.get("federation") or {}, int((config.get("run") or {}).get("seed", 0))
+    if fed.get("keep_optimizer_state"):
+        raise FedctlError(f"--run {rundir.path} keeps client optimizer state across rounds "
+                          "(federation.keep_optimizer_state), which the attacker does not hold",
+                          "attack a run trained without it")
+    instructions = build_strategy(fed.get("strategy", "fedavg"), fed.get("strategy_args") or {}).configure_fit(server_round)
+    if instructions.proximal_mu > 0:
+        raise FedctlError(f"--run {rundir.path} trains with FedProx's proximal term, which the attack does not replay",
+                          "attack a run of another strategy (fedavg, fedadam, …)")
+    cfg = AsrConfig()
+    apply_mapping(cfg, dict(config.get("task") or {}), "task")
+    clients = int(fed.get("clients", 1))
+    if cfg.parts is None:  # the run's own demo corpus, made under its folder: read, never remade
+        if not rundir.demo_data_dir.is_dir():
+            raise FedctlError(f"--run {rundir.path} trained on the demo corpus but has no {rundir.demo_data_dir.name}/",
+                              "pass the run folder as training left it")
+        cfg.parts = str(demo_partition(rundir.demo_data_dir, clients, cfg.demo_speakers, cfg.demo_utterances,
+                                       lambda _: None))
+    task = AsrTask(cfg, TaskContext(num_clients=clients, seed=seed, device=torch.device("cpu"), log=lambda _: None))
+    if client_id not in task.client_ids():
+        raise FedctlError(f"--client {client_id} is not a client of {rundir.path}",
+                          f"its clients: {', '.join(task.client_ids())}")
+    index = task.client_ids().index(client_id)
+    n = task.train_items(client_id)
+    gen = torch.Generator().manual_seed(client_seed(seed, server_round, index))
+    steps, _ = client_schedule(task, client_id, n, gen)  # the trainer's own sampler, seeded as the engine seeds it
+    peak = task.training.lr if instructions.client_lr is None else instructions.client_lr
+    plan = ClientPlan(task.training, steps, peak, (server_round - 1) * task.training.steps_per_round(n))
+    batch = task.make_batch(client_id, torch.arange(n), gen)
+    delta = load_file(str(rundir.delta_path(server_round, client_id)))
+    shared = [(-delta[name]).to(torch.float64) / peak for name in matched_names(model, match)]
+    return RunClient(model, shared, task.train[client_id], batch, plan)

@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from fedctl.core.client import ClientSpec, clip_gradients, optimizer_step
 from fedctl.core.prune import top_magnitude_mask
 from fedctl.tasks.asr import models as asr_models
 from fedctl.tasks.asr.ctc import ctc_loss
@@ -182,21 +184,52 @@ def per_restart_gradients(model: nn.Module, x: torch.Tensor, lengths: torch.Tens
     return list(grads), losses
 
 
+@dataclass
+class ClientPlan:
+    """A client's local training as the attacker replays it: the client spec (`fedctl.core.client.ClientSpec`:
+    optimizer, clipping, weight decay, warmup) and, per optimizer step, its micro-batches as positions into the
+    attacked batch of b utterances (the trainer's own schedule, `fedctl.core.local.schedule`), the peak learning
+    rate and the global step of the first local step (for the warmup)."""
+
+    spec: ClientSpec
+    steps: list[list[torch.Tensor]]
+    peak_lr: float
+    step_offset: int = 0
+
+    @classmethod
+    def sgd(cls, local_steps: int, local_lr: float, batch: int) -> ClientPlan:
+        """N plain SGD steps, each on the whole batch of b utterances (the simulated client of `--local-steps`)."""
+        every = torch.arange(batch)
+        return cls(ClientSpec(lr=local_lr, optimizer="sgd"), [[every]] * local_steps, local_lr)
+
+
 def unrolled_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
                      target_lengths: torch.Tensor, groups: int, match: str = "last", *, local_steps: int = 1,
                      local_lr: float = 1.0, create_graph: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each restart's local SGD update (θ0 − θN)/lr over `local_steps` steps θ_{k+1} = θ_k − lr·∇θL(θ_k) on
-    its own b utterances, restricted to the matched parameters; shapes as `per_restart_gradients`, whose
-    batched output this is for local_steps = 1. Losses [G] are the first step's.
-
-    Every step moves every parameter (with match="last" the output layer's update still depends on every
-    layer's trajectory); only the last step's gradient is taken for the matched tensors alone. The update is
-    accumulated as Σ_k ∇θL(θ_k), which equals (θ0 − θN)/lr without the cancellation of θ0 − θN. BatchNorm as
-    the client's (train-mode statistics over the restart's batch, running buffers untouched).
-    """
+    its own b utterances (`client_updates` of `ClientPlan.sgd`); shapes as `per_restart_gradients`, whose
+    batched output this is for local_steps = 1."""
     if local_steps <= 1:
         return per_restart_gradients(model, x, lengths, targets, target_lengths, groups, match,
                                      create_graph=create_graph)
+    plan = ClientPlan.sgd(local_steps, local_lr, x.shape[1] // groups)
+    return client_updates(model, x, lengths, targets, target_lengths, groups, match, plan, create_graph=create_graph)
+
+
+def client_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor,
+                   target_lengths: torch.Tensor, groups: int, match: str, plan: ClientPlan, *,
+                   create_graph: bool = True) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each restart's update (θ0 − θN)/peak_lr of the client `plan` describes, run on its own b utterances of x
+    [T, groups·b, F], restricted to the matched parameters ([groups, *shape] each); losses [groups] are the
+    first micro-batch's.
+
+    Step k as the trainer takes it (`fedctl.core.local.train_steps`): the mean over its micro-batches of each
+    one's loss (mean CTC / target length over its utterances, zero-padded to its longest: x[:T_mb, items]),
+    the global-norm clip, then the optimizer step at lr_at(peak, offset + k) — functionally
+    (`fedctl.core.client.optimizer_step`), so that create_graph differentiates the whole trajectory w.r.t. x.
+    The update is accumulated as the sum of the steps' displacements, without the cancellation of θ0 − θN.
+    BatchNorm as the client's (train-mode statistics over the micro-batch, running buffers untouched)."""
+    spec = plan.spec
     per = x.shape[1] // groups
     theta0 = dict(model.named_parameters())
     trained = [n for n, p in theta0.items() if p.requires_grad]
@@ -206,27 +239,35 @@ def unrolled_updates(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor, t
     # A loop over restarts: after the first step each restart has its own weights, and the victims' packed
     # RNNs cannot run under torch.func.vmap with per-restart weights (`Task.vmap_safe`; .item() in nn.LSTM).
     for r in range(groups):
-        cols = slice(r * per, (r + 1) * per)
-        theta = dict(theta0)
-        total: list[torch.Tensor | None] = [None] * len(matched)
-        for k in range(local_steps):
-            with grouped_batch_norm(1, per):
-                log_probs, out_lengths = functional_call(model, theta, (x[:, cols], lengths[cols]))
-            loss = client_loss(log_probs, out_lengths, targets[cols], target_lengths[cols], 1)[0]
-            if k == 0:
-                losses.append(loss)
-            last = k == local_steps - 1
-            names = matched if last else trained
-            grads = dict(zip(names, torch.autograd.grad(loss, [theta[n] for n in names],
-                                                        create_graph=create_graph)))
-            total = [grads[n] if t is None else t + grads[n] for t, n in zip(total, matched)]
+        theta, state = dict(theta0), {}
+        total: dict[str, torch.Tensor] = {}
+        for k, group in enumerate(plan.steps):
+            last = k == len(plan.steps) - 1
+            # the last step moves only what is matched, unless clipping needs every gradient's norm
+            names = matched if last and spec.grad_clip <= 0 else trained
+            grads: dict[str, torch.Tensor] = {}
+            for items in group:
+                cols = r * per + items
+                steps = int(lengths[cols].max())
+                with grouped_batch_norm(1, len(cols)):
+                    log_probs, out_lengths = functional_call(model, theta, (x[:steps, cols], lengths[cols]))
+                loss = client_loss(log_probs, out_lengths, targets[cols], target_lengths[cols], 1)[0]
+                if len(losses) == r:
+                    losses.append(loss)
+                part = torch.autograd.grad(loss / len(group), [theta[n] for n in names], create_graph=create_graph)
+                grads = {n: g if n not in grads else grads[n] + g for n, g in zip(names, part)}
+            grads = clip_gradients(spec, grads)
+            lr = spec.lr_at(plan.peak_lr, plan.step_offset + k)
+            moves, state = optimizer_step(spec, {n: theta[n] for n in names}, grads, state, lr, k + 1)
+            total = {n: moves[n] if n not in total else total[n] + moves[n] for n in matched}
             if not last:
-                step = {n: theta[n] - local_lr * grads[n] for n in trained}
+                step = {n: theta[n] - moves[n] for n in trained}
                 if not create_graph:  # no derivative through the trajectory: each step starts from plain tensors
                     step = {n: v.detach().requires_grad_(True) for n, v in step.items()}
+                    state = {n: {k2: v.detach() for k2, v in s.items()} for n, s in state.items()}
                 theta = {**theta, **step}
-        for acc, t in zip(updates, total):
-            acc.append(t)
+        for acc, n in zip(updates, matched):
+            acc.append(total[n] / plan.peak_lr)
     return [torch.stack(u) for u in updates], torch.stack(losses)
 
 

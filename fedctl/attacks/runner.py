@@ -76,7 +76,7 @@ class AttackSpec:
     checkpoint: str | None = None
     run: str | None = None  # with run_round and client: victim and shared update from a fedctl run
     run_round: int | None = _checked(None, check_range(low=1, hint="a round of the run, >= 1, e.g. 3"))
-    client_lr: float = _checked(1.0, check_range(low=0, low_open=True, hint="the client's learning rate in the run, > 0"))  # the client's learning rate in that run (gradient = −delta / lr)
+    client_lr: float | None = _checked(None, check_range(low=0, low_open=True, hint="the client's learning rate in the run, > 0"))  # only for a run without config.yaml (gradient = −delta / lr, default 1); a fedctl run's config sets it
     victim_seed: int = _checked(0, check_seed)
     local_steps: int = _checked(1, check_range(low=1, hint="use 1 (FedSGD, the default) or more (local SGD, which the attacker unrolls)"))
     local_lr: float = _checked(1.0, check_range(low=0, low_open=True, hint="a finite learning rate > 0, e.g. 0.5"))
@@ -94,6 +94,30 @@ def attack_spec(values: dict, label: Callable[[str], str] | None = None) -> Atta
     out-of-range values are errors naming the key, or `label(key)` (the flag that set it)."""
     spec = AttackSpec()
     apply_mapping(spec, values, "", label)
+    check_spec(spec, label)
+    return spec
+
+
+def resolve_spec(arch: str, config: str | Path | None = None, flags: dict | None = None, sets: list[str] | None = None,
+                 label: Callable[[str], str] | None = None) -> AttackSpec:
+    """The settings of `fedctl attack ARCH`, as training resolves its config: defaults ← the YAML file (a path or
+    a shipped template name) ← command-line flags (nested `flags`, named by `label` in errors) ← `--set key=value`,
+    each strictly (unknown keys and wrong types are errors naming the valid keys), then `check_spec`."""
+    from fedctl.core.config import load_yaml, parse_set
+    from fedctl.utils.templates import resolve_template
+
+    spec = AttackSpec(arch=arch)
+    if config is not None:
+        data = load_yaml(resolve_template(config))
+        apply_mapping(spec, data, "")
+        if spec.arch != arch:
+            raise FedctlError(f"config {config} attacks arch '{spec.arch}', not '{arch}'",
+                              f"run it with `fedctl attack {spec.arch} --config {config}`")
+    apply_mapping(spec, flags or {}, "", label)
+    apply_mapping(spec, parse_set(sets), "")
+    if spec.arch != arch:
+        raise FedctlError(f"--set arch={spec.arch} contradicts the command `fedctl attack {arch}`",
+                          f"run `fedctl attack {spec.arch}` instead")
     check_spec(spec, label)
     return spec
 
@@ -117,10 +141,10 @@ def check_spec(spec: AttackSpec, label: Callable[[str], str] | None = None) -> N
     if not cfg.transcripts and cfg.method == "hfgm":
         raise FedctlError("--method hfgm needs the transcripts (it perturbs the features only; without transcripts "
                           "the alignments are unknowns too)", "use --method gradient with --no-transcripts")
-    if spec.run and spec.local_steps > 1:
-        raise FedctlError("--run with --local-steps > 1: the attacker's unroll models N plain SGD steps on one batch, "
-                          "but a fedctl run's clients train with AdamW over shuffled micro-batches with clipping",
-                          "attack the run's update as one step (--local-steps 1), or a simulated client without --run")
+    if spec.run and (spec.local_steps > 1 or spec.local_lr != 1.0):
+        raise FedctlError(f"{name('local_steps')} / {name('local_lr')} describe a simulated client; with --run the run's "
+                          "config sets its client (optimizer, lr, local steps, micro-batches), which the attack replays",
+                          "leave --local-steps and --local-lr off with --run")
     if spec.local_steps > 1 and not cfg.transcripts:
         raise FedctlError("--no-transcripts with --local-steps > 1 is not implemented (the unroll needs the CTC "
                           "targets)", "attack a FedSGD update (--local-steps 1) without transcripts, or give them")
@@ -257,6 +281,16 @@ RESUMABLE = ("out", "plots", "batch_end")
 OUTPUTS = ("metrics.csv", "attack.log", "settings.json", "recon/*.pt", "plots/*.png")
 
 
+def replayable(run: str | Path) -> bool:
+    """A `fedctl train asr` run folder (its config.yaml says how its clients trained): `--run` replays its client."""
+    return RunDir(run).config_path.is_file()
+
+
+def name_of(key: str) -> str:
+    """The flag that sets an AttackSpec key, as errors name it."""
+    return {"client_lr": "--client-lr"}.get(key, key)
+
+
 def attack_dir(out: str | Path) -> RunDir:
     return RunDir(out, label="attack folder")
 
@@ -282,7 +316,22 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None, 
     # the attacker knows the client's local training (the server configures it) and unrolls it
     cfg = dataclasses.replace(cfg, local_steps=spec.local_steps, local_lr=spec.local_lr)
     spec = dataclasses.replace(spec, attack=cfg)  # so that the logged settings say what the attacker ran
-    utts = select_utterances(spec)
+    case = None
+    if spec.run and replayable(spec.run):  # a fedctl run: its client, exactly as it trained, on its own data
+        from fedctl.attacks.case import run_client
+
+        if spec.max_frames is not None or not cfg.transcripts:
+            raise FedctlError("--run replays the run's client on its whole utterances with their transcripts",
+                              "leave --max-frames and --no-transcripts off with --run")
+        case = run_client(spec.run, spec.run_round, spec.client, spec.arch, match=cfg.match, overrides=spec.model)
+        if spec.client_lr is not None and spec.client_lr != case.plan.peak_lr:
+            raise FedctlError(f"{name_of('client_lr')} {spec.client_lr:g} differs from the learning rate of "
+                              f"{spec.run}'s clients ({case.plan.peak_lr:g}, its config.yaml)",
+                              f"leave {name_of('client_lr')} off: the run's config sets it")
+        spec = dataclasses.replace(spec, batch_size=len(case.utterances))  # the client's whole round: one batch
+        utts = case.utterances
+    else:
+        utts = select_utterances(spec)
     if spec.max_frames is not None and spec.crop_transcript:
         out_frames = int(output_lengths(spec.arch, torch.tensor([spec.max_frames]))[0])
         keep = max(1, out_frames // 3)  # a third of the output frames: always alignable
@@ -292,11 +341,13 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None, 
     for u in utts:
         frames = cache(u).shape[0] if spec.max_frames is None else min(cache(u).shape[0], spec.max_frames)
         check_feasible(u.id, u.target, int(output_lengths(spec.arch, torch.tensor([frames]))[0]))
-    if spec.run:
+    if case is not None:
+        model, shared = case.model, case.shared
+    elif spec.run:  # a folder in fedctl's run layout without config.yaml: its delta read as one SGD step
         from fedctl.attacks.case import run_update
 
         model, shared = run_update(spec.run, spec.run_round, spec.client, spec.arch, spec.preset, match=cfg.match,
-                                   client_lr=spec.client_lr, overrides=spec.model)
+                                   client_lr=spec.client_lr or 1.0, overrides=spec.model)
         utts = utts[: spec.batch_size]  # the one batch whose update the run saved
     else:
         shared = None
@@ -310,11 +361,12 @@ def run_attack(spec: AttackSpec, progress: Callable[[str], None] | None = None, 
         folder.claim("attack", settings, settings_name="settings.json", volatile=RESUMABLE, overwrite=overwrite,
                      outputs=OUTPUTS, legacy=legacy_attack_folder)
         with (folder.path / "attack.log").open("a") as log_fh:
-            return _attack_batches(spec, utts, model, shared, cache, settings, log_fh, progress)
+            return _attack_batches(spec, utts, model, shared, cache, settings, log_fh, progress,
+                                   None if case is None else case.plan)
 
 
 def _attack_batches(spec: AttackSpec, utts: list, model, shared: list[torch.Tensor] | None, cache: FeatureCache,
-                    settings: dict, log_fh, progress: Callable[[str], None] | None) -> dict:
+                    settings: dict, log_fh, progress: Callable[[str], None] | None, plan=None) -> dict:
     cfg = spec.attack
     out = Path(spec.out)
     metrics_path = out / "metrics.csv"
@@ -351,7 +403,7 @@ def _attack_batches(spec: AttackSpec, utts: list, model, shared: list[torch.Tens
             progress(f"[{n_batch + 1}/{len(batches)}] {', '.join(u.id for u in batch)}: {x.shape[0]} frames, "
                      f"{budget:.1f} gradient entries per unknown")
         known = (targets, target_lengths) if cfg.transcripts else (None, None)  # withheld: never reach the attack
-        result = reconstruct(model, target, tuple(x.shape), lengths, *known, cfg, log=log)
+        result = reconstruct(model, target, tuple(x.shape), lengths, *known, cfg, log=log, client=plan)
         hyps = None if cfg.transcripts else recovered_transcripts(model, result.features, lengths, result.alignment)
         for j, u in enumerate(batch):
             T = int(lengths[j])

@@ -10,6 +10,7 @@ them too (features and CTC alignments; `fedctl.attacks.objective.alignment_loss`
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated
 
@@ -17,12 +18,15 @@ import typer
 from rich.table import Table
 
 from fedctl.cli.console import err, out, print_json, saved
-from fedctl.cli.options import JsonOpt
+from fedctl.cli.options import JsonOpt, SetOpt
+from fedctl.cli.train import _annotation, _flag_value
+from fedctl.core.config import Flag
 from fedctl.utils import record
 
 THREAT = ("Threat model: the attacker (server) holds the victim's weights and BatchNorm buffers, one client's "
           "shared update (FedSGD: its gradient on one batch; --local-steps N: N SGD steps on that batch, which the "
-          "attacker unrolls), that client's transcripts and input lengths, and reconstructs "
+          "attacker unrolls; --run: a real run's client, replayed exactly: its optimizer, schedule and micro-batches), "
+          "that client's transcripts and input lengths, and reconstructs "
           "the input features (DS1: 26 MFCCs per 20 ms frame; DS2: 257-bin normalized log-STFT). The client's "
           "dropout masks are unknown to it. Defences are applied by the client before sharing. With "
           "--no-transcripts the transcripts are withheld (input lengths stay known): the attacker recovers the "
@@ -33,6 +37,7 @@ app = typer.Typer(help="Gradient-inversion attacks on DeepSpeech 1/2 clients.\n\
                   rich_markup_mode="rich")
 
 _EPILOG = ("Examples:\n\n"
+           "  fedctl attack ds1 --config attack_ds1_tiny --set attack.max_iter=50\n\n"
            "  fedctl data synth --out corpus/ --speakers 4 --utterances 6\n\n"
            "  fedctl attack {arch} --corpus corpus/ --min-dur 1000 --max-dur 2000 --batch-end 5 --seeds 4 "
            "--max-iter 500 --out atk/\n\n"
@@ -49,96 +54,99 @@ AttackOverwriteOpt = Annotated[bool, typer.Option(
     "the same settings resume without it).")]
 
 
-# AttackSpec key → the flag that sets it: errors name what the user typed (`--seeds`, not attack.restarts)
-FLAGS = {"min_dur": "--min-dur", "max_dur": "--max-dur", "batch_start": "--batch-start", "batch_end": "--batch-end",
-         "text_norm": "--text-norm", "batch_size": "--batch-size", "batch_stride": "--batch-stride", "model": "--preset/--hidden",
-         "run_round": "--round", "client_lr": "--client-lr", "victim_seed": "--victim-seed",
-         "local_steps": "--local-steps", "local_lr": "--local-lr", "out": "--out", "max_frames": "--max-frames",
-         "crop_transcript": "--crop-transcript",
-         **{f"defense.{k}": f"--defense-{k}" for k in ("dropout", "prune", "clip", "noise")},
-         **{f"attack.{k}": f"--{k.replace('_', '-')}" for k in (
-             "method", "optimizer", "dtype", "lr", "lr_step", "max_iter", "patience", "distance", "distance_weight",
-             "match", "top_grad_fraction", "seed", "hfgm_directions", "hfgm_plateau")},
-         "attack.restarts": "--seeds", "attack.transcripts": "--transcripts"}
+# The attack's flags, declared next to the AttackSpec key each sets (as the training commands declare theirs):
+# the command's options are generated from it, and errors name what the user typed (`--seeds`, not attack.restarts).
+ATTACK_FLAGS = (
+    Flag("corpus", "--corpus", "LibriSpeech tree(s), fairseq/CSV manifest(s) or local HF dataset(s).", list),
+    Flag("text_norm", "--text-norm", "Transcripts of the attacked utterances: strict, fold or fold-spell-numbers."),
+    Flag("parts", "--parts", "Partition folder (fedctl data partition)."),
+    Flag("client", "--client", "Attack this client of --parts (or of --run)."),
+    Flag("min_dur", "--min-dur", "Duration bin start, ms (inclusive). [default: 1000]", int),
+    Flag("max_dur", "--max-dur", "Duration bin end, ms (exclusive). [default: 2000]", int),
+    Flag("batch_start", "--batch-start", "First utterance index in the bin. [default: 0]", int),
+    Flag("batch_end", "--batch-end", "End utterance index (exclusive). [default: 100]", int),
+    Flag("batch_stride", "--batch-stride", "Take every n-th utterance of the range. [default: 1]", int),
+    Flag("batch_size", "--batch-size", "Utterances per client batch. [default: 1]", int),
+    Flag("attack.method", "--method", "gradient (2nd-order CTC) or hfgm (zero-order). [default: gradient]"),
+    Flag("attack.optimizer", "--optimizer", "Gradient method: lbfgs, or adam (the reference's). [default: lbfgs]"),
+    Flag("attack.dtype", "--dtype", "Attacker arithmetic: float64 (L-BFGS needs it) or float32. [default: float64]"),
+    Flag("attack.lr", "--lr", "Adam learning rate, or HFGM's initial radius (L-BFGS: unused). [default: 0.5]", float),
+    Flag("attack.lr_step", "--lr-step", "Halve the learning rate every N iterations. [default: 250]", int),
+    Flag("attack.max_iter", "--max-iter", "Iterations per utterance. [default: 2000]", int),
+    Flag("attack.patience", "--patience", "Stop after N iterations without improvement. [default: 300]", int),
+    Flag("attack.restarts", "--seeds", "Restarts, run together as one batch. [default: 10]", int),
+    Flag("attack.seed", "--seed", "Seed of the random starts. [default: 0]", int),
+    Flag("attack.top_grad_fraction", "--top-grad-fraction", "Keep the largest-|g| entries. [default: 1.0]", float),
+    Flag("attack.distance", "--distance", "cosine, l2 or cosine+l2. [default: cosine]"),
+    Flag("attack.distance_weight", "--distance-weight", "w of w·cos + (1−w)·MSE. [default: 1.0]", float),
+    Flag("attack.match", "--match", "last (output layer, as the reference) or all. [default: last]"),
+    Flag("attack.transcripts", "--transcripts", "Attacker holds the client's transcripts; --no-transcripts: it "
+         "recovers them too (gradient method). [default: on]", bool),
+    Flag("preset", "--preset", "Model preset: tiny, small or reference. [default: tiny]"),
+    Flag("model.n_hidden", "--hidden", "Override the model's n_hidden.", int),
+    Flag("checkpoint", "--checkpoint", "Victim weights: a round .pt, best.pt, a run folder, final/ or final/hf of "
+         "fedctl train asr."),
+    Flag("run", "--run", "A fedctl train asr run: attack a client's saved update, replaying that client exactly."),
+    Flag("run_round", "--round", "With --run: the round of the update.", int),
+    Flag("client_lr", "--client-lr", "With --run of a folder without config.yaml: the client's learning rate "
+         "(a fedctl run's config sets it).", float),
+    Flag("victim_seed", "--victim-seed", "Seed of an untrained victim. [default: 0]", int),
+    Flag("attack.hfgm_directions", "--hfgm-directions", "HFGM perturbations per step. [default: 127]", int),
+    Flag("attack.hfgm_plateau", "--hfgm-plateau", "HFGM plateau window (iterations). [default: 2500]", int),
+    *(Flag(f"defense.{k}", f"--defense-{k}", h, float) for k, h in (
+        ("dropout", "Client dropout p."), ("prune", "Fraction of smallest entries zeroed."),
+        ("clip", "Global L2 clip C of the update."), ("noise", "Gaussian noise σ (× C when clipping)."))),
+    Flag("local_steps", "--local-steps", "Simulated client: local SGD steps on its batch, unrolled by the attacker "
+         "(1: FedSGD). [default: 1]", int),
+    Flag("local_lr", "--local-lr", "Simulated client: local SGD learning rate. [default: 1.0]", float),
+    Flag("max_frames", "--max-frames", "Crop features to N frames.", int),
+    Flag("crop_transcript", "--crop-transcript", "With --max-frames: keep the first (output frames)//3 characters "
+         "(budget experiments).", bool, const=True),
+    Flag("out", "--out", "Output folder (metrics.csv, plots/, recon/). [default: attack_out]"),
+)
+FLAGS = {f.key: f.flag for f in ATTACK_FLAGS} | {"model": "--preset/--hidden"}
 
 
 def _command(arch: str):
-    def command(
-        corpus: Annotated[list[Path] | None, typer.Option("--corpus", help="LibriSpeech tree(s), fairseq/CSV manifest(s) or local HF dataset(s).")] = None,
-        text_norm: Annotated[str, typer.Option("--text-norm", help="Transcripts of the attacked utterances: strict, fold or fold-spell-numbers.")] = "strict",
-        parts: Annotated[Path | None, typer.Option("--parts", help="Partition folder (fedctl data partition).")] = None,
-        client: Annotated[str | None, typer.Option("--client", help="Attack this client of --parts.")] = None,
-        min_dur: Annotated[int, typer.Option("--min-dur", help="Duration bin start, ms (inclusive).")] = 1000,
-        max_dur: Annotated[int, typer.Option("--max-dur", help="Duration bin end, ms (exclusive).")] = 2000,
-        batch_start: Annotated[int, typer.Option("--batch-start", help="First utterance index in the bin.")] = 0,
-        batch_end: Annotated[int, typer.Option("--batch-end", help="End utterance index (exclusive).")] = 100,
-        batch_stride: Annotated[int, typer.Option("--batch-stride", help="Take every n-th utterance of the range.")] = 1,
-        batch_size: Annotated[int, typer.Option("--batch-size", help="Utterances per client batch.")] = 1,
-        method: Annotated[str, typer.Option("--method", help="gradient (2nd-order CTC) or hfgm (zero-order).")] = "gradient",
-        optimizer: Annotated[str, typer.Option("--optimizer", help="Gradient method: lbfgs, or adam (the reference's).")] = "lbfgs",
-        dtype: Annotated[str, typer.Option("--dtype", help="Attacker arithmetic: float64 (L-BFGS needs it) or float32.")] = "float64",
-        lr: Annotated[float, typer.Option("--lr", help="Adam learning rate, or HFGM's initial radius (L-BFGS: unused).")] = 0.5,
-        lr_step: Annotated[int, typer.Option("--lr-step", help="Halve the learning rate every N iterations.")] = 250,
-        max_iter: Annotated[int, typer.Option("--max-iter", help="Iterations per utterance.")] = 2000,
-        patience: Annotated[int, typer.Option("--patience", help="Stop after N iterations without improvement.")] = 300,
-        seeds: Annotated[int, typer.Option("--seeds", help="Restarts, run together as one batch.")] = 10,
-        seed: Annotated[int, typer.Option("--seed", help="Seed of the random starts.")] = 0,
-        top_grad_fraction: Annotated[float, typer.Option("--top-grad-fraction", help="Keep the largest-|g| entries.")] = 1.0,
-        distance: Annotated[str, typer.Option("--distance", help="cosine, l2 or cosine+l2.")] = "cosine",
-        distance_weight: Annotated[float, typer.Option("--distance-weight", help="w of w·cos + (1−w)·MSE.")] = 1.0,
-        match: Annotated[str, typer.Option("--match", help="last (output layer, as the reference) or all.")] = "last",
-        transcripts: Annotated[bool, typer.Option("--transcripts/--no-transcripts", help="Attacker holds the client's transcripts; --no-transcripts: it recovers them too (gradient method).")] = True,
-        preset: Annotated[str, typer.Option("--preset", help="Model preset: tiny, small or reference.")] = "tiny",
-        hidden: Annotated[int | None, typer.Option("--hidden", help="Override the model's n_hidden.")] = None,
-        checkpoint: Annotated[Path | None, typer.Option("--checkpoint", help="Victim weights: a round .pt, best.pt, a run folder, final/ or final/hf of fedctl train asr.")] = None,
-        run: Annotated[Path | None, typer.Option("--run", help="A fedctl train asr run: attack a client's saved update.")] = None,
-        round_: Annotated[int | None, typer.Option("--round", help="With --run: the round of the update.")] = None,
-        client_lr: Annotated[float, typer.Option("--client-lr", help="With --run: the client's learning rate.")] = 1.0,
-        victim_seed: Annotated[int, typer.Option("--victim-seed", help="Seed of an untrained victim.")] = 0,
-        hfgm_directions: Annotated[int, typer.Option("--hfgm-directions", help="HFGM perturbations per step.")] = 127,
-        hfgm_plateau: Annotated[int, typer.Option("--hfgm-plateau", help="HFGM plateau window (iterations).")] = 2500,
-        defense_dropout: Annotated[float, typer.Option("--defense-dropout", help="Client dropout p.")] = 0.0,
-        defense_prune: Annotated[float, typer.Option("--defense-prune", help="Fraction of smallest entries zeroed.")] = 0.0,
-        defense_clip: Annotated[float, typer.Option("--defense-clip", help="Global L2 clip C of the update.")] = 0.0,
-        defense_noise: Annotated[float, typer.Option("--defense-noise", help="Gaussian noise σ (× C when clipping).")] = 0.0,
-        local_steps: Annotated[int, typer.Option("--local-steps", help="Client local SGD steps on its batch, unrolled by the attacker (1: FedSGD).")] = 1,
-        local_lr: Annotated[float, typer.Option("--local-lr", help="Client local SGD learning rate (with --local-steps > 1).")] = 1.0,
-        max_frames: Annotated[int | None, typer.Option("--max-frames", help="Crop features to N frames.")] = None,
-        crop_transcript: Annotated[bool, typer.Option("--crop-transcript", help="With --max-frames: keep the first (output frames)//3 characters (budget experiments).")] = False,
-        out_dir: Annotated[Path, typer.Option("--out", help="Output folder (metrics.csv, plots/, recon/).")] = Path("attack_out"),
-        overwrite: AttackOverwriteOpt = False,
-        json_: JsonOpt = False,
-        threads: Annotated[int, typer.Option("--threads", help="CPU threads for torch (default 1: more threads slow "
-                                             "small victims down on a busy machine; reference sizes: your cores).")] = 1,
-    ) -> None:
-        from fedctl.attacks.runner import attack_spec, run_attack
+    params = [
+        inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[
+            str | None, typer.Option("--config", "-c", help="Attack YAML: a path or a shipped template name "
+                                     "(`fedctl train templates`); flags override it.")]),
+        inspect.Parameter("sets", inspect.Parameter.KEYWORD_ONLY, annotation=SetOpt, default=None),
+        *(inspect.Parameter(f"f_{i}", inspect.Parameter.KEYWORD_ONLY, annotation=_annotation(f),
+                            default=False if (f.type is bool and f.const is not None) else None)
+          for i, f in enumerate(ATTACK_FLAGS)),
+        inspect.Parameter("overwrite", inspect.Parameter.KEYWORD_ONLY, annotation=AttackOverwriteOpt, default=False),
+        inspect.Parameter("json_", inspect.Parameter.KEYWORD_ONLY, annotation=JsonOpt, default=False),
+        inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=1, annotation=Annotated[int, typer.Option(
+            "--threads", help="CPU threads for torch (default 1: more threads slow small victims down on a busy "
+            "machine; reference sizes: your cores).")]),
+    ]
 
-        _threads(threads)
-        spec = attack_spec({
-            "arch": arch, "preset": preset, "model": {"n_hidden": hidden} if hidden is not None else {},
-            "corpus": [str(c) for c in corpus or []], "text_norm": text_norm, "parts": str(parts) if parts else None, "client": client,
-            "min_dur": min_dur, "max_dur": max_dur, "batch_start": batch_start, "batch_end": batch_end,
-            "batch_size": batch_size, "batch_stride": batch_stride,
-            "checkpoint": str(checkpoint) if checkpoint else None, "run": str(run) if run else None,
-            "run_round": round_, "client_lr": client_lr, "victim_seed": victim_seed, "local_steps": local_steps,
-            "local_lr": local_lr,
-            "defense": {"dropout": defense_dropout, "prune": defense_prune, "clip": defense_clip,
-                        "noise": defense_noise},
-            "attack": {"method": method, "optimizer": optimizer, "dtype": dtype, "restarts": seeds, "lr": lr,
-                       "lr_step": lr_step, "max_iter": max_iter, "patience": patience, "distance": distance,
-                       "distance_weight": distance_weight, "match": match, "top_grad_fraction": top_grad_fraction,
-                       "seed": seed, "hfgm_directions": hfgm_directions, "hfgm_plateau": hfgm_plateau,
-                       "transcripts": transcripts},
-            "out": str(out_dir), "max_frames": max_frames, "crop_transcript": crop_transcript,
-        }, label=lambda key: FLAGS.get(key, key))
-        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False), overwrite=overwrite)
-        record.attach(out_dir)  # the attack folder's run.log + meta.json
-        if json_:
+    def command(**kwargs) -> None:
+        from fedctl.attacks.runner import resolve_spec, run_attack
+
+        _threads(kwargs["threads"])
+        flags: dict = {}
+        for i, f in enumerate(ATTACK_FLAGS):
+            value = _flag_value(f, kwargs[f"f_{i}"])
+            if value is None:
+                continue
+            node = flags
+            *parents, last = f.key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = [str(v) for v in value] if f.type is list else value
+        spec = resolve_spec(arch, kwargs["config"], flags, kwargs["sets"], label=lambda key: FLAGS.get(key, key))
+        summary = run_attack(spec, progress=lambda m: err.print(m, highlight=False), overwrite=kwargs["overwrite"])
+        record.attach(spec.out)  # the attack folder's run.log + meta.json
+        if kwargs["json_"]:
             print_json(summary)
             return
-        _render(summary, arch, method)
-        saved(out_dir / "metrics.csv", "metrics")
+        _render(summary, arch, spec.attack.method)
+        saved(Path(spec.out) / "metrics.csv", "metrics")
 
+    command.__signature__ = inspect.Signature(params)
     command.__doc__ = f"Reconstruct a client's {arch.upper()} input features from its shared gradient."
     return command
 

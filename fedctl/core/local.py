@@ -25,7 +25,8 @@ Schedule (documented once, for every workload):
 
 Each step: set the learning rate (linear warmup over the global step (round − 1)·steps_per_round + step,
 then constant; a strategy may set the client lr), forward under autocast when `amp_dtype` is set, add
-FedProx's proximal term, backward (scaled by a GradScaler for fp16), unscale, clip, AdamW step.
+FedProx's proximal term, backward (scaled by a GradScaler for fp16), unscale, clip, optimizer step (the spec's: AdamW by default, or SGD with momentum;
+fedctl.core.client, whose functional form the attacks unroll).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from fedctl.core import client
 from fedctl.core.task import ClientConfig, FitResult, LocalTraining, Task, proximal_term
 
 
@@ -111,13 +113,8 @@ def passes(items: torch.Tensor, costs: list[float] | None, cap: float) -> list[t
 
 
 def make_optimizer(training: LocalTraining, model: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
-    """AdamW (or plain/momentum SGD, `training.optimizer`) over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if training.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=training.lr if lr is None else lr, momentum=training.momentum,
-                               weight_decay=training.weight_decay)
-    return torch.optim.AdamW(params, lr=training.lr if lr is None else lr, betas=training.betas, eps=training.eps,
-                             weight_decay=training.weight_decay)
+    """The client spec's optimizer (AdamW by default; SGD with momentum): `fedctl.core.client.make_optimizer`."""
+    return client.make_optimizer(training, model, lr)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -208,6 +205,15 @@ def train_steps(
             "steps": float(len(steps)), **record}
 
 
+def client_schedule(task: Task, client_id: str, num_items: int, gen: torch.Generator
+                    ) -> tuple[list[list[torch.Tensor]], list[float] | None]:
+    """A client's round of micro-batches as the trainer draws them, and the item costs its buckets and pass cap
+    used: one function for the trainer and for the attack that replays a real run's client."""
+    t = task.training
+    costs = task.item_costs(client_id) if t.bucket_batches > 0 or t.max_pass_cost > 0 else None
+    return schedule(t, num_items, gen, costs), costs
+
+
 def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitResult:
     """Train `model` in place on one client's data for one round; bitwise reproducible for cfg.seed."""
     t = task.training
@@ -218,8 +224,7 @@ def fit(task: Task, model: nn.Module, client_id: str, cfg: ClientConfig) -> FitR
         # deep copy: AdamW updates its moments in place and the engine's copy must stay as it was
         optimizer.load_state_dict(copy.deepcopy(cfg.optimizer_state))
     gen = torch.Generator().manual_seed(cfg.seed)
-    costs = task.item_costs(client_id) if t.bucket_batches > 0 or t.max_pass_cost > 0 else None
-    steps = schedule(t, n, gen, costs)
+    steps, costs = client_schedule(task, client_id, n, gen)
     m = train_steps(task, model, optimizer, client_id, steps, gen, peak_lr=peak,
                     step_offset=(cfg.server_round - 1) * t.steps_per_round(n), anchor=cfg.anchor,
                     proximal_mu=cfg.instructions.proximal_mu, on_step=cfg.on_step,

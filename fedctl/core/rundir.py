@@ -355,10 +355,15 @@ class RunDir:
     # -- deltas ---------------------------------------------------------------------------------------
     def save_delta(self, server_round: int, client_id: str | None, new: State, old: State,
                    meta: dict[str, Any]) -> Path:
-        """new − old for every floating tensor, as safetensors (atomic)."""
+        """new − old for every floating tensor, as safetensors (atomic): in float32, or float64 for a float64
+        model (so that an attack can reproduce a client's update to float64 precision)."""
+        import torch
         from safetensors.torch import save_file
 
-        delta = {k: (new[k].float() - old[k].float()).contiguous().cpu() for k in new if new[k].is_floating_point()}
+        def full(t: torch.Tensor) -> torch.Tensor:
+            return t if t.dtype == torch.float64 else t.float()
+
+        delta = {k: (full(new[k]) - full(old[k])).contiguous().cpu() for k in new if new[k].is_floating_point()}
         path = self.delta_path(server_round, client_id)
         with atomic_path(path) as tmp:
             save_file(delta, str(tmp), metadata={k: str(v) for k, v in meta.items()})

@@ -8,7 +8,6 @@ says the workload has nothing to add (no export, no description) — never a sil
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
+from fedctl.core.client import ClientSpec
 from fedctl.core.instructions import ClientInstructions
 from fedctl.errors import FedctlError
 
@@ -48,48 +48,8 @@ class TaskContext:
         return None if self.run_dir is None else self.run_dir.path
 
 
-@dataclass
-class LocalTraining:
-    """How a client trains in one round; every workload resolves its config to one of these."""
-
-    lr: float
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0  # linear warmup over the global step, then constant
-    grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
-    grad_accum: int = 1  # micro-batches per optimizer step
-    batch_size: int = 1  # items per micro-batch (a client with fewer items: all of them, each once)
-    local_updates: int = 0  # optimizer steps per round; 0: local_epochs instead
-    local_epochs: float = 1.0  # passes over the client's items per round when local_updates = 0
-    amp_dtype: torch.dtype | None = None  # autocast dtype (float16 adds a GradScaler); None: full precision
-    optimizer: str = "adamw"  # adamw, or sgd (with `momentum`; FedNova's a_i and SCAFFOLD are defined for SGD)
-    momentum: float = 0.0  # sgd only: heavy-ball momentum ρ
-    # length-aware batching, for tasks whose items differ in size (`Task.item_costs`, e.g. seconds of audio):
-    bucket_batches: int = 0  # each permutation is cut into runs of this many micro-batches, each run sorted by
-                             # cost, so a micro-batch holds similar sizes (less padding); 0: no bucketing
-    max_pass_cost: float = 0.0  # padded cost (items × largest) of one forward pass; a micro-batch over it runs
-                                # as several passes whose losses are weighted by their items; 0: no cap
-
-    def micro_batch_size(self, num_items: int) -> int:
-        """Items per micro-batch: batch_size, or all of a client's items when it holds fewer (never copies)."""
-        return max(1, min(self.batch_size, num_items))
-
-    def micro_batches(self, num_items: int) -> int:
-        """Micro-batches one client takes per round."""
-        if self.local_updates > 0:
-            return self.local_updates * self.grad_accum
-        return max(1, math.ceil(max(1, round(self.local_epochs * num_items)) / self.micro_batch_size(num_items)))
-
-    def steps_per_round(self, num_items: int) -> int:
-        """Optimizer steps one client takes per round."""
-        if self.local_updates > 0:
-            return self.local_updates
-        return math.ceil(self.micro_batches(num_items) / self.grad_accum)
-
-    def lr_at(self, peak: float, global_step: int) -> float:
-        """Linear warmup to `peak` over `warmup_steps` global steps, then constant."""
-        return peak * min(1.0, (global_step + 1) / self.warmup_steps) if self.warmup_steps > 0 else peak
+# How a client trains in one round: the one client spec of training and attacks (fedctl.core.client).
+LocalTraining = ClientSpec
 
 
 @dataclass

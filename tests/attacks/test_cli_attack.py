@@ -162,7 +162,7 @@ def test_threads_sets_torchs_threads_and_refuses_zero(corpus, tmp_path, monkeypa
 
     seen = []
 
-    def stop_at_the_attack(spec, progress):  # the thread count is set before the attack: no need to run one
+    def stop_at_the_attack(spec, progress, **_):  # the thread count is set before the attack: no need to run one
         seen.append(torch.get_num_threads())
         raise FedctlError("stopped by the test", "none")
 
@@ -179,3 +179,48 @@ def test_threads_sets_torchs_threads_and_refuses_zero(corpus, tmp_path, monkeypa
         assert lines[1].startswith("Hint:") and not (tmp_path / "u").exists()
     finally:
         torch.set_num_threads(before)
+
+
+def test_attack_runs_from_a_shipped_template_with_set(corpus, tmp_path, monkeypatch):
+    """`fedctl attack ds1 --config attack_ds1_tiny --set attack.max_iter=3`: the template's settings (its corpus/
+    relative to the working directory, 10-frame crops), a --set over them, a flag over the file."""
+    import shutil
+
+    from typer.testing import CliRunner as Runner
+
+    from fedctl.cli.app import app as fedctl_app
+
+    shutil.copytree(corpus, tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    res = Runner().invoke(fedctl_app, ["attack", "ds1", "--config", "attack_ds1_tiny", "--set", "attack.max_iter=3",
+                                       "--batch-end", "1"])
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "attack_ds1_tiny" / "settings.json").read_text())
+    assert settings["attack"]["max_iter"] == 3 and settings["max_frames"] == 10 and settings["batch_end"] == 1
+    assert settings["model"] == {"n_hidden": 256}
+    rows = (tmp_path / "attack_ds1_tiny" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 2 and ",10," in rows[1]  # one utterance, 10 frames
+    # --set beats the flag, and the same settings resume (nothing redone)
+    res = Runner().invoke(fedctl_app, ["attack", "ds1", "--config", "attack_ds1_tiny", "--set", "attack.max_iter=3",
+                                       "--batch-end", "2", "--set", "batch_end=1"])
+    assert res.exit_code == 0 and "1 resumed" in res.output, res.output
+    # a changed setting from the file's side is refused, naming it
+    res = Runner().invoke(fedctl_app, ["attack", "ds1", "--config", "attack_ds1_tiny", "--set", "attack.max_iter=4",
+                                       "--batch-end", "1"])
+    assert res.exit_code == 1 and "attack.max_iter" in res.output and "--overwrite" in res.output, res.output
+
+
+@pytest.mark.parametrize("item,named", [("attack.max_itr=3", "attack.max_itr"), ("bogus=1", "bogus"),
+                                        ("defense.clipp=1", "defense.clipp")])
+def test_attack_set_with_an_unknown_key_is_one_error_naming_the_valid_keys(tmp_path, item, named):
+    from typer.testing import CliRunner as Runner
+
+    from fedctl.cli.app import app as fedctl_app
+
+    res = Runner().invoke(fedctl_app, ["attack", "ds1", "--config", "attack_ds1_tiny", "--set", item,
+                                       "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1
+    lines = res.output.splitlines()
+    assert sum(ln.startswith("Error:") for ln in lines) == 1 and sum(ln.startswith("Hint:") for ln in lines) == 1
+    assert f"unknown config key '{named}'" in res.output and "valid keys" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "x").exists()

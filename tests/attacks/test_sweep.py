@@ -12,7 +12,7 @@ from fedctl.attacks.sweep import SWEEP_COLUMNS, load_sweep, run_sweep
 from fedctl.errors import FedctlError
 from fedctl.utils.templates import list_templates
 
-ATTACK_TEMPLATES = [p for p in list_templates() if p.read_text().startswith("# fedctl attack ")]
+ATTACK_TEMPLATES = [p for p in list_templates() if p.read_text().startswith("# fedctl attack sweep ")]  # sweep files
 
 
 def test_attack_sweep_template_opens_with_its_command_and_loads():

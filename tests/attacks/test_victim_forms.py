@@ -93,10 +93,13 @@ def test_the_forms_of_one_model_give_one_result(asr_run, tmp_path):
 @pytest.mark.parametrize("server_round", [1, 2])
 def test_run_round_client_attacks_the_clients_saved_delta(asr_run, tmp_path, server_round):
     out = tmp_path / "atk"
-    res = _attack("ds1", "--parts", _parts(asr_run), "--client", "client_000", *FAST, "--run", asr_run,
-                  "--round", server_round, "--client-lr", 0.5, "--out", out)
+    # the run's client replayed: its own training utterances (3, from the run's data), its config's client
+    res = _attack("ds1", "--client", "client_000", *FAST, "--run", asr_run, "--round", server_round, "--out", out)
     assert res.exit_code == 0, res.output
-    assert len(_rows(out)) == 1
+    assert len(_rows(out)) == 3
+    res = _attack("ds1", "--client", "client_000", *FAST, "--run", asr_run, "--round", server_round,
+                  "--client-lr", 0.5, "--out", tmp_path / "other")
+    _refused(res, "--client-lr 0.5 differs from the learning rate", "0.003")
 
     victim, shared = run_update(asr_run, server_round, "client_000", "ds1", "tiny", match="all", client_lr=0.5)
     delta = load_file(str(asr_run / "deltas" / "clients" / f"round_{server_round:03d}" / "client_000.safetensors"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fedctl.core.client import check_momentum, check_optimizer, check_scope
 from fedctl.core.config import Flag, check_dropout
 
 
@@ -38,12 +39,19 @@ class AsrConfig:
     max_batch_seconds: float = 0.0  # cap on padded audio (utterances x longest, seconds) per forward pass: a
                                     # micro-batch over it runs as several passes, gradients summed (same step,
                                     # less memory; an utterance longer than the cap runs alone); 0: no cap
-    lr: float = 1e-3  # AdamW learning rate
+    lr: float = 1e-3  # client learning rate (peak, after warmup)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
+    optimizer: str = field(default="adamw", metadata={"check": check_optimizer})  # adamw, or sgd (L2 weight decay)
+    momentum: float = field(default=0.0, metadata={"check": check_momentum})  # sgd: heavy-ball momentum; 0: plain SGD
+    nesterov: bool = False  # sgd with momentum > 0: Nesterov's variant
+    weight_decay_scope: str = field(default="all", metadata={"check": check_scope})  # all, or matrices (>= 2-D only)
     warmup_steps: int = 0  # linear warmup over the global step (round-1)*steps_per_round + step
     local_updates: int = 8  # optimizer steps per client per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's utterances per round when local_updates = 0
     grad_clip: float = 5.0  # max global gradient norm; 0 disables clipping
+    grad_accum: int = 1  # micro-batches per optimizer step
+    precision: str = "fp32"  # fp32; fp64 (model and features in float64: exact attack reproduction, tests);
+    # bf16 / fp16 (autocast; fp16 needs CUDA); auto (bf16/fp16 on CUDA, fp32 on CPU)
     dropout: float = field(default=0.0, metadata={"check": check_dropout})  # dropout in training forward passes, in [0, 1): ds1 after fc1-fc4, ds2 after both convs
                           # and on the output layer's input (where `fedctl attack --defense-dropout` puts it)
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.client import check_spec as check_client_spec
+from fedctl.core.client import optimizer_keys
 from fedctl.core.config import check_fields, require_in_range
 from fedctl.core.local import LocalTraining
 from fedctl.core.task import Task, TaskContext
@@ -64,7 +66,12 @@ def build_model_from_config(task_cfg: dict[str, Any]) -> nn.Module:
     """The model a run's resolved `task` section describes (e.g. a checkpoint's `config["task"]`), freshly
     initialised; load the checkpoint's `model` state into it."""
     cfg = AsrConfig(**{k: v for k, v in task_cfg.items() if k in AsrConfig.__dataclass_fields__})
-    return build_asr_model(cfg.arch, cfg.preset, **model_overrides(cfg))
+    return build_asr_model(cfg.arch, cfg.preset, **model_overrides(cfg)).to(model_dtype(cfg))
+
+
+def model_dtype(cfg: AsrConfig) -> torch.dtype:
+    """The dtype of a run's model weights and features: float64 with `precision: fp64`, else float32."""
+    return torch.float64 if cfg.precision == "fp64" else torch.float32
 
 
 def initial_model(task_cfg: dict[str, Any], seed: int) -> nn.Module:
@@ -74,7 +81,7 @@ def initial_model(task_cfg: dict[str, Any], seed: int) -> nn.Module:
     cfg = AsrConfig(**{k: v for k, v in task_cfg.items() if k in AsrConfig.__dataclass_fields__})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_asr_model(cfg.arch, cfg.preset, **model_overrides(cfg))
+        model = build_asr_model(cfg.arch, cfg.preset, **model_overrides(cfg)).to(model_dtype(cfg))  # seeded in float32
     if cfg.init is not None:
         source_arch, loaded = load_asr_model(cfg.init)
         load_state(model, loaded.state_dict(), cfg.init, source_arch)
@@ -125,6 +132,29 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str, so
     model.load_state_dict(state)
 
 
+def _full(log_probs: torch.Tensor) -> torch.Tensor:
+    """CTC in full precision: float32 from autocast's half types, float64 kept (precision fp64)."""
+    return log_probs if log_probs.dtype == torch.float64 else log_probs.float()
+
+
+def client_spec(cfg: AsrConfig, device: torch.device | str = "cpu") -> LocalTraining:
+    """How an asr run's clients train (`fedctl.core.client.ClientSpec`), read from its `task` section: what
+    `AsrTask` trains with and what `fedctl attack --run` unrolls."""
+    from fedctl.tasks.audio import PRECISIONS, autocast_dtype
+
+    if cfg.precision not in ("fp64", *PRECISIONS):
+        raise FedctlError(f"task.precision = {cfg.precision!r} is not valid",
+                          f"use one of: fp64, {', '.join(PRECISIONS)}")
+    amp = None if cfg.precision == "fp64" else autocast_dtype(cfg.precision, torch.device(device))
+    spec = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
+                         grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum, batch_size=cfg.batch_size,
+                         local_updates=cfg.local_updates, local_epochs=cfg.local_epochs, amp_dtype=amp,
+                         bucket_batches=cfg.bucket_batches, max_pass_cost=cfg.max_batch_seconds,
+                         **optimizer_keys(cfg))
+    check_client_spec(spec)
+    return spec
+
+
 class AsrTask(Task):
     """The `asr` workload. Build with `AsrTask(cfg, ctx)`; the engine drives it through the Task protocol."""
 
@@ -148,6 +178,7 @@ class AsrTask(Task):
             ("local_updates", cfg.local_updates >= 0, "0 switches to local_epochs"),
             ("local_epochs", cfg.local_updates > 0 or cfg.local_epochs > 0, "set local_epochs > 0 or local_updates > 0"),
             ("grad_clip", cfg.grad_clip >= 0, "0 disables clipping"),
+            ("grad_accum", cfg.grad_accum >= 1, "1 disables accumulation"),
             ("eval_batch_size", cfg.eval_batch_size >= 1, "e.g. 16"),
             ("eval_batches", cfg.eval_batches >= 0, "0 evaluates the whole validation set"),
             ("eval_samples", cfg.eval_samples >= 0, "e.g. 3; 0 logs no decoded samples"),
@@ -157,10 +188,8 @@ class AsrTask(Task):
         ], lambda key: getattr(cfg, key))
         check_text_norm(cfg.text_norm, "task.text_norm (--text-norm)")
         check_fields(cfg, "task")  # declared checks (dropout: the same as the attack's --defense-dropout)
-        self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
-                                      grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
-                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs,
-                                      bucket_batches=cfg.bucket_batches, max_pass_cost=cfg.max_batch_seconds)
+        self.dtype = model_dtype(cfg)  # of the model and the features
+        self.training = client_spec(cfg, self.device)
         self.train, self.val, self.source = self._load()
         self.features = FeatureCache(cfg.arch)
         for utts in (*self.train.values(), *self.val.values()):
@@ -231,7 +260,8 @@ class AsrTask(Task):
         return self.train[client_id]
 
     def _batch(self, utts: list[AsrUtterance]) -> tuple[torch.Tensor, ...]:
-        return tuple(t.to(self.device) for t in make_batch(utts, self.features))
+        batch = tuple(t.to(self.device) for t in make_batch(utts, self.features))
+        return (batch[0].to(self.dtype), *batch[1:])
 
     # ------------------------------------------------------------------------------ model
 
@@ -240,7 +270,7 @@ class AsrTask(Task):
         model = initial_model(asdict(self.cfg), self.ctx.seed)
         model.dropout = self.cfg.dropout  # training forward passes only; evaluation runs in eval mode
         model.train()
-        return model.to(self.device)
+        return model.to(self.device, self.dtype)
 
     def shared_keys(self, model: nn.Module) -> list[str]:
         return list(model.state_dict().keys())  # BatchNorm running statistics travel too (FedAvg-averaged)
@@ -265,7 +295,7 @@ class AsrTask(Task):
         """CTC (mean over the batch of loss / transcript length, as F.ctc_loss's "mean")."""
         features, lengths, targets, target_lengths = batch
         log_probs, out_lengths = model(features, lengths)
-        loss = F.ctc_loss(log_probs.float(), targets, out_lengths, target_lengths, blank=0, reduction="mean")
+        loss = F.ctc_loss(_full(log_probs), targets, out_lengths, target_lengths, blank=0, reduction="mean")
         return loss, {}
 
     throughput_units = ("audio_s",)
@@ -304,7 +334,7 @@ class AsrTask(Task):
             for chunk in chunks:
                 features, lengths, targets, target_lengths = self._batch(chunk)
                 log_probs, out_lengths = model(features, lengths)
-                losses = F.ctc_loss(log_probs.float(), targets, out_lengths, target_lengths, blank=0, reduction="none")
+                losses = F.ctc_loss(_full(log_probs), targets, out_lengths, target_lengths, blank=0, reduction="none")
                 total += float((losses / target_lengths.clamp_min(1)).sum())
                 count += len(chunk)
                 hyps += greedy_decode(log_probs, out_lengths)

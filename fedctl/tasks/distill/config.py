@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fedctl.core.client import check_momentum, check_optimizer, check_scope
 from fedctl.core.config import Flag
 from fedctl.tasks.hubert.config import SPEECH_FLAGS
 
@@ -46,6 +47,10 @@ class DistillConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 2e-4  # AdamW peak learning rate (DistilHuBERT: 2e-4)
     weight_decay: float = 0.0  # AdamW decoupled weight decay
+    optimizer: str = field(default="adamw", metadata={"check": check_optimizer})  # adamw, or sgd (L2 weight decay)
+    momentum: float = field(default=0.0, metadata={"check": check_momentum})  # sgd: heavy-ball momentum; 0: plain SGD
+    nesterov: bool = False  # sgd with momentum > 0: Nesterov's variant
+    weight_decay_scope: str = field(default="all", metadata={"check": check_scope})  # all, or matrices (>= 2-D only)
     adam_beta2: float = 0.98  # AdamW beta2
     warmup_steps: int = 0  # linear warmup over the global step (DistilHuBERT: 7% of 200k)
     local_updates: int = 8  # optimizer steps per client per round; 0: local_epochs instead

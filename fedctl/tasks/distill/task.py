@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedctl.core.client import check_spec as check_client_spec
+from fedctl.core.client import optimizer_keys
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining, autocast
 from fedctl.core.task import Task, TaskContext
@@ -48,7 +50,8 @@ class DistillTask(SpeechClients, Task):
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2), eps=1e-6,
                                       warmup_steps=cfg.warmup_steps, grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum,
                                       batch_size=1, local_updates=cfg.local_updates, local_epochs=cfg.local_epochs,
-                                      amp_dtype=self.amp_dtype)
+                                      amp_dtype=self.amp_dtype, **optimizer_keys(cfg))
+        check_client_spec(self.training)
         self.teacher, self.teacher_head = dm.load_teacher(cfg.teacher, cfg.attn_implementation, need_head=cfg.recipe == "kd")
         self.teacher.to(self.device)
         if self.teacher_head is not None:

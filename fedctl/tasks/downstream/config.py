@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fedctl.core.client import check_momentum, check_optimizer, check_scope
 from fedctl.core.config import Flag
 
 PROBES = ("pr", "sid", "asr", "ks")
@@ -45,6 +46,10 @@ class DownstreamConfig:
     batch_size: int = 8  # utterances per micro-batch (zero-padded to the longest)
     lr: float = 1e-3  # AdamW learning rate (s3prl ships 1e-2 for PR, 1e-4 elsewhere; its authors sweep per model)
     weight_decay: float = 0.0
+    optimizer: str = field(default="adamw", metadata={"check": check_optimizer})  # adamw, or sgd (L2 weight decay)
+    momentum: float = field(default=0.0, metadata={"check": check_momentum})  # sgd: heavy-ball momentum; 0: plain SGD
+    nesterov: bool = False  # sgd with momentum > 0: Nesterov's variant
+    weight_decay_scope: str = field(default="all", metadata={"check": check_scope})  # all, or matrices (>= 2-D only)
     warmup_steps: int = 0  # linear warmup over the global step
     local_updates: int = 8  # optimizer steps per client per round; 0: local_epochs instead
     local_epochs: float = 1.0  # passes over the client's utterances per round when local_updates = 0

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.client import check_spec as check_client_spec
+from fedctl.core.client import optimizer_keys
 from fedctl.core.config import require_in_range
 from fedctl.core.task import LocalTraining, Task, TaskContext
 from fedctl.errors import FedctlError
@@ -65,7 +67,8 @@ class DownstreamTask(Task):
                               "choose one of those, or null for the weighted sum of all")
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                       grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
-                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
+                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs, **optimizer_keys(cfg))
+        check_client_spec(self.training)
         clients, self.vocab, self.source = load_table(cfg, ctx.num_clients, DATA_SEED, self._demo_root, ctx.log)
         self.train = {cid: [u for u in us if u.split == "train"] for cid, us in clients.items()}
         self.val = {cid: [u for u in us if u.split == "val"] for cid, us in clients.items()}

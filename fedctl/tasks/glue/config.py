@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedctl.core.client import check_momentum, check_optimizer, check_scope
 from fedctl.core.config import Flag
 
 
@@ -38,6 +39,10 @@ class GlueConfig:
     # ---- local training (per client, per round)
     lr: float | None = None  # AdamW learning rate; None: 5e-3 LoRA on the demo MiniLM, 5e-4 LoRA, 2e-5 full fine-tuning
     weight_decay: float = 0.0  # AdamW decoupled weight decay
+    optimizer: str = field(default="adamw", metadata={"check": check_optimizer})  # adamw, or sgd (L2 weight decay)
+    momentum: float = field(default=0.0, metadata={"check": check_momentum})  # sgd: heavy-ball momentum; 0: plain SGD
+    nesterov: bool = False  # sgd with momentum > 0: Nesterov's variant
+    weight_decay_scope: str = field(default="all", metadata={"check": check_scope})  # all, or matrices (>= 2-D only)
     batch_size: int = 16  # examples per optimizer step
     eval_batch_size: int = 64  # examples per evaluation forward pass
     local_epochs: float = 1.0  # passes over the client's shard per round (when local_updates = 0)

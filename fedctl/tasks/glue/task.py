@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.client import check_spec as check_client_spec
+from fedctl.core.client import optimizer_keys
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining
 from fedctl.core.task import Task, TaskContext
@@ -128,7 +130,8 @@ class GlueTask(Task):
         self.lr = cfg.lr if cfg.lr is not None else default_lr(cfg)
         self.training = LocalTraining(lr=self.lr, weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
                                       batch_size=cfg.batch_size, local_updates=cfg.local_updates,
-                                      local_epochs=cfg.local_epochs)
+                                      local_epochs=cfg.local_epochs, **optimizer_keys(cfg))
+        check_client_spec(self.training)
         if self.spec is DEMO:
             from fedctl.data.glue.demo import sentiment_demo
 

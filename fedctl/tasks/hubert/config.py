@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fedctl.core.client import check_momentum, check_optimizer, check_scope
 from fedctl.core.config import Flag
 
 
@@ -47,6 +48,10 @@ class HubertPretrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float | None = None  # AdamW peak learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay
+    optimizer: str = field(default="adamw", metadata={"check": check_optimizer})  # adamw, or sgd (L2 weight decay)
+    momentum: float = field(default=0.0, metadata={"check": check_momentum})  # sgd: heavy-ball momentum; 0: plain SGD
+    nesterov: bool = False  # sgd with momentum > 0: Nesterov's variant
+    weight_decay_scope: str = field(default="all", metadata={"check": check_scope})  # all, or matrices (>= 2-D only)
     adam_beta2: float = 0.98  # fairseq HuBERT: betas (0.9, 0.98), eps 1e-6
     warmup_steps: int | None = None  # linear warmup over the global step (round-1)*steps_per_round + step
     local_updates: int | None = None  # optimizer steps per client per round; 0: local_epochs instead

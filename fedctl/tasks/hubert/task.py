@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedctl.core.client import check_spec as check_client_spec
+from fedctl.core.client import optimizer_keys
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining, autocast
 from fedctl.core.task import Task, TaskContext
@@ -77,7 +79,8 @@ class HubertTask(SpeechClients, Task):
         self.training = LocalTraining(lr=t["lr"], weight_decay=cfg.weight_decay, betas=(0.9, cfg.adam_beta2), eps=1e-6,
                                       warmup_steps=t["warmup_steps"], grad_clip=cfg.grad_clip, grad_accum=cfg.grad_accum,
                                       batch_size=1, local_updates=t["local_updates"], local_epochs=cfg.local_epochs,
-                                      amp_dtype=self.amp_dtype)
+                                      amp_dtype=self.amp_dtype, **optimizer_keys(cfg))
+        check_client_spec(self.training)
         self.data = make_demo_or_load(cfg, ctx, cfg.clusters)
         self.batches = SpeechBatches(self.data, self.train_cfg["max_batch_seconds"], cfg.max_sample_seconds)
 

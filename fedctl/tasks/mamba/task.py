@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedctl.core.client import check_spec as check_client_spec
+from fedctl.core.client import optimizer_keys
 from fedctl.core.config import require_in_range
 from fedctl.core.local import LocalTraining
 from fedctl.core.task import Task, TaskContext
@@ -98,7 +100,8 @@ class MambaTask(Task):
         self.arch = resolve_architecture(cfg)  # fail fast, before any text is read
         self.training = LocalTraining(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps,
                                       grad_clip=cfg.grad_clip, batch_size=cfg.batch_size,
-                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs)
+                                      local_updates=cfg.local_updates, local_epochs=cfg.local_epochs, **optimizer_keys(cfg))
+        check_client_spec(self.training)
         self.data = mdata.load_data(cfg, ctx.num_clients, ctx.run_dir.tokenizer_path if ctx.run_dir else None, ctx.log)
         self.tokenizer = self.data.tokenizer
         self.vocab_size = self.tokenizer.get_vocab_size()
