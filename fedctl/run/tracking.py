@@ -14,7 +14,8 @@ evaluation as the summary. Each tracker stays on local disk:
                                 same tracker run and logs every step once
 
 A sweep is one group: W&B `group`, one MLflow experiment (one store at the sweep's root), TensorBoard runs side
-by side under the sweep's folder. Metric names: `fit/<key>`, `eval/<key>` (global), `eval/<client_id>/<key>`.
+by side under the sweep's folder. Metric names: `fit/<key>`, `eval/<key>` (global), `eval/<client_id>/<key>`, `eval/clients/<key>`
+(the clients' aggregate), `eval/personal/<client_id>/<key>` and `eval/personals/<key>`.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def flat_metrics(record: dict[str, Any]) -> dict[str, float]:
     """A metrics.jsonl record as {metric name: number}: finite numbers only (bools, strings, lists and nulls are
     not metrics), nested dicts joined with '/'."""
     if record.get("type") == "eval":
-        prefix = "eval/" if record.get("scope", "global") == "global" else f"eval/{record.get('client_id')}/"
+        scope, cid = record.get("scope", "global"), record.get("client_id")
+        prefix = ("eval/" if scope == "global" else f"eval/{cid}/" if scope == "client"
+                  else f"eval/{scope}/{cid}/" if cid is not None else f"eval/{scope}/")  # personal rows; aggregates
     else:
         prefix = f"{record.get('type') or 'fit'}/"
     out: dict[str, float] = {}

@@ -20,14 +20,16 @@ ARGS = ("--clients", "2", "--workers", "1", "--set", "federation.eval_clients=tr
 
 def expected(run: Path) -> dict[str, dict[int, float]]:
     """tag → {round: value} from metrics.jsonl, by the documented naming: fit/<key>, eval/<key> (global),
-    eval/<client_id>/<key>; numbers only (no bools, lists, strings or nulls)."""
+    eval/<client_id>/<key>, eval/clients/<key> (aggregate), eval/personal/<client_id>/<key>; numbers only (no bools, lists, strings or nulls)."""
     out: dict[str, dict[int, float]] = {}
     for line in (run / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
         if rec["type"] == "fit":
             prefix = "fit/"
         else:
-            prefix = "eval/" if rec["scope"] == "global" else f"eval/{rec['client_id']}/"
+            scope = rec["scope"]
+            prefix = ("eval/" if scope == "global" else f"eval/{rec['client_id']}/" if scope == "client"
+                      else f"eval/{scope}/{rec['client_id']}/" if "client_id" in rec else f"eval/{scope}/")
         for key, value in rec.items():
             if key in ("type", "scope", "client_id", "round"):
                 continue
